@@ -1,0 +1,169 @@
+"""Distiller: training with fit, freezing, logs, compile options, saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rkd_keras import Distiller, rkd_angle, rkd_distance
+
+RKD_KEYS = {"loss", "rkd_distance", "rkd_angle"}
+
+
+def mlp(hidden, out, name, inputs=12):
+    x = keras.Input((inputs,))
+    h = keras.layers.Dense(hidden, activation="relu")(x)
+    h = keras.layers.BatchNormalization()(h)
+    return keras.Model(x, keras.layers.Dense(out)(h), name=name)
+
+
+@pytest.fixture
+def clusters(rng):
+    """320 points in 8 Gaussian clusters, 12-d, with their cluster labels."""
+    centers = 4.0 * rng.normal(size=(8, 12))
+    labels = rng.integers(0, 8, 320)
+    return (centers[labels] + rng.normal(size=(320, 12))).astype(np.float32), labels
+
+
+@pytest.fixture
+def teacher(clusters):
+    """A teacher whose BatchNorm statistics are not the defaults."""
+    model = mlp(64, 32, "teacher")
+    model(clusters[0], training=True)
+    model.layers[2].moving_mean.assign(np.linspace(-1, 1, 64))
+    return model
+
+
+def test_fit_lowers_rkd_loss_and_leaves_the_teacher_untouched(teacher, clusters):
+    before = [w.copy() for w in teacher.get_weights()]
+    distiller = Distiller(teacher, mlp(16, 8, "student"))
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    history = distiller.fit(clusters[0], batch_size=64, epochs=5, verbose=0).history
+    assert set(history) == RKD_KEYS
+    assert history["loss"][-1] < 0.6 * history["loss"][0]
+    total = np.array(history["rkd_distance"]) + 2.0 * np.array(history["rkd_angle"])
+    np.testing.assert_allclose(history["loss"], total, rtol=1e-5)
+    # Weights and BatchNorm moving statistics, bit for bit.
+    for old, new in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert not teacher.trainable
+
+
+def test_loss_is_the_weighted_sum_of_the_terms(teacher, clusters):
+    x = clusters[0][:64]
+    student = mlp(16, 8, "student")
+    distiller = Distiller(teacher, student, distance_weight=0.3, angle_weight=5.0)
+    distiller.compile("adam")
+    logs = distiller.evaluate(x, batch_size=64, verbose=0, return_dict=True)
+    t, s = teacher(x, training=False), student(x, training=False)
+    np.testing.assert_allclose(logs["rkd_distance"], float(rkd_distance(t, s)), rtol=1e-5)
+    np.testing.assert_allclose(logs["rkd_angle"], float(rkd_angle(t, s)), rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], 0.3 * logs["rkd_distance"] + 5.0 * logs["rkd_angle"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"jit_compile": True}, {"run_eagerly": True}, {"steps_per_execution": 2}])
+def test_fit_and_evaluate_under_compile_options(teacher, clusters, options):
+    distiller = Distiller(teacher, mlp(16, 8, "student"))
+    distiller.compile(keras.optimizers.Adam(1e-2), **options)
+    history = distiller.fit(clusters[0], batch_size=64, epochs=3, verbose=0).history
+    assert set(history) == RKD_KEYS
+    assert history["loss"][-1] < history["loss"][0]
+    logs = distiller.evaluate(clusters[0], batch_size=64, verbose=0, return_dict=True)
+    assert set(logs) == RKD_KEYS and np.isfinite(logs["loss"])
+
+
+def test_task_loss_and_metrics_on_the_student(teacher, clusters):
+    x, labels = clusters
+    student = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8)], name="classifier")
+    distiller = Distiller(teacher, student, angle_weight=0.0, task_loss_weight=0.5)
+    distiller.compile(
+        "adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+    history = distiller.fit(x, labels, batch_size=64, epochs=2, verbose=0).history
+    assert set(history) == {"loss", "task_loss", "rkd_distance", "accuracy"}
+    np.testing.assert_allclose(
+        history["loss"], 0.5 * np.array(history["task_loss"]) + np.array(history["rkd_distance"]), rtol=1e-5
+    )
+    logs = distiller.evaluate(x, labels, batch_size=64, verbose=0, return_dict=True)
+    expected = keras.metrics.SparseCategoricalAccuracy()
+    expected.update_state(labels, student.predict(x, verbose=0))
+    np.testing.assert_allclose(logs["accuracy"], float(expected.result()), rtol=1e-6)
+
+
+def test_zero_weight_terms_are_not_computed_or_logged(teacher, clusters):
+    distiller = Distiller(teacher, mlp(16, 8, "student"), distance_weight=0.0)
+    distiller.compile("adam", loss="mse")  # compiled, but task_loss_weight stays 1
+    history = distiller.fit(clusters[0], np.zeros((320, 8)), batch_size=64, epochs=1, verbose=0).history
+    assert set(history) == {"loss", "task_loss", "rkd_angle"}
+
+
+def test_only_the_student_is_updated_and_regularization_counts(teacher, clusters):
+    x = clusters[0][:64]
+    inputs = keras.Input((12,))
+    regularized = keras.layers.Dense(4, kernel_regularizer=keras.regularizers.L2(0.1))
+    student = keras.Model(inputs, regularized(inputs))
+    distiller = Distiller(teacher, student)
+    distiller.compile(keras.optimizers.SGD(0.0))
+    logs = distiller.evaluate(x, batch_size=64, verbose=0, return_dict=True)
+    penalty = 0.1 * float(np.sum(regularized.kernel.numpy() ** 2))
+    np.testing.assert_allclose(logs["loss"], logs["rkd_distance"] + 2 * logs["rkd_angle"] + penalty, rtol=1e-5)
+    assert [v.name for v in distiller.trainable_variables] == [v.name for v in student.trainable_variables]
+
+
+def test_save_load_predicts_identically_and_keeps_training(teacher, clusters, tmp_path):
+    x = clusters[0]
+    distiller = Distiller(teacher, mlp(16, 8, "student"), distance_weight=0.5)
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    distiller.fit(x, batch_size=64, epochs=2, verbose=0)
+    distiller.save(tmp_path / "distiller.keras")
+    restored = keras.models.load_model(tmp_path / "distiller.keras")
+    assert isinstance(restored, Distiller) and restored.distance_weight == 0.5
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), distiller.predict(x, verbose=0))
+    np.testing.assert_array_equal(restored.teacher.predict(x, verbose=0), teacher.predict(x, verbose=0))
+    assert not restored.teacher.trainable
+    # The optimizer state came back too: both continue identically.
+    assert int(restored.optimizer.iterations) == int(distiller.optimizer.iterations) == 10
+    for model in (distiller, restored):
+        model.fit(x[:64], batch_size=64, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), distiller.predict(x, verbose=0), atol=1e-6)
+
+
+def test_task_loss_without_labels_is_a_clear_error(teacher, clusters):
+    distiller = Distiller(teacher, mlp(16, 8, "student"))
+    distiller.compile("adam", loss="mse")
+    with pytest.raises(ValueError, match="must be \\(x, y\\) pairs, but received inputs without labels"):
+        distiller.fit(clusters[0], batch_size=64, epochs=1, verbose=0)
+
+
+class _DropsLastRow(keras.Model):
+    def call(self, x):
+        return x[:-1]
+
+
+def test_teacher_and_student_batch_sizes_must_match(clusters):
+    distiller = Distiller(_DropsLastRow(), mlp(16, 8, "student"))
+    distiller.compile("adam", run_eagerly=True)
+    with pytest.raises(ValueError, match="received 63 teacher rows and 64 student rows"):
+        distiller.fit(clusters[0][:64], batch_size=64, epochs=1, verbose=0)
+
+
+def test_nothing_to_train_is_refused(teacher):
+    distiller = Distiller(teacher, mlp(16, 8, "student"), distance_weight=0, angle_weight=0)
+    with pytest.raises(ValueError, match="Nothing to train"):
+        distiller.compile("adam")
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan")])
+def test_invalid_weights_are_refused(teacher, weight):
+    with pytest.raises(ValueError, match="angle_weight"):
+        Distiller(teacher, mlp(16, 8, "student"), angle_weight=weight)
+
+
+def test_mixed_float16_uses_loss_scaling_and_stays_finite(clusters):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    distiller = Distiller(mlp(64, 32, "teacher"), mlp(16, 8, "student"))
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    assert isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = distiller.fit(clusters[0], batch_size=64, epochs=3, verbose=0).history
+    assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
+    assert distiller.student.layers[-1].compute_dtype == "float16"
