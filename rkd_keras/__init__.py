@@ -1,7 +1,30 @@
-"""rkd_keras: Relational Knowledge Distillation for Keras 3 / TensorFlow."""
+"""rkd_keras: Relational Knowledge Distillation (Park et al., CVPR 2019) for Keras 3 / TensorFlow."""
 
-from rkd_keras import losses
+from rkd_keras import data, losses, models, retrieval
+from rkd_keras.data import DatasetNotAvailableError, load_dataset, pk_batches
 from rkd_keras.distiller import Distiller
-from rkd_keras.losses import RKDAngle, RKDDistance, rkd_angle, rkd_distance
+from rkd_keras.losses import RKDAngle, RKDDistance, TripletLoss, rkd_angle, rkd_distance, triplet_loss
+from rkd_keras.models import embedding_model
+from rkd_keras.retrieval import RetrievalRecall, map_at_r, r_precision, recall_at_k
 
-__all__ = ["Distiller", "losses", "rkd_distance", "rkd_angle", "RKDDistance", "RKDAngle"]
+__all__ = [
+    "Distiller",
+    "losses",
+    "rkd_distance",
+    "rkd_angle",
+    "RKDDistance",
+    "RKDAngle",
+    "triplet_loss",
+    "TripletLoss",
+    "data",
+    "load_dataset",
+    "pk_batches",
+    "DatasetNotAvailableError",
+    "models",
+    "embedding_model",
+    "retrieval",
+    "recall_at_k",
+    "map_at_r",
+    "r_precision",
+    "RetrievalRecall",
+]

@@ -1,0 +1,301 @@
+"""Datasets of the paper, class-disjoint, and class-balanced P×K batches.
+
+Every loader returns a `tf.data.Dataset` of `(image, label)` with float32
+images in [0, 255] (the embedding model normalizes them, see `models.py`) and
+int64 labels that keep their dataset identity.  Training and evaluation use
+disjoint classes, as in the paper: CUB-200-2011 classes 0–99 / 100–199,
+Cars196 0–97 / 98–195, Stanford Online Products Ebay_train / Ebay_test,
+Fashion-MNIST (the offline default) classes 0–4 / 5–9.
+"""
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+SPLITS = ("train", "test")
+
+# name → (tfds builder, label feature, classes of the train split, of the test
+# split, archives users put in `manual_dir` to prepare it offline).
+_TFDS = {
+    "cub200": ("caltech_birds2011", "label", range(0, 100), range(100, 200), "CUB_200_2011.tgz"),
+    "cars196": ("cars196", "label", range(0, 98), range(98, 196), "car_ims.tgz, cars_annos.mat"),
+    "sop": ("stanford_online_products", "class_id", None, None, "Stanford_Online_Products.zip"),
+}
+DATASETS = (*_TFDS, "fashion_mnist")
+
+
+class DatasetNotAvailableError(RuntimeError):
+    """The data of a dataset is not on this machine and was not downloaded."""
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    *,
+    image_size: int = 224,
+    resize_size: int | None = None,
+    augment: bool | None = None,
+    channels: int = 3,
+    classes=None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    download: bool = False,
+    path: str | None = None,
+) -> tf.data.Dataset:
+    """Loads a class-disjoint split of one of the paper's datasets.
+
+    Images are resized to `resize_size` (shorter side for nothing: the paper
+    resizes to a square 256×256), then cropped to `image_size`: a random crop
+    and horizontal flip when `augment`, a centre crop otherwise.
+
+    Args:
+        name: One of `"cub200"`, `"cars196"`, `"sop"`, `"fashion_mnist"`.
+        split: `"train"` (training classes) or `"test"` (the unseen classes).
+        image_size: Side of the square output images (paper: 224).
+        resize_size: Side images are resized to before cropping; defaults to
+            `image_size · 256 / 224`, the paper's ratio.
+        augment: Random crop + flip; defaults to `split == "train"`.
+        channels: 3 for ImageNet backbones (grey images are repeated), or 1.
+        classes: Labels to keep instead of the paper's class split. For
+            Fashion-MNIST the default is 0–4 for train and 5–9 for test.
+        data_dir: tensorflow-datasets data directory.
+        manual_dir: Folder holding the dataset's original archive, used by
+            tensorflow-datasets instead of downloading (with `download=True`).
+        download: Prepare the dataset with tensorflow-datasets if it is not
+            prepared yet. Off by default: nothing is fetched unless asked.
+        path: Fashion-MNIST only: folder of the `*-ubyte.gz` files.
+
+    Returns:
+        A `tf.data.Dataset` of `(image, label)`, image float32
+        `(image_size, image_size, channels)` in [0, 255], label int64.
+
+    Raises:
+        DatasetNotAvailableError: the data is not on this machine.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose 'train' or 'test'.")
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3, received {channels}.")
+    if name == "fashion_mnist":
+        images, labels = _fashion_mnist(path)
+        if classes is None:
+            classes = range(5) if split == "train" else range(5, 10)
+        keep = np.isin(labels, list(classes))
+        dataset = tf.data.Dataset.from_tensor_slices((images[keep][..., None], labels[keep]))
+    else:
+        dataset = _tfds_split(name, split, classes, data_dir, manual_dir, download)
+    resize_size = resize_size or round(image_size * 256 / 224)
+    augment = split == "train" if augment is None else augment
+    return dataset.map(
+        lambda image, label: (
+            preprocess_image(image, image_size=image_size, resize_size=resize_size, augment=augment, channels=channels),
+            label,
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def preprocess_image(image, *, image_size: int, resize_size: int, augment: bool, channels: int = 3):
+    """Resize to `resize_size`, then random (augment) or centre crop to `image_size`.
+
+    Accepts uint8 or float images of rank 3 `(H, W, C)` with 1 or 3 channels.
+    """
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"Images must have shape (height, width, 1 or 3 channels), received {image.shape}. "
+            "Add a channel axis to grey images (`image[..., None]`)."
+        )
+    if not (image.dtype.is_floating or image.dtype == tf.uint8):
+        raise ValueError(f"Images must be uint8 or floating point in [0, 255], received {image.dtype.name}.")
+    if resize_size < image_size:
+        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}).")
+    image = tf.image.resize(tf.cast(image, tf.float32), (resize_size, resize_size))
+    if augment:
+        image = tf.image.random_crop(image, (image_size, image_size, image.shape[-1]))
+        image = tf.image.random_flip_left_right(image)
+    else:
+        offset = (resize_size - image_size) // 2
+        image = image[offset : offset + image_size, offset : offset + image_size]
+    if channels == 3 and image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 1 and image.shape[-1] == 3:
+        image = tf.image.rgb_to_grayscale(image)
+    return image
+
+
+def _fashion_mnist(path):
+    """All 70,000 Fashion-MNIST images (uint8, 28×28) and labels, from disk or keras."""
+    folders = [Path(path)] if path else [FASHION_MNIST_DIR]
+    for folder in folders:
+        files = [folder / f"{part}-{kind}-ubyte.gz" for part in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+        if all(f.exists() for f in files):
+            images = [_read_idx(files[0], 16), _read_idx(files[2], 16)]
+            labels = [_read_idx(files[1], 8), _read_idx(files[3], 8)]
+            return np.concatenate(images).reshape(-1, 28, 28), np.concatenate(labels).astype(np.int64)
+    if path:
+        raise DatasetNotAvailableError(
+            f"Fashion-MNIST: no train/t10k *-ubyte.gz files in {path}. Point `path` to the folder "
+            "holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+            "and t10k-labels-idx1-ubyte.gz."
+        )
+    try:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as error:
+        raise DatasetNotAvailableError(
+            f"Fashion-MNIST is not in {FASHION_MNIST_DIR} and could not be downloaded ({error}). "
+            "Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or pass "
+            "`path=` a folder holding the four *-ubyte.gz files."
+        ) from error
+    return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]).astype(np.int64)
+
+
+def _read_idx(file, header_bytes):
+    with gzip.open(file, "rb") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=header_bytes)
+
+
+def _tfds_split(name, split, classes, data_dir, manual_dir, download):
+    import tensorflow_datasets as tfds
+
+    builder_name, label_key, train_classes, test_classes, archives = _TFDS[name]
+    builder = tfds.builder(builder_name, data_dir=data_dir)
+    if not builder.is_prepared():
+        where = f"{builder.data_dir}"
+        if not download:
+            raise DatasetNotAvailableError(
+                f"{name} ({builder_name}) is not prepared in {where}. Pass `download=True` to let "
+                f"tensorflow-datasets fetch it, or, offline, put {archives} in a folder and pass "
+                "`manual_dir=` that folder together with `download=True`."
+            )
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+        try:
+            builder.download_and_prepare(download_config=config)
+        except Exception as error:  # tfds raises AssertionError, DownloadError, ConnectionError...
+            raise DatasetNotAvailableError(
+                f"{name} ({builder_name}) could not be prepared in {where}: {error}. Offline, put "
+                f"{archives} in a folder and pass `manual_dir=` that folder."
+            ) from error
+    decoders = {key: tfds.decode.SkipDecoding() for key in ("segmentation_mask",) if key in builder.info.features}
+    if train_classes is None:
+        # Stanford Online Products' own split is already class-disjoint.
+        dataset = builder.as_dataset(split=split, decoders=decoders or None)
+    else:
+        # The tfds splits are by image; the paper splits by class over both.
+        dataset = builder.as_dataset(split="train", decoders=decoders or None).concatenate(
+            builder.as_dataset(split="test", decoders=decoders or None)
+        )
+        if classes is None:
+            classes = train_classes if split == "train" else test_classes
+    dataset = dataset.map(lambda example: (example["image"], example[label_key]))
+    if classes is not None:
+        keep = tf.constant(sorted(set(int(c) for c in classes)), tf.int64)
+        dataset = dataset.filter(lambda image, label: tf.reduce_any(tf.equal(label, keep)))
+    return dataset
+
+
+def pk_batches(
+    dataset: tf.data.Dataset,
+    classes_per_batch: int,
+    samples_per_class: int,
+    *,
+    seed: int | None = None,
+    num_batches: int | None = None,
+    map_fn=None,
+) -> tf.data.Dataset:
+    """Class-balanced batches: `classes_per_batch` classes × `samples_per_class` each.
+
+    The paper's batches hold 5 images of each class (batch 128). Each pass over
+    the returned dataset (each epoch) shuffles the classes and walks through
+    them `classes_per_batch` at a time, so every class appears about once per
+    epoch. Last-batch rule: when fewer than `classes_per_batch` classes remain,
+    the batch is completed with classes drawn from the others, so every batch
+    has exactly `classes_per_batch` distinct classes and `P·K` items. A class
+    with fewer than `samples_per_class` items contributes all of them plus
+    repeats drawn at random.
+
+    `dataset` is read once and kept in memory, so give it stored images
+    (before random augmentation) and pass per-epoch augmentation as `map_fn`,
+    applied to each sampled `(image, label)`.
+
+    Args:
+        dataset: Finite `tf.data.Dataset` of `(x, label)` with integer labels.
+        classes_per_batch: P, distinct classes in each batch.
+        samples_per_class: K, items of each class in each batch.
+        seed: Makes the batches reproducible: the same seed gives the same
+            sequence of batches, epoch after epoch.
+        num_batches: Batches per epoch; defaults to `ceil(classes / P)`.
+        map_fn: Optional function applied to each sampled `(x, label)`.
+
+    Returns:
+        A `tf.data.Dataset` of `(x, label)` batches of `P·K` items.
+    """
+    if classes_per_batch < 1 or samples_per_class < 1:
+        raise ValueError(
+            f"classes_per_batch and samples_per_class must be >= 1, received "
+            f"{classes_per_batch} and {samples_per_class}."
+        )
+    features, labels = _materialize(dataset)
+    classes, members = np.unique(labels, return_inverse=True)
+    if len(classes) < classes_per_batch:
+        raise ValueError(
+            f"pk_batches needs at least classes_per_batch={classes_per_batch} classes, but the "
+            f"dataset has {len(classes)}. Lower classes_per_batch or add classes."
+        )
+    by_class = [np.flatnonzero(members == c) for c in range(len(classes))]
+    num_batches = num_batches or -(-len(classes) // classes_per_batch)
+    epochs = iter(range(2**62))
+
+    def batch_indices():
+        # One generator per epoch; (seed, epoch) makes every epoch reproducible.
+        rng = np.random.default_rng(None if seed is None else (seed, next(epochs)))
+        order = rng.permutation(len(classes))
+        for _ in range(num_batches):
+            if len(order) == 0:
+                order = rng.permutation(len(classes))
+            chosen, order = order[:classes_per_batch], order[classes_per_batch:]
+            if len(chosen) < classes_per_batch:  # last batch: top up with other classes
+                others = np.setdiff1d(np.arange(len(classes)), chosen)
+                extra = rng.choice(others, classes_per_batch - len(chosen), replace=False)
+                chosen = np.concatenate([chosen, extra])
+            yield np.concatenate([_draw(rng, by_class[c], samples_per_class) for c in chosen])
+
+    indices = tf.data.Dataset.from_generator(
+        batch_indices, output_signature=tf.TensorSpec((classes_per_batch * samples_per_class,), tf.int64)
+    ).apply(tf.data.experimental.assert_cardinality(num_batches))
+    features, labels = tf.constant(features), tf.constant(labels)
+    items = indices.unbatch().map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
+    if map_fn is not None:
+        items = items.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return items.batch(classes_per_batch * samples_per_class).prefetch(tf.data.AUTOTUNE)
+
+
+def _draw(rng, members, count):
+    """`count` distinct members, or all of them plus random repeats if too few."""
+    if len(members) >= count:
+        return rng.choice(members, count, replace=False)
+    return np.concatenate([members, rng.choice(members, count - len(members))])
+
+
+def _materialize(dataset):
+    """Reads a finite `(x, label)` dataset into two NumPy arrays."""
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("pk_batches needs a finite dataset; remove `.repeat()` (it repeats by itself).")
+    features, labels = [], []
+    for x, y in dataset.batch(4096).as_numpy_iterator():
+        features.append(x)
+        labels.append(y)
+    if not features:
+        raise ValueError("pk_batches received an empty dataset.")
+    labels = np.concatenate(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"Labels must be integers, received {labels.dtype}.")
+    return np.concatenate(features), labels.astype(np.int64)

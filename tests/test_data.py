@@ -1,0 +1,166 @@
+"""Loaders (mocked tfds, real Fashion-MNIST files) and P×K batches."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from rkd_keras import DatasetNotAvailableError, load_dataset, pk_batches
+from rkd_keras.data import FASHION_MNIST_DIR, preprocess_image
+
+
+def _mock_split(label_key, num_classes, extra_features=()):
+    """An `as_dataset_fn` whose tfds split holds each class once; the image encodes the split."""
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        marker = {"train": 1, "test": 2}[str(split)]
+        labels = np.arange(num_classes, dtype=np.int64)
+        examples = {
+            "image": np.full((num_classes, 5, 7, 3), marker, np.uint8),
+            label_key: labels,
+            **{key: labels + 1000 for key in extra_features},
+        }
+        return tf.data.Dataset.from_tensor_slices(examples)
+
+    return as_dataset
+
+
+def _collect(dataset):
+    images, labels = zip(*dataset.as_numpy_iterator())
+    return np.stack(images), np.array(labels)
+
+
+@pytest.mark.parametrize("name, num_classes, boundary", [("cub200", 200, 100), ("cars196", 196, 98)])
+def test_cub_and_cars_are_class_disjoint_over_both_tfds_splits(name, num_classes, boundary):
+    with tfds.testing.mock_data(as_dataset_fn=_mock_split("label", num_classes)):
+        train = _collect(load_dataset(name, "train", image_size=8, download=True))
+        test = _collect(load_dataset(name, "test", image_size=8, download=True))
+    for (images, labels), classes in ((train, range(boundary)), (test, range(boundary, num_classes))):
+        # Every class of the range, once from each tfds split, labels unchanged.
+        assert Counter(labels.tolist()) == {c: 2 for c in classes}
+        assert sorted(set(images[:, 0, 0, 0].round().tolist())) == [1.0, 2.0]
+        assert images.shape[1:] == (8, 8, 3) and images.dtype == np.float32
+
+
+def test_sop_uses_class_id_and_its_own_split():
+    with tfds.testing.mock_data(as_dataset_fn=_mock_split("class_id", 12, extra_features=("super_class_id",))):
+        images, labels = _collect(load_dataset("sop", "test", image_size=8, download=True))
+    assert labels.tolist() == list(range(12))
+    assert set(images[:, 0, 0, 0].round().tolist()) == {2.0}
+
+
+def test_mock_data_with_random_examples_loads_through_the_pipeline():
+    with tfds.testing.mock_data(num_examples=6):
+        images, labels = _collect(load_dataset("cars196", "train", image_size=16, classes=range(196), download=True))
+    assert images.shape == (12, 16, 16, 3) and labels.dtype == np.int64
+
+
+def test_missing_dataset_raises_a_clear_error_without_downloading(tmp_path):
+    with pytest.raises(DatasetNotAvailableError) as error:
+        load_dataset("cub200", "train", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "cub200 (caltech_birds2011) is not prepared" in message
+    assert str(tmp_path) in message and "manual_dir" in message and "CUB_200_2011.tgz" in message
+
+
+def test_failed_download_is_wrapped(tmp_path, monkeypatch):
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(DatasetNotAvailableError, match="could not be prepared.*no network.*manual_dir"):
+        load_dataset("cars196", "test", data_dir=str(tmp_path), download=True)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
+        load_dataset("mnist", "train")
+    with pytest.raises(ValueError, match="Unknown split 'val'"):
+        load_dataset("fashion_mnist", "val")
+
+
+def test_fashion_mnist_reads_the_debian_files_class_disjoint():
+    assert (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), "install dataset-fashion-mnist"
+    train = load_dataset("fashion_mnist", "train", image_size=28, resize_size=28, channels=1)
+    test = load_dataset("fashion_mnist", "test", image_size=28, resize_size=28, channels=1)
+    train_labels = np.concatenate([y for _, y in train.batch(8192).as_numpy_iterator()])
+    test_labels = np.concatenate([y for _, y in test.batch(8192).as_numpy_iterator()])
+    # 7,000 images per class over the official train and t10k files.
+    assert Counter(train_labels.tolist()) == {c: 7000 for c in range(5)}
+    assert Counter(test_labels.tolist()) == {c: 7000 for c in range(5, 10)}
+    image, _ = next(iter(test))
+    assert image.shape == (28, 28, 1) and 0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 255
+
+
+def test_fashion_mnist_custom_classes_and_three_channels():
+    dataset = load_dataset("fashion_mnist", "test", image_size=24, classes=[9], channels=3)
+    image, label = next(iter(dataset))
+    assert image.shape == (24, 24, 3) and int(label) == 9
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+
+
+def test_fashion_mnist_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetNotAvailableError, match="no train/t10k \\*-ubyte.gz files in"):
+        load_dataset("fashion_mnist", "train", path=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [(np.zeros((28, 28), np.uint8), "Images must have shape"), (np.zeros((8, 8, 3), np.int32), "uint8 or floating")],
+)
+def test_images_of_wrong_rank_or_dtype_are_refused(image, message):
+    with pytest.raises(ValueError, match=message):
+        preprocess_image(image, image_size=4, resize_size=4, augment=False)
+
+
+def test_augmentation_crops_and_centre_crop_is_the_middle():
+    image = np.arange(10 * 10, dtype=np.float32).reshape(10, 10, 1)
+    centre = preprocess_image(image, image_size=6, resize_size=10, augment=False, channels=1)
+    np.testing.assert_array_equal(centre[..., 0], image[2:8, 2:8, 0])
+    crop = preprocess_image(image, image_size=6, resize_size=10, augment=True, channels=1).numpy()[..., 0]
+    windows = [image[i : i + 6, j : j + 6, 0] for i in range(5) for j in range(5)]
+    assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
+
+
+def _items(sizes):
+    """Items whose feature is their own index, with `sizes[c]` items of class c."""
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return tf.data.Dataset.from_tensor_slices((np.arange(len(labels)), labels)), labels
+
+
+def _batches(dataset):
+    return [(x, y) for x, y in dataset.as_numpy_iterator()]
+
+
+def test_pk_batches_hold_p_classes_of_k_items_each():
+    dataset, labels = _items([7] * 10 + [3, 2])  # two classes smaller than K = 4
+    batches = _batches(pk_batches(dataset, 5, 4, seed=0))
+    assert len(batches) == 3  # ceil(12 classes / 5)
+    seen = set()
+    for x, y in batches:
+        assert len(y) == 20
+        assert sorted(Counter(y.tolist()).values()) == [4] * 5
+        np.testing.assert_array_equal(labels[x], y)  # features travel with their labels
+        seen |= set(y.tolist())
+    assert seen == set(range(12))  # the last batch is topped up, every class comes
+    # Class 11 has only items 73 and 74: both come, plus two repeats.
+    small = [x for batch, ys in batches for x, c in zip(batch, ys) if c == 11]
+    assert len(small) == 4 and set(small) == {73, 74}
+
+
+def test_pk_batches_are_reproducible_under_a_seed_and_change_between_epochs():
+    dataset, _ = _items([6] * 8)
+    first = pk_batches(dataset, 4, 3, seed=7)
+    epoch1, epoch2 = _batches(first), _batches(first)
+    again = _batches(pk_batches(dataset, 4, 3, seed=7))
+    for (a, _), (b, _) in zip(epoch1, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for (a, _), (b, _) in zip(epoch1, epoch2))
+
+
+def test_pk_batches_needs_enough_classes():
+    dataset, _ = _items([3, 3, 3])
+    with pytest.raises(ValueError, match="needs at least classes_per_batch=4 classes, but the dataset has 3"):
+        pk_batches(dataset, 4, 2)

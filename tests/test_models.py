@@ -1,0 +1,51 @@
+"""embedding_model: every backbone builds with weights=None, right width and norm."""
+
+import keras
+import numpy as np
+import pytest
+
+from rkd_keras import embedding_model
+from rkd_keras.models import BACKBONES
+
+
+# Each backbone once (alternating the norm), small_cnn both ways: big ones are slow to build.
+@pytest.mark.parametrize(
+    "backbone, l2_normalize", [(b, i % 2 == 0) for i, b in enumerate(BACKBONES)] + [("small_cnn", False)]
+)
+def test_backbone_builds_with_width_and_norm(backbone, l2_normalize, rng):
+    model = embedding_model(backbone, 24, l2_normalize=l2_normalize, input_shape=(32, 32, 3))
+    images = rng.uniform(0, 255, size=(3, 32, 32, 3)).astype("float32")
+    embeddings = model.predict(images, verbose=0)
+    assert embeddings.shape == (3, 24)
+    norms = np.linalg.norm(embeddings, axis=1)
+    if l2_normalize:
+        np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    else:
+        assert np.all(np.abs(norms - 1.0) > 1e-3)
+
+
+def test_small_cnn_width_sets_the_size_and_accepts_grey_images():
+    teacher = embedding_model("small_cnn", 128, input_shape=(28, 28, 1), width=32)
+    student = embedding_model("small_cnn", 32, input_shape=(28, 28, 1), width=8, l2_normalize=False)
+    assert teacher.count_params() >= 10 * student.count_params()
+
+
+def test_resnet18_has_the_standard_size():
+    model = embedding_model("resnet18", 128, input_shape=(64, 64, 3))
+    backbone = model.get_layer("resnet18")
+    assert backbone.count_params() == pytest.approx(11_176_512, rel=1e-3)  # torchvision's, without fc
+
+
+def test_saved_model_loads_without_unsafe_mode(tmp_path, rng):
+    model = embedding_model("small_cnn", 8, input_shape=(16, 16, 1), width=4)
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    images = rng.uniform(0, 255, size=(2, 16, 16, 1)).astype("float32")
+    np.testing.assert_array_equal(restored.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+def test_unknown_backbone_and_unavailable_weights_are_refused():
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
+        embedding_model("vgg", 8)
+    with pytest.raises(ValueError, match="resnet18 has no pretrained weights"):
+        embedding_model("resnet18", 8, weights="imagenet")

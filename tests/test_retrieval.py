@@ -1,0 +1,137 @@
+"""Exact retrieval metrics against brute force, and the RetrievalRecall callback."""
+
+import keras
+import numpy as np
+import pytest
+
+from rkd_keras import Distiller, RetrievalRecall, map_at_r, r_precision, recall_at_k
+
+
+def brute_force_ranking(embeddings, labels):
+    """Per query, the other items' labels sorted by distance, ties by index."""
+    e = np.asarray(embeddings, np.float64)
+    d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    order = np.argsort(d, axis=1, kind="stable")[:, :-1]
+    return labels[order] == labels[:, None]
+
+
+def brute_recall(embeddings, labels, ks):
+    relevant = brute_force_ranking(embeddings, labels)
+    return {k: relevant[:, :k].any(axis=1).mean() for k in ks}
+
+
+def brute_map_and_rp(embeddings, labels):
+    relevant = brute_force_ranking(embeddings, labels)
+    maps, rps = [], []
+    for row, label in zip(relevant, labels):
+        r = int((labels == label).sum()) - 1
+        if r == 0:
+            continue
+        hits = row[:r]
+        precisions = np.cumsum(hits) / np.arange(1, r + 1)
+        maps.append((precisions * hits).sum() / r)
+        rps.append(hits.sum() / r)
+    return np.mean(maps), np.mean(rps)
+
+
+def _datasets():
+    rng = np.random.default_rng(3)
+    random = (rng.normal(size=(300, 16)), rng.integers(0, 20, 300))
+    base = rng.normal(size=(100, 8))
+    duplicates = (np.concatenate([base, base, base[:50]]), rng.integers(0, 10, 250))
+    # Small integer coordinates: many exactly equal distances.
+    ties = (rng.integers(0, 3, size=(200, 3)).astype(float), rng.integers(0, 7, 200))
+    # Classes of 1, 2 and 3 items, smaller than the larger K.
+    small = (rng.normal(size=(60, 4)), np.repeat(np.arange(30), [1, 2, 3] * 10)[:60])
+    return {"random": random, "duplicates": duplicates, "ties": ties, "small_classes": small}
+
+
+DATA = _datasets()
+
+
+@pytest.mark.parametrize("batch_size", [7, 1024])
+@pytest.mark.parametrize("case", DATA)
+def test_recall_at_k_equals_brute_force(case, batch_size):
+    embeddings, labels = DATA[case]
+    ks = (1, 2, 4, 8, 16)
+    ours = recall_at_k(embeddings, labels, ks, batch_size=batch_size)
+    expected = brute_recall(embeddings, labels, ks)
+    assert ours.keys() == expected.keys()
+    for k in ks:
+        assert ours[k] == pytest.approx(expected[k], abs=1e-12)
+
+
+@pytest.mark.parametrize("case", DATA)
+def test_map_at_r_and_r_precision_equal_brute_force(case):
+    embeddings, labels = DATA[case]
+    expected_map, expected_rp = brute_map_and_rp(embeddings, labels)
+    assert map_at_r(embeddings, labels, batch_size=13) == pytest.approx(expected_map, abs=1e-12)
+    assert r_precision(embeddings, labels, batch_size=13) == pytest.approx(expected_rp, abs=1e-12)
+
+
+def test_cosine_metric_ranks_by_angle(rng):
+    embeddings, labels = rng.normal(size=(100, 8)), rng.integers(0, 5, 100)
+    scaled = embeddings * rng.uniform(0.1, 10.0, size=(100, 1))
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    assert recall_at_k(scaled, labels, metric="cosine") == recall_at_k(unit, labels)
+
+
+@pytest.mark.parametrize(
+    "embeddings, labels, ks, message",
+    [
+        (np.zeros((5, 2)), np.arange(5), (1, 5), "Every K must be in \\[1, N - 1\\]"),
+        (np.zeros((1, 2)), np.arange(1), (1,), "at least 2 items"),
+        (np.zeros((5, 2)), np.arange(4), (1,), "Expected embeddings \\(N, D\\) and N labels"),
+    ],
+)
+def test_invalid_inputs_raise_value_error(embeddings, labels, ks, message):
+    with pytest.raises(ValueError, match=message):
+        recall_at_k(embeddings, labels, ks)
+
+
+def _embedder(dim=6):
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(dim)(inputs))
+
+
+def test_callback_logs_equal_recall_at_k_and_drive_early_stopping(rng):
+    x, y = rng.normal(size=(128, 4)).astype("float32"), rng.integers(0, 4, 128)
+    x_val, y_val = rng.normal(size=(60, 4)).astype("float32"), rng.integers(0, 4, 60)
+    student = _embedder()
+    distiller = Distiller(_embedder(12), student)
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(recall_at_k(student.predict(x_val, verbose=0), y_val))
+    )
+    stop = keras.callbacks.EarlyStopping(monitor="val_recall_at_1", mode="max", patience=0)
+    history = distiller.fit(
+        x, epochs=6, batch_size=32, verbose=0, callbacks=[RetrievalRecall((x_val, y_val)), record, stop]
+    ).history
+    assert len(history["val_recall_at_1"]) == len(seen) >= 2
+    for k in (1, 2, 4, 8):
+        assert history[f"val_recall_at_{k}"] == [s[k] for s in seen]
+    # patience=0: training stops after the first epoch that does not improve R@1.
+    r1 = [s[1] for s in seen]
+    no_gain = [e for e in range(1, len(r1)) if r1[e] <= max(r1[:e])]
+    assert len(seen) == (no_gain[0] + 1 if no_gain else 6)
+
+
+def test_callback_is_deep_copyable_and_keeps_shuffled_datasets_paired(rng):
+    import copy
+
+    import tensorflow as tf
+
+    x = rng.normal(size=(40, 4)).astype("float32")
+    x[:, 0] = np.arange(40)  # the identity model's embedding names its row
+    y = rng.integers(0, 3, 40)
+    identity = keras.Sequential([keras.Input((4,)), keras.layers.Identity()])
+    # Reshuffled at every pass: embeddings and labels must still stay paired.
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(40).batch(16)
+    clone = copy.deepcopy(RetrievalRecall(data))
+    embeddings, labels = clone.embed(identity)
+    rows = embeddings[:, 0].astype(int)
+    assert sorted(rows) == list(range(40))
+    np.testing.assert_array_equal(labels, y[rows])
+    np.testing.assert_array_equal(embeddings, x[rows])
