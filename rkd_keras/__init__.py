@@ -1,11 +1,13 @@
 """rkd_keras: Relational Knowledge Distillation (Park et al., CVPR 2019) for Keras 3 / TensorFlow."""
 
-from rkd_keras import data, losses, models, retrieval
+from rkd_keras import data, export, losses, models, retrieval, tuning
 from rkd_keras.data import DatasetNotAvailableError, load_dataset, pk_batches
 from rkd_keras.distiller import Distiller
+from rkd_keras.export import export_student, load_student
 from rkd_keras.losses import RKDAngle, RKDDistance, TripletLoss, rkd_angle, rkd_distance, triplet_loss
 from rkd_keras.models import embedding_model
 from rkd_keras.retrieval import RetrievalRecall, map_at_r, r_precision, recall_at_k
+from rkd_keras.tuning import RKDHyperModel, search_loss_weights
 
 __all__ = [
     "Distiller",
@@ -27,4 +29,10 @@ __all__ = [
     "map_at_r",
     "r_precision",
     "RetrievalRecall",
+    "export",
+    "export_student",
+    "load_student",
+    "tuning",
+    "RKDHyperModel",
+    "search_loss_weights",
 ]

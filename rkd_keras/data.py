@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 # name → (tfds builder, label feature, classes of the train split, of the test
 # split, archives users put in `manual_dir` to prepare it offline).
@@ -45,6 +45,7 @@ def load_dataset(
     manual_dir: str | None = None,
     download: bool = False,
     path: str | None = None,
+    validation_fraction: float = 0.0,
 ) -> tf.data.Dataset:
     """Loads a class-disjoint split of one of the paper's datasets.
 
@@ -54,7 +55,9 @@ def load_dataset(
 
     Args:
         name: One of `"cub200"`, `"cars196"`, `"sop"`, `"fashion_mnist"`.
-        split: `"train"` (training classes) or `"test"` (the unseen classes).
+        split: `"train"` (training classes), `"validation"` (held-out images of
+            the training classes, see `validation_fraction`) or `"test"`
+            (the unseen classes).
         image_size: Side of the square output images (paper: 224).
         resize_size: Side images are resized to before cropping; defaults to
             `image_size · 256 / 224`, the paper's ratio.
@@ -68,6 +71,10 @@ def load_dataset(
         download: Prepare the dataset with tensorflow-datasets if it is not
             prepared yet. Off by default: nothing is fetched unless asked.
         path: Fashion-MNIST only: folder of the `*-ubyte.gz` files.
+        validation_fraction: Share of the training classes' images held out
+            as the `"validation"` split (every `round(1 / fraction)`-th image,
+            deterministically) and removed from `"train"`. Select checkpoints
+            and hyperparameters on it, never on the test classes.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, image float32
@@ -79,17 +86,31 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose 'train' or 'test'.")
+        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
+    if not 0.0 <= validation_fraction < 1.0 or (split == "validation" and not validation_fraction):
+        raise ValueError(
+            f"validation_fraction must be in [0, 1) and > 0 for the validation split, received "
+            f"{validation_fraction} with split {split!r}."
+        )
+    source_split = "test" if split == "test" else "train"
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3, received {channels}.")
     if name == "fashion_mnist":
         images, labels = _fashion_mnist(path)
         if classes is None:
-            classes = range(5) if split == "train" else range(5, 10)
+            classes = range(5) if source_split == "train" else range(5, 10)
         keep = np.isin(labels, list(classes))
         dataset = tf.data.Dataset.from_tensor_slices((images[keep][..., None], labels[keep]))
     else:
-        dataset = _tfds_split(name, split, classes, data_dir, manual_dir, download)
+        dataset = _tfds_split(name, source_split, classes, data_dir, manual_dir, download)
+    if source_split == "train" and validation_fraction:
+        stride = max(2, round(1 / validation_fraction))
+        held_out = split == "validation"
+        dataset = (
+            dataset.enumerate()
+            .filter(lambda index, item: tf.equal(index % stride == 0, held_out))
+            .map(lambda index, item: item)
+        )
     resize_size = resize_size or round(image_size * 256 / 224)
     augment = split == "train" if augment is None else augment
     return dataset.map(

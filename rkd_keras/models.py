@@ -16,6 +16,10 @@ _APPLICATIONS = {
 BACKBONES = ("small_cnn", "resnet18", *_APPLICATIONS)
 
 
+class WeightsNotAvailableError(RuntimeError):
+    """Pretrained weights could not be downloaded (no internet)."""
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ImagePreprocessing(keras.layers.Layer):
     """Maps images in [0, 255] to what a backbone's weights expect.
@@ -73,7 +77,15 @@ def embedding_model(
     if backbone in _APPLICATIONS:
         build, mode = _APPLICATIONS[backbone]
         extra = {"include_preprocessing": True} if backbone == "mobilenet_v3_small" else {}
-        net = build(include_top=False, weights=weights, input_shape=input_shape, **extra)
+        try:
+            net = build(include_top=False, weights=weights, input_shape=input_shape, **extra)
+        except Exception as error:
+            if weights != "imagenet":
+                raise
+            raise WeightsNotAvailableError(
+                f"could not download the ImageNet weights of {backbone} ({error}). Offline, pass "
+                "weights=None (CLI: --weights none) or the path of a weights file."
+            ) from error
     else:
         if weights is not None and not str(weights).endswith(".weights.h5"):
             raise ValueError(

@@ -50,7 +50,8 @@ def _chunks(embeddings, batch_size):
     """Yields (first query index, scores of the chunk's queries against all items)."""
     norms = tf.reduce_sum(embeddings * embeddings, axis=1)
     for first in range(0, int(embeddings.shape[0]), batch_size):
-        yield first, _query_scores(embeddings[first : first + batch_size], first, embeddings, norms)
+        chunk = embeddings[first : first + batch_size]
+        yield first, _query_scores(chunk, tf.constant(first, tf.int32), embeddings, norms)
 
 
 def recall_at_k(embeddings, labels, ks=(1, 2, 4, 8), *, metric: str = "euclidean", batch_size: int = 512) -> dict:
@@ -192,9 +193,13 @@ class RetrievalRecall(keras.callbacks.Callback):
         if not isinstance(self.data, tf.data.Dataset):
             images, labels = self.data
             return model.predict(images, batch_size=self.batch_size, verbose=0), np.asarray(labels).reshape(-1)
-        embeddings, labels = [], []
+        embeddings, labels, size = [], [], None
         for images, batch_labels in self.data:
-            embeddings.append(np.asarray(model.predict_on_batch(images)))
+            count = len(batch_labels)
+            size = size or count
+            if count < size:  # pad the last batch: one traced shape, no retracing
+                images = tf.concat([images, tf.zeros([size - count, *images.shape[1:]], images.dtype)], 0)
+            embeddings.append(np.asarray(model.predict_on_batch(images))[:count])
             labels.append(np.asarray(batch_labels).reshape(-1))
         if not labels:
             raise ValueError("RetrievalRecall received an empty evaluation dataset.")

@@ -164,3 +164,23 @@ def test_pk_batches_needs_enough_classes():
     dataset, _ = _items([3, 3, 3])
     with pytest.raises(ValueError, match="needs at least classes_per_batch=4 classes, but the dataset has 3"):
         pk_batches(dataset, 4, 2)
+
+
+def test_validation_split_holds_out_every_tenth_training_image():
+    def collect(split):
+        dataset = load_dataset("fashion_mnist", split, image_size=28, channels=1, validation_fraction=0.1)
+        images, labels = zip(*dataset.batch(8192).as_numpy_iterator())
+        return np.concatenate(images), np.concatenate(labels)
+
+    train, validation = collect("train"), collect("validation")
+    assert len(validation[1]) == 3500 and len(train[1]) == 31500
+    assert set(validation[1].tolist()) == set(range(5))
+    # Disjoint: no validation image is also a training image.
+    train_keys = {row.tobytes() for row in train[0][:, ::4, ::4].astype(np.uint8)}
+    shared = sum(row.tobytes() in train_keys for row in validation[0][:, ::4, ::4].astype(np.uint8))
+    assert shared < 10  # Fashion-MNIST itself has a handful of duplicate images
+
+
+def test_validation_split_needs_a_fraction():
+    with pytest.raises(ValueError, match="validation_fraction must be in \\[0, 1\\) and > 0"):
+        load_dataset("fashion_mnist", "validation")

@@ -1,0 +1,96 @@
+"""SavedModel export of the student alone, read back without rkd_keras."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from rkd_keras import Distiller, embedding_model
+from rkd_keras.export import export_student, load_student
+
+READ_BACK = """
+import sys
+import numpy as np
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])  # keep a reference: it owns the variables
+for batch in (1, 7):
+    images = np.load(sys.argv[2])[:batch]
+    np.save(f"{sys.argv[3]}_{batch}.npy", loaded.serve(tf.constant(images)).numpy())
+assert "rkd_keras" not in sys.modules
+"""
+
+
+def _folder_size(path):
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+@pytest.fixture
+def distiller():
+    teacher = embedding_model("small_cnn", 64, input_shape=(16, 16, 1), width=32, name="teacher")
+    student = embedding_model("small_cnn", 8, input_shape=(16, 16, 1), width=4, l2_normalize=False, name="student")
+    return Distiller(teacher, student)
+
+
+def test_exported_student_serves_the_same_embeddings_in_a_tensorflow_only_process(distiller, tmp_path, rng):
+    images = rng.uniform(0, 255, size=(7, 16, 16, 1)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    export_student(distiller, tmp_path / "student")
+    script = tmp_path / "read_back.py"
+    script.write_text(READ_BACK)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "student"), str(tmp_path / "images.npy"), str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path,  # not the repository: rkd_keras is not importable there
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for batch in (1, 7):
+        served = np.load(tmp_path / f"out_{batch}.npy")
+        expected = distiller.student.predict(images[:batch], verbose=0)
+        assert served.shape == (batch, 8)
+        assert np.max(np.abs(served - expected)) <= 1e-6
+
+
+def test_export_holds_the_student_not_the_teacher(distiller, tmp_path):
+    assert distiller.teacher.count_params() >= 5 * distiller.student.count_params()
+    export_student(distiller, tmp_path / "student")
+    export_student(distiller.teacher, tmp_path / "teacher")
+    assert _folder_size(tmp_path / "student") * 3 < _folder_size(tmp_path / "teacher")
+
+
+def test_load_student_returns_a_keras_layer(distiller, tmp_path, rng):
+    export_student(distiller, tmp_path / "student")
+    images = rng.uniform(0, 255, size=(3, 16, 16, 1)).astype("float32")
+    layer = load_student(tmp_path / "student")
+    np.testing.assert_allclose(np.asarray(layer(images)), distiller.student.predict(images, verbose=0), atol=1e-6)
+
+
+def test_existing_path_is_refused_unless_overwrite(distiller, tmp_path):
+    (tmp_path / "student").mkdir()
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
+        export_student(distiller, tmp_path / "student")
+    export_student(distiller, tmp_path / "student", overwrite=True)
+    assert (tmp_path / "student" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+def test_interrupted_export_leaves_nothing(distiller, tmp_path, monkeypatch):
+    def broken_export(self, *args, **kwargs):
+        Path(args[0]).mkdir()
+        (Path(args[0]) / "variables").mkdir()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "export", broken_export)
+    with pytest.raises(OSError, match="disk full"):
+        export_student(distiller, tmp_path / "student")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_subclassed_student_needs_a_signature(tmp_path):
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x * 2.0
+
+    with pytest.raises(ValueError, match="pass input_signature="):
+        export_student(Subclassed(), tmp_path / "student")
