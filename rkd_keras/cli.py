@@ -320,7 +320,7 @@ def _demo(args):
     root = Path(args.runs_dir) / args.name
     base = dict(seed=args.seed, max_train_items=20_000, max_eval_items=4_000)
     if args.quick:
-        base.update(epochs=1, steps_per_epoch=6, max_train_items=2_000, max_eval_items=600)
+        base.update(epochs=1, steps_per_epoch=4, max_train_items=1_000, max_eval_items=400)
     if args.epochs:
         base["epochs"] = args.epochs
     configs = {"teacher": resolve_config("teacher", overrides=base)}

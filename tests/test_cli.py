@@ -81,9 +81,9 @@ def test_bad_config_files_give_one_line_errors(content, message, tmp_path, capsy
 
 
 def _mock_cub(self, split, decoders=None, read_config=None, **kwargs):
-    # 3 images of each of the 200 classes in each tfds split, tiny random sizes.
+    # 2 images of each of the 200 classes in each tfds split, tiny random sizes.
     rng = np.random.default_rng({"train": 0, "test": 1}[str(split)])
-    labels = np.tile(np.arange(200, dtype=np.int64), 3)
+    labels = np.tile(np.arange(200, dtype=np.int64), 2)
     images = rng.integers(0, 255, size=(len(labels), 12, 10, 3), dtype=np.uint8)
     return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
 
@@ -108,9 +108,9 @@ def test_cub_preset_trains_distills_and_evaluates_on_mocked_tfds(tmp_path, capsy
         assert main(["evaluate", "--model", str(tmp_path / "s" / "best.keras"), "--preset", "cub200", *TINY,
                      "--output", str(output)]) == 0  # fmt: skip
     metrics = json.loads(output.read_text())
-    # The test split: classes 100–199, 3 images from each tfds split.
-    assert metrics["items"] == 600 and metrics["params"] > 11_000_000
-    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["items"] == 600
+    # The test split: classes 100–199, 2 images from each tfds split.
+    assert metrics["items"] == 400 and metrics["params"] > 11_000_000
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["items"] == 400
 
 
 def test_interrupted_run_is_marked_incomplete_and_resume_finishes_it(tmp_path, capsys, monkeypatch):

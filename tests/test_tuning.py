@@ -70,7 +70,7 @@ def test_search_raises_when_every_trial_fails(problem, tmp_path, monkeypatch):
 def test_bayesian_optimization_and_hyperband_run(problem, tmp_path, tuner):
     teacher, train, validation = problem
     hypermodel = RKDHyperModel(teacher, lambda: mlp(8, 4, "student"))
-    options = {"max_trials": 2} if tuner == "bayesian" else {"epochs": 2, "hyperband_iterations": 1, "factor": 2}
+    options = {"max_trials": 2} if tuner == "bayesian" else {"epochs": 2, "hyperband_iterations": 1, "factor": 3}
     _, _, search = search_loss_weights(
         hypermodel, train, validation, tuner=tuner, directory=str(tmp_path), verbose=0, **options
     )
