@@ -1,5 +1,6 @@
 """Runs of the CLI: run folders, training with checkpoints and resume, the demo."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -47,6 +48,16 @@ class RunFolder:
 
     def set_status(self, status, **details):
         write_json(self.path / "status.json", {"status": status, **details})
+
+    @contextlib.contextmanager
+    def running(self):
+        """Marks the run running; on any exception (Ctrl-C too) incomplete, with the reason."""
+        self.set_status("running")
+        try:
+            yield
+        except BaseException as error:
+            self.set_status("incomplete", reason=f"{type(error).__name__}: {error}")
+            raise
 
     def config(self, config):
         """The run's config: the saved one when resuming, so a resumed run is the same run."""
@@ -166,8 +177,7 @@ def train(config, folder, teacher_path=None, verbose=1):
     if folder.status() == "complete":
         return json.loads((folder.path / "metrics.json").read_text())
     config = folder.config(config)
-    folder.set_status("running")
-    try:
+    with folder.running():
         keras.utils.set_random_seed(config.seed)
         model, embedder = _model(config, teacher_path)
         callbacks = [
@@ -180,9 +190,6 @@ def train(config, folder, teacher_path=None, verbose=1):
         model.fit(_batches(config), epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
         best = keras.models.load_model(folder.path / "best.keras")
         metrics = {**evaluate(best, config), **json.loads((folder.path / "best.json").read_text())}
-    except BaseException as error:
-        folder.set_status("incomplete", reason=f"{type(error).__name__}: {error}")
-        raise
     write_json(folder.path / "metrics.json", metrics)
     _report.plot_report(folder.path / "report.png", {folder.path.name: metrics}, {folder.path.name: _history(folder.path)})
     folder.set_status("complete")
@@ -201,16 +208,12 @@ def demo(root, configs, resume=False, verbose=1):
     """Teacher, triplet-only student and RKD students on Fashion-MNIST, side by side."""
     root = Path(root)
     top = RunFolder(root, resume=resume)
-    top.set_status("running")
-    try:
+    with top.running():
         results = {}
         teacher_path = root / "teacher" / "best.keras"
         for name, config in configs.items():
             folder = RunFolder(root / name, resume=(root / name).exists())
             results[name] = train(config, folder, None if name == "teacher" else teacher_path, verbose)
-    except BaseException as error:
-        top.set_status("incomplete", reason=f"{type(error).__name__}: {error}")
-        raise
     _report.print_table(results)
     write_json(root / "metrics.json", results)
     _report.plot_report(root / "report.png", results, {name: _history(root / name) for name in results})
@@ -236,8 +239,7 @@ def tune(config, folder, teacher_path, tuner, max_trials, verbose=1):
     from rkd_keras.tuning import RKDHyperModel, search_loss_weights
 
     config = folder.config(config)
-    folder.set_status("running")
-    try:
+    with folder.running():
         keras.utils.set_random_seed(config.seed)
         student_kwargs = dict(
             backbone=config.backbone, embedding_dim=config.embedding_dim, l2_normalize=config.l2_normalize,
@@ -255,9 +257,6 @@ def tune(config, folder, teacher_path, tuner, max_trials, verbose=1):
         student.save(folder.path / "best.keras")
         write_json(folder.path / "best_hyperparameters.json", best_hp.values)
         metrics = {**evaluate(student, config), "hyperparameters": best_hp.values}
-    except BaseException as error:
-        folder.set_status("incomplete", reason=f"{type(error).__name__}: {error}")
-        raise
     write_json(folder.path / "metrics.json", metrics)
     folder.set_status("complete")
     return metrics
