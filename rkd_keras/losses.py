@@ -93,33 +93,105 @@ def _normalized_distances(x, eps):
     return tf.math.divide_no_nan(distances, mean)
 
 
-def _angle_cosines(x, eps):
-    """ψ_A: `cos ∠ x_i x_j x_k` for every vertex j, as an `(N, N, N)` tensor.
+# Angles in one `(chunk, N, N)` slab: 4M keeps a chunk's working set (about
+# ten such float32/float64 tensors) in the low hundreds of MB at any N.
+_ANGLE_CHUNK_ELEMENTS = 2**22
 
-    Entry `[j, i, k]` is `⟨e_ji, e_jk⟩` with `e_ji = (x_i − x_j) / ‖x_i − x_j‖`.
-    As in the official code, a zero difference (i = j, k = j or duplicate
-    rows) has direction 0, so those cosines are 0, and i = k gives 1.
-    """
+
+def _angle_factors(x, eps):
+    """The centred float64 Gram matrix and the inverse lengths `1/‖x_i − x_j‖`."""
     gram = _centered_gram(x)
     squared = _squared_distances(gram)
-    # ⟨x_i − x_j, x_k − x_j⟩ = (G_ik − G_jk) − (G_ij − G_jj).  The float64 Gram
-    # matrix is split into float32 hi + lo parts: when x_i is near x_j, the
-    # difference of the hi parts is exact and the lo parts restore the digits
-    # float32 would lose, so near-duplicate rows keep full accuracy.
-    hi = tf.cast(gram, tf.float32)
-    lo = tf.cast(gram - tf.cast(hi, tf.float64), tf.float32)
-    offset = tf.cast(gram - tf.linalg.diag_part(gram)[:, None], tf.float32)
-    dot = ((hi[None, :, :] - hi[:, None, :]) + (lo[None, :, :] - lo[:, None, :])) - offset[
-        :, :, None
-    ]
-    # That grouping is exact in i but not in k; the product is symmetric in
-    # (i, k), so take each entry from the grouping whose near index is closer.
-    i_is_closer = squared[:, :, None] <= squared[:, None, :]
-    dot = tf.where(i_is_closer, dot, tf.transpose(dot, [0, 2, 1]))
-    inverse_norm = tf.where(
-        squared > eps, tf.math.rsqrt(tf.maximum(squared, eps)), 0.0
-    )
-    return dot * inverse_norm[:, :, None] * inverse_norm[:, None, :]
+    # A zero difference has direction 0 (F.normalize in the official code).
+    inverse_norm = tf.where(squared > eps, tf.math.rsqrt(tf.maximum(squared, eps)), 0.0)
+    return gram, inverse_norm
+
+
+def _angle_cosines(gram, inverse_norm, vertices):
+    """ψ_A at the given vertices j: `[j, i, k] = ⟨e_ji, e_jk⟩`, shape `(c, N, N)`.
+
+    `e_ji = (x_i − x_j) / ‖x_i − x_j‖`, and the inner products are
+    `⟨x_i − x_j, x_k − x_j⟩ = G_ik − G_jk − (G_ji − G_jj)` taken in float64, so
+    near-duplicate rows lose no accuracy to cancellation. i = j, k = j and
+    duplicate rows give 0, i = k gives 1, as in the official code.
+    Returns the cosines and the float32 inner products.
+    """
+    gram_j = tf.gather(gram, vertices)
+    offset = gram_j - tf.gather(tf.linalg.diag_part(gram), vertices)[:, None]
+    dot = tf.cast(gram[None] - gram_j[:, None, :] - offset[:, :, None], tf.float32)
+    norm_j = tf.gather(inverse_norm, vertices)
+    return dot * norm_j[:, :, None] * norm_j[:, None, :]
+
+
+@tf.function(jit_compile=True)
+def _angle_chunk(student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta):
+    """One chunk of vertices: its huber sum and its slopes, fused by XLA."""
+    student_cosines = _angle_cosines(student_gram, student_norm, vertices)
+    difference = student_cosines - _angle_cosines(teacher_gram, teacher_norm, vertices)
+    # huber(d) = r·(d − r/2) with r = clip(d, ±delta) = huber'(d): one
+    # quantity gives the loss (PyTorch's smooth_l1 at delta=1) and its slope.
+    slope = weight[:, None, None] * tf.clip_by_value(difference, -delta, delta)
+    # Row sums first: XLA on CPU parallelizes them far better than one scalar sum.
+    total = tf.cast(tf.reduce_sum(tf.reduce_sum(slope * (difference - 0.5 * slope), axis=2)), tf.float64)
+    # cos_jik = dot_jik·a_ji·a_jk: the slope with respect to dot_jik.
+    norm_j = tf.gather(student_norm, vertices)
+    dot_gradient = slope * norm_j[:, :, None] * norm_j[:, None, :]
+    # cos is symmetric in (i, k), so both slots of a_j· give the same sum.
+    norm_gradient = 2.0 * tf.math.divide_no_nan(tf.reduce_sum(slope * student_cosines, axis=2), norm_j)
+    return total, tf.reduce_sum(dot_gradient, axis=0), tf.reduce_sum(dot_gradient, axis=2), norm_gradient
+
+
+def _angle_huber_sum(teacher, student, delta, eps, chunk_size):
+    """Σ over all N³ triples of huber(ψ_A(student) − ψ_A(teacher)), and its gradient.
+
+    Vertices are processed `chunk_size` at a time, so memory is O(chunk·N²)
+    instead of O(N³). The gradient with respect to the student's Gram matrix
+    and inverse lengths is accumulated in the same pass, in closed form, so
+    the backward pass neither keeps nor recomputes the angles. Every chunk
+    has the same shape (the last one repeats a vertex with weight 0), which
+    XLA needs.
+    """
+    teacher_gram, teacher_norm = (tf.stop_gradient(f) for f in _angle_factors(teacher, eps))
+    student_gram, student_norm = _angle_factors(student, eps)
+    n = tf.shape(student)[0]
+    if chunk_size is None:
+        chunk_size = tf.maximum(1, _ANGLE_CHUNK_ELEMENTS // tf.maximum(n * n, 1))
+    chunk_size = tf.minimum(tf.cast(chunk_size, tf.int32), tf.maximum(n, 1))
+    num_chunks = -(-n // chunk_size)
+
+    def chunk(index, total, dot_gradient_sum, row_sums, norm_gradients):
+        vertices = index * chunk_size + tf.range(chunk_size)
+        weight = tf.cast(vertices < n, tf.float32)
+        vertices = tf.minimum(vertices, n - 1)
+        terms = _angle_chunk(student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta)
+        return (
+            index + 1,
+            total + terms[0],
+            dot_gradient_sum + terms[1],
+            row_sums.write(index, terms[2]),
+            norm_gradients.write(index, terms[3]),
+        )
+
+    @tf.custom_gradient
+    def huber_sum(gram, norm):
+        row_sums, norm_gradients = (tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False) for _ in "ab")
+        _, total, dot_gradient_sum, row_sums, norm_gradients = tf.while_loop(
+            lambda index, *_: index < num_chunks,
+            chunk,
+            (tf.constant(0), tf.constant(0.0, tf.float64), tf.zeros_like(norm), row_sums, norm_gradients),
+        )
+        # dot_jik = G_ik − G_jk − G_ji + G_jj; the (j, k) and (j, i) terms give
+        # the same row sums by symmetry, and G_jj collects each row's total.
+        row_sums = row_sums.concat()[:n]
+        gram_gradient = dot_gradient_sum - 2.0 * row_sums + tf.linalg.diag(tf.reduce_sum(row_sums, axis=1))
+        norm_gradient = norm_gradients.concat()[:n]
+
+        def grad(upstream):
+            return upstream * tf.cast(gram_gradient, tf.float64), tf.cast(upstream, tf.float32) * norm_gradient
+
+        return total, grad
+
+    return huber_sum(student_gram, student_norm)
 
 
 def _smooth_l1(teacher_relations, student_relations, delta):
@@ -169,7 +241,9 @@ def rkd_distance(teacher, student, *, delta: float = 1.0, eps: float = 1e-12):
     return _smooth_l1(teacher_relations, _normalized_distances(student, eps), delta)
 
 
-def rkd_angle(teacher, student, *, delta: float = 1.0, eps: float = 1e-12):
+def rkd_angle(
+    teacher, student, *, delta: float = 1.0, eps: float = 1e-12, chunk_size: int | None = None
+):
     """Angle-wise RKD loss (RKD-A, eq. 6–7 of the paper).
 
     Formula:
@@ -182,15 +256,20 @@ def rkd_angle(teacher, student, *, delta: float = 1.0, eps: float = 1e-12):
     shorter than `sqrt(eps)` count as zero. The teacher side carries no
     gradient.
 
-    Cost: the official code builds an N×N×D tensor (N³·D flops); here every
-    angle comes from the N×N Gram matrix (N²·D + N³), with no loss of
-    accuracy for near-duplicate rows.
+    Cost: the official code builds an N×N×D tensor (N³·D flops, N²·D memory
+    plus N³ angles); here every angle comes from the N×N Gram matrix
+    (N²·D + N³ flops), with no loss of accuracy for near-duplicate rows; the
+    angles are formed `chunk_size` vertices at a time and the gradient is
+    accumulated in the same pass, so memory is O(chunk_size·N²).
 
     Args:
         teacher: Teacher embeddings, shape `(N, ...)`; flattened to `(N, -1)`.
         student: Student embeddings, shape `(N, ...)`; any width.
         delta: Threshold of the smooth-L1 (Huber) loss.
         eps: Squared differences at or below `eps` have no direction.
+        chunk_size: Vertices whose N×N angles are formed at once. `None`
+            picks it from N so that one chunk holds about 4M angles
+            (all of them up to N = 161).
 
     Returns:
         Scalar float32 loss.
@@ -203,8 +282,11 @@ def rkd_angle(teacher, student, *, delta: float = 1.0, eps: float = 1e-12):
     teacher = _embedding_matrix(teacher, "Teacher")
     student = _embedding_matrix(student, "Student")
     teacher, student = _check_batch_sizes(teacher, student)
-    teacher_relations = tf.stop_gradient(_angle_cosines(teacher, eps))
-    return _smooth_l1(teacher_relations, _angle_cosines(student, eps), delta)
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be a positive number of vertices or None, received {chunk_size}.")
+    total = _angle_huber_sum(teacher, student, delta, eps, chunk_size)
+    n = tf.cast(tf.shape(student)[0], tf.float64)
+    return tf.cast(tf.math.divide_no_nan(total, n * n * n), tf.float32)
 
 
 class _RelationalLoss(keras.losses.Loss):
@@ -254,8 +336,17 @@ class RKDAngle(_RelationalLoss):
 
     fn = staticmethod(rkd_angle)
 
-    def __init__(self, delta=1.0, eps=1e-12, reduction="sum_over_batch_size", name="rkd_angle", dtype=None):
+    def __init__(
+        self, delta=1.0, eps=1e-12, chunk_size=None, reduction="sum_over_batch_size", name="rkd_angle", dtype=None
+    ):
         super().__init__(delta=delta, eps=eps, reduction=reduction, name=name, dtype=dtype)
+        self.chunk_size = chunk_size
+
+    def call(self, y_true, y_pred):
+        return rkd_angle(y_true, y_pred, delta=self.delta, eps=self.eps, chunk_size=self.chunk_size)
+
+    def get_config(self):
+        return {**super().get_config(), "chunk_size": self.chunk_size}
 
 
 TRIPLET_SAMPLINGS = ("distance_weighted", "batch_hard", "all")

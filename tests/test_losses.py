@@ -202,3 +202,50 @@ def test_loss_classes_forward_to_functions_and_round_trip(loss_class, fn, rng):
 def test_public_api():
     assert rkd_keras.losses.rkd_angle is rkd_angle
     assert {"Distiller", "rkd_distance", "rkd_angle", "RKDDistance", "RKDAngle", "losses"} <= set(rkd_keras.__all__)
+
+
+def _angle_loss_and_gradient(teacher, student, chunk_size, mode):
+    return _gradients(lambda t, s: rkd_angle(t, s, chunk_size=chunk_size), teacher, student, mode)
+
+
+@pytest.mark.parametrize("mode", ["eager", "tf_function", "jit"])
+def test_angle_chunks_give_the_unchunked_loss_and_gradient(mode, rng):
+    """37 vertices in chunks of 1, 5 (last chunk partial), 16, all, more than all, automatic."""
+    teacher = tf.constant(rng.normal(size=(37, 12)), tf.float32)
+    student = tf.constant(rng.normal(size=(37, 5)), tf.float32)
+    whole_value, whole_gradient = _angle_loss_and_gradient(teacher, student, 37, "eager")
+    np.testing.assert_allclose(float(whole_value), reference.rkd_angle(teacher.numpy(), student.numpy()), rtol=1e-5)
+    for chunk_size in (1, 5, 16, 100, None):
+        value, gradient = _angle_loss_and_gradient(teacher, student, chunk_size, mode)
+        np.testing.assert_allclose(float(value), float(whole_value), rtol=1e-6)
+        np.testing.assert_allclose(gradient.numpy(), whole_gradient.numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_angle_automatic_chunks_split_a_large_batch_exactly(rng):
+    """N = 240: about 4M angles per chunk means 72 vertices, so 4 chunks, the last partial."""
+    teacher = rng.normal(size=(240, 16)).astype(np.float32)
+    student = rng.normal(size=(240, 6)).astype(np.float32)
+    value, gradient = _angle_loss_and_gradient(tf.constant(teacher), tf.constant(student), None, "tf_function")
+    np.testing.assert_allclose(float(value), reference.rkd_angle(teacher, student), rtol=1e-5)
+    _, whole_gradient = _angle_loss_and_gradient(tf.constant(teacher), tf.constant(student), 240, "eager")
+    np.testing.assert_allclose(gradient.numpy(), whole_gradient.numpy(), rtol=1e-5, atol=1e-10)
+
+
+def test_angle_chunks_work_with_an_unknown_batch_size(rng):
+    teacher = rng.normal(size=(20, 8)).astype(np.float32)
+    student = rng.normal(size=(20, 4)).astype(np.float32)
+    spec = tf.TensorSpec((None, None), tf.float32)
+    loss = tf.function(lambda t, s: rkd_angle(t, s, chunk_size=6), input_signature=[spec, spec])
+    np.testing.assert_allclose(float(loss(teacher, student)), reference.rkd_angle(teacher, student), rtol=1e-5)
+
+
+def test_angle_chunk_size_must_be_positive():
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        rkd_angle(np.ones((4, 2), np.float32), np.ones((4, 2), np.float32), chunk_size=0)
+
+
+def test_angle_loss_class_keeps_its_chunk_size(rng):
+    teacher, student = _pair(rng, 10, (7,), (3,))
+    restored = keras.losses.deserialize(keras.losses.serialize(RKDAngle(chunk_size=3)))
+    assert restored.chunk_size == 3
+    np.testing.assert_allclose(float(restored(teacher, student)), reference.rkd_angle(teacher, student), rtol=1e-5)
