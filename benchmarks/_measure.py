@@ -1,10 +1,9 @@
-"""Shared by the benchmark scripts: medians after warm-up, peak RSS, fresh processes."""
+"""Shared by the benchmark scripts: medians after warm-up, peak tensor memory, fresh processes."""
 
 import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 
@@ -19,31 +18,18 @@ def median_seconds(fn, repeats=5, budget=20.0):
     return statistics.median(times), len(times)
 
 
-def _rss():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
+def peak_tensor_bytes(fn):
+    """Peak bytes of TensorFlow tensors on the CPU during `fn()`, above those live before.
 
+    TensorFlow's allocator statistics, not RSS: freed buffers stay in the
+    process's RSS, so RSS cannot show a second call's peak.
+    """
+    import tensorflow as tf
 
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 2 ms."""
-
-    def __enter__(self):
-        self.base = self.peak = _rss()
-        self._running = True
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while self._running:
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._running = False
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-        self.extra = self.peak - self.base
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    fn()
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
 def in_fresh_process(code, *args):

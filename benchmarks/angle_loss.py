@@ -3,8 +3,8 @@
 Run: .venv/bin/python benchmarks/angle_loss.py [--sizes 64,128,256,512,1024] [--dims 64,512,2048]
                                                 [--direct-limit-gb 6]
 Each (N, D) runs in a fresh process that times both forms after a warm-up
-(median of up to 5 runs) and samples their peak RSS above the process's level
-before the call. The direct form is skipped where its N×N×D tensors alone
+(median of up to 5 runs), then measures one more call's peak tensor memory
+(TensorFlow's CPU allocator statistics, above the tensors live before it). The direct form is skipped where its N×N×D tensors alone
 would pass --direct-limit-gb.
 """
 
@@ -19,7 +19,7 @@ CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[4])
 import keras, numpy as np, tensorflow as tf
-from _measure import PeakRSS, median_seconds
+from _measure import median_seconds, peak_tensor_bytes
 from rkd_keras import rkd_angle
 
 n, dim, run_direct = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
@@ -49,9 +49,9 @@ student = tf.constant(rng.normal(size=(n, dim)), tf.float32)
 row = {}
 for name, loss in [("ours", rkd_angle)] + ([("direct", direct_angle)] * run_direct):
     run = step(loss)
-    with PeakRSS() as memory:
-        seconds, repeats = median_seconds(lambda: run(teacher, student)[1].numpy())
-    row[name] = {"seconds": seconds, "repeats": repeats, "peak_mb": memory.extra / 2**20,
+    seconds, repeats = median_seconds(lambda: run(teacher, student)[1].numpy())
+    peak = peak_tensor_bytes(lambda: run(teacher, student)[1].numpy())
+    row[name] = {"seconds": seconds, "repeats": repeats, "peak_mb": peak / 2**20,
                  "loss": float(run(teacher, student)[0])}
 print(json.dumps(row))
 """

@@ -248,7 +248,8 @@ def pk_batches(
     applied to each sampled `(image, label)`.
 
     Args:
-        dataset: Finite `tf.data.Dataset` of `(x, label)` with integer labels.
+        dataset: Finite `tf.data.Dataset` of `(x, label)` with integer labels;
+            `x` may be a dict, such as `Distiller.cache_teacher_embeddings` gives.
         classes_per_batch: P, distinct classes in each batch.
         samples_per_class: K, items of each class in each batch.
         seed: Makes the batches reproducible: the same seed gives the same
@@ -292,8 +293,11 @@ def pk_batches(
     indices = tf.data.Dataset.from_generator(
         batch_indices, output_signature=tf.TensorSpec((classes_per_batch * samples_per_class,), tf.int64)
     ).apply(tf.data.experimental.assert_cardinality(num_batches))
-    features, labels = tf.constant(features), tf.constant(labels)
-    items = indices.unbatch().map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
+    features = tf.nest.map_structure(tf.constant, features)
+    labels = tf.constant(labels)
+    items = indices.unbatch().map(
+        lambda i: (tf.nest.map_structure(lambda f: tf.gather(f, i), features), tf.gather(labels, i))
+    )
     if map_fn is not None:
         items = items.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
     return items.batch(classes_per_batch * samples_per_class).prefetch(tf.data.AUTOTUNE)
@@ -307,7 +311,7 @@ def _draw(rng, members, count):
 
 
 def _materialize(dataset):
-    """Reads a finite `(x, label)` dataset into two NumPy arrays."""
+    """Reads a finite `(x, label)` dataset into NumPy: `x` (any nest of arrays) and labels."""
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise ValueError("pk_batches needs a finite dataset; remove `.repeat()` (it repeats by itself).")
     features, labels = [], []
@@ -319,4 +323,4 @@ def _materialize(dataset):
     labels = np.concatenate(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"Labels must be integers, received {labels.dtype}.")
-    return np.concatenate(features), labels.astype(np.int64)
+    return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *features), labels.astype(np.int64)

@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from rkd_keras.losses import _PACKAGE, rkd_angle, rkd_distance
@@ -28,6 +29,47 @@ def _check_model(role, model):
     return model
 
 
+def _check_teacher(teacher):
+    teacher = _check_model("teacher", teacher)
+    if not teacher.built:
+        # Building it here would give fresh random weights: nothing to learn from.
+        raise ValueError(
+            f"The teacher {teacher.name!r} is not built, so it holds no trained "
+            "weights. Pass the trained teacher (e.g. `keras.models.load_model(path)`), "
+            "or build and train it before distilling."
+        )
+    return teacher
+
+
+def _global_batch(embeddings):
+    """The embeddings of every replica's batch, with gradient only to this replica's rows.
+
+    Outside a `tf.distribute` replica context (or with one replica) this is
+    `embeddings` itself. Other replicas' rows are constants here; their own
+    replicas differentiate them, so the gradients summed over replicas equal
+    the gradient of the global-batch loss.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return embeddings
+    # One collective: each row carries its replica's index, which locates
+    # this replica's rows even when the replicas' batch sizes differ.
+    replica = tf.cast(context.replica_id_in_sync_group, embeddings.dtype)
+    tagged = tf.concat([tf.stop_gradient(embeddings), tf.fill([tf.shape(embeddings)[0], 1], replica)], axis=1)
+    gathered = context.all_gather(tagged, axis=0)
+    start = tf.reduce_sum(tf.cast(gathered[:, -1] < replica, tf.int32))
+    end = start + tf.shape(embeddings)[0]
+    gathered = gathered[:, :-1]
+    return tf.concat([gathered[:start], embeddings, gathered[end:]], axis=0)
+
+
+def _replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+TEACHER_EMBEDDINGS = "teacher_embeddings"
+
+
 class _FunctionLoss(keras.losses.Loss):
     """A loss function as a `keras.losses.Loss`, so it takes sample weights."""
 
@@ -37,6 +79,13 @@ class _FunctionLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return self.fn(y_true, y_pred)
+
+
+def _split_cached(x):
+    """`(inputs, teacher embeddings or None)` of a batch from `cache_teacher_embeddings`."""
+    if isinstance(x, dict) and set(x) == {"inputs", TEACHER_EMBEDDINGS}:
+        return x["inputs"], x[TEACHER_EMBEDDINGS]
+    return x, None
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -62,6 +111,11 @@ class Distiller(keras.Model):
         angle_weight: λ_A, weight of the angle-wise loss. The paper's
             metric-learning setting is 2.
         task_loss_weight: Weight of the compiled task loss, if any.
+        global_batch_relations: Under a `tf.distribute` strategy, gather
+            every replica's embeddings so the RKD terms see the global batch,
+            exactly as on one device (the paper's relations). `False`
+            computes them per replica (cheaper, but with 8 replicas each sees
+            1/8 of the batch).
         name: Name of the model.
 
     Example:
@@ -81,18 +135,20 @@ class Distiller(keras.Model):
         distance_weight: float = 1.0,
         angle_weight: float = 2.0,
         task_loss_weight: float = 1.0,
+        global_batch_relations: bool = True,
         name: str = "distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        self.teacher = _check_model("teacher", teacher)
+        self.teacher = _check_teacher(teacher)
         self.student = _check_model("student", student)
         self.teacher.trainable = False
         # Functional models are built at construction, and so is the Distiller.
-        self.built = teacher.built and student.built
+        self.built = student.built
         self.distance_weight = _check_weight("distance_weight", distance_weight)
         self.angle_weight = _check_weight("angle_weight", angle_weight)
         self.task_loss_weight = _check_weight("task_loss_weight", task_loss_weight)
+        self.global_batch_relations = bool(global_batch_relations)
         self.task_loss = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
@@ -100,13 +156,55 @@ class Distiller(keras.Model):
         self.angle_tracker = keras.metrics.Mean(name="rkd_angle")
 
     def build(self, input_shape):
-        for model in (self.teacher, self.student):
-            if not model.built:
-                model.build(input_shape)
+        if isinstance(input_shape, dict) and "inputs" in input_shape:
+            input_shape = input_shape["inputs"]
+        if not self.student.built:
+            self.student.build(input_shape)
         self.built = True
 
     def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
+        return self.student(_split_cached(inputs)[0], training=training)
+
+    def cache_teacher_embeddings(self, data, batch_size: int = 256):
+        """Runs the teacher once over `data`, so `fit` reuses its embeddings.
+
+        The teacher is frozen and deterministic, so when the inputs carry no
+        random augmentation its embeddings are the same every epoch; caching
+        them saves the teacher's forward pass on every step after the first
+        pass (a large teacher costs more than the student's whole step).
+        The result trains exactly as `data` would.
+
+        Args:
+            data: Inputs `x` (array or tensor), or a finite `tf.data.Dataset`
+                of unbatched `(x, y)` examples (the input of `pk_batches`).
+                Apply random augmentation only to data you do not cache.
+            batch_size: Batch size of the teacher's pass.
+
+        Returns:
+            For `x`: `{"inputs": x, "teacher_embeddings": ...}`, to pass to
+            `fit` as `x`. For a dataset: a dataset of such dicts and `y`.
+
+        Example:
+        ```python
+        cached = distiller.cache_teacher_embeddings(train_images)
+        distiller.fit(cached, epochs=10, batch_size=128)
+        ```
+        """
+        if not isinstance(data, tf.data.Dataset):
+            embeddings = self.teacher.predict(data, batch_size=batch_size, verbose=0)
+            return {"inputs": data, TEACHER_EMBEDDINGS: embeddings}
+        if data.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise ValueError("cache_teacher_embeddings needs a finite dataset; remove `.repeat()`.")
+        teacher = tf.function(lambda x: self.teacher(x, training=False))
+        inputs, labels, embeddings = [], [], []
+        for x, y in data.batch(batch_size).as_numpy_iterator():
+            inputs.append(x)
+            labels.append(y)
+            embeddings.append(teacher(x).numpy())
+        if not inputs:
+            raise ValueError("cache_teacher_embeddings received an empty dataset.")
+        cached = {"inputs": np.concatenate(inputs), TEACHER_EMBEDDINGS: np.concatenate(embeddings)}
+        return tf.data.Dataset.from_tensor_slices((cached, np.concatenate(labels)))
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures the student's training.
@@ -159,34 +257,60 @@ class Distiller(keras.Model):
             )
         return x, y, sample_weight
 
+    def _teacher_embeddings(self, x, cached):
+        embeddings = self.teacher(x, training=False) if cached is None else cached
+        # Cheap (one reduction) and caught here, not as a NaN student later.
+        return tf.stop_gradient(
+            tf.debugging.assert_all_finite(
+                embeddings,
+                "The teacher produced NaN/Inf embeddings for this batch; check its "
+                "weights (was it trained to NaN?) and the inputs (NaN pixels?).",
+            )
+        )
+
     def _compute_terms(self, x, y, sample_weight, training):
-        """Student outputs, the weighted total loss and each unweighted term."""
-        teacher_embeddings = tf.stop_gradient(self.teacher(x, training=False))
+        """Student outputs, the loss to differentiate, and each unweighted term.
+
+        Under a `tf.distribute` strategy the returned loss is this replica's
+        share, as Keras's own `train_step` uses: gradients are summed over
+        replicas. The terms are the values to report.
+        """
+        x, cached = _split_cached(x)
+        teacher_embeddings = self._teacher_embeddings(x, cached)
         student_embeddings = self.student(x, training=training)
-        terms = {}
+        replicas = _replicas()
+        relations = [teacher_embeddings, student_embeddings]
+        # Global-batch relations: each replica's gradient is already its share
+        # of the global loss's gradient. Per-replica ones are averaged, as
+        # Keras averages per-replica losses.
+        relation_scale = 1.0
+        if self.global_batch_relations:
+            relations = [_global_batch(e) for e in relations]
+        else:
+            relation_scale = 1.0 / replicas
+        terms, losses = {}, []
         if self.task_loss is not None:
-            terms["task_loss"] = (
-                self.task_loss_weight,
-                self.task_loss(y, student_embeddings, sample_weight=sample_weight),
-            )
-        if self.distance_weight:
-            terms["rkd_distance"] = (
-                self.distance_weight,
-                rkd_distance(teacher_embeddings, student_embeddings),
-            )
-        if self.angle_weight:
-            terms["rkd_angle"] = (
-                self.angle_weight,
-                rkd_angle(teacher_embeddings, student_embeddings),
-            )
+            # Keras losses already divide by the number of replicas.
+            task = self.task_loss(y, student_embeddings, sample_weight=sample_weight)
+            losses.append(self.task_loss_weight * tf.cast(task, tf.float32))
+            terms["task_loss"] = task * replicas
+        for name, weight, fn in (
+            ("rkd_distance", self.distance_weight, rkd_distance),
+            ("rkd_angle", self.angle_weight, rkd_angle),
+        ):
+            if weight:
+                terms[name] = fn(*relations)
+                losses.append(weight * relation_scale * terms[name])
+        # Weight decay and other regularization of the student, as in fit.
+        losses += [tf.cast(loss, tf.float32) / replicas for loss in self.student.losses]
+        total = tf.add_n(losses)
+        return student_embeddings, total, terms
+
+    def _update_metrics(self, x, y, sample_weight, student_embeddings, terms):
         total = tf.add_n(
-            [weight * tf.cast(term, tf.float32) for weight, term in terms.values()]
-            # Weight decay and other regularization of the student, as in fit.
+            [self._weight(name) * tf.cast(value, tf.float32) for name, value in terms.items()]
             + [tf.cast(loss, tf.float32) for loss in self.student.losses]
         )
-        return student_embeddings, total, {k: v for k, (_, v) in terms.items()}
-
-    def _update_metrics(self, x, y, sample_weight, student_embeddings, total, terms):
         self.loss_tracker.update_state(total)
         trackers = {
             "task_loss": self.task_loss_tracker,
@@ -197,7 +321,14 @@ class Distiller(keras.Model):
             trackers[name].update_state(value)
         if y is None:
             return self.get_metrics_result()
-        return self.compute_metrics(x, y, student_embeddings, sample_weight=sample_weight)
+        return self.compute_metrics(_split_cached(x)[0], y, student_embeddings, sample_weight=sample_weight)
+
+    def _weight(self, term):
+        return {
+            "task_loss": self.task_loss_weight,
+            "rkd_distance": self.distance_weight,
+            "rkd_angle": self.angle_weight,
+        }[term]
 
     def train_step(self, data):
         x, y, sample_weight = self._unpack(data)
@@ -210,14 +341,12 @@ class Distiller(keras.Model):
         variables = self.student.trainable_variables
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(x, y, sample_weight, student_embeddings, total, terms)
+        return self._update_metrics(x, y, sample_weight, student_embeddings, terms)
 
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)
-        student_embeddings, total, terms = self._compute_terms(
-            x, y, sample_weight, training=False
-        )
-        return self._update_metrics(x, y, sample_weight, student_embeddings, total, terms)
+        student_embeddings, _, terms = self._compute_terms(x, y, sample_weight, training=False)
+        return self._update_metrics(x, y, sample_weight, student_embeddings, terms)
 
     def get_config(self):
         return {
@@ -227,6 +356,7 @@ class Distiller(keras.Model):
             "distance_weight": self.distance_weight,
             "angle_weight": self.angle_weight,
             "task_loss_weight": self.task_loss_weight,
+            "global_batch_relations": self.global_batch_relations,
         }
 
     @classmethod

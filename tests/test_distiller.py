@@ -135,13 +135,15 @@ def test_task_loss_without_labels_is_a_clear_error(teacher, clusters):
         distiller.fit(clusters[0], batch_size=64, epochs=1, verbose=0)
 
 
-class _DropsLastRow(keras.Model):
+class DropsLastRow(keras.Model):
     def call(self, x):
         return x[:-1]
 
 
 def test_teacher_and_student_batch_sizes_must_match(clusters):
-    distiller = Distiller(_DropsLastRow(), mlp(16, 8, "student"))
+    teacher = DropsLastRow()
+    teacher.build((None, 12))
+    distiller = Distiller(teacher, mlp(16, 8, "student"))
     distiller.compile("adam", run_eagerly=True)
     with pytest.raises(ValueError, match="received 63 teacher rows and 64 student rows"):
         distiller.fit(clusters[0][:64], batch_size=64, epochs=1, verbose=0)
@@ -159,11 +161,113 @@ def test_invalid_weights_are_refused(teacher, weight):
         Distiller(teacher, mlp(16, 8, "student"), angle_weight=weight)
 
 
-def test_mixed_float16_uses_loss_scaling_and_stays_finite(clusters):
-    keras.mixed_precision.set_global_policy("mixed_float16")
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_finite_decreasing_rkd_losses(policy, clusters):
+    keras.mixed_precision.set_global_policy(policy)
     distiller = Distiller(mlp(64, 32, "teacher"), mlp(16, 8, "student"))
     distiller.compile(keras.optimizers.Adam(1e-2))
-    assert isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer)
-    history = distiller.fit(clusters[0], batch_size=64, epochs=3, verbose=0).history
-    assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
-    assert distiller.student.layers[-1].compute_dtype == "float16"
+    # Loss scaling (LossScaleOptimizer) is needed, and applied, for float16 only.
+    scaled = isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (policy == "mixed_float16")
+    history = distiller.fit(clusters[0], batch_size=64, epochs=4, verbose=0).history
+    for term in ("rkd_distance", "rkd_angle"):
+        assert np.all(np.isfinite(history[term]))
+        assert history[term][-1] < 0.8 * history[term][0], history[term]
+    assert distiller.student.layers[-1].compute_dtype == policy.split("_")[1]
+
+
+def _copy_weights(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def test_cached_teacher_embeddings_train_exactly_like_the_teacher_pass(teacher, clusters):
+    """Two epochs of 5 batches each way: same per-epoch losses and student weights."""
+    student = mlp(16, 8, "student")
+    runs = {}
+    for cached in (False, True):
+        distiller = Distiller(teacher, _copy_weights(student))
+        distiller.compile(keras.optimizers.Adam(1e-2))
+        x = distiller.cache_teacher_embeddings(clusters[0]) if cached else clusters[0]
+        history = distiller.fit(x, batch_size=64, epochs=2, shuffle=False, verbose=0).history
+        runs[cached] = history["loss"], distiller.student.get_weights()
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
+    for a, b in zip(runs[True][1], runs[False][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cached_dataset_feeds_pk_batches_with_the_same_batches(teacher, clusters):
+    from rkd_keras import pk_batches
+
+    dataset = tf.data.Dataset.from_tensor_slices(clusters)
+    student = mlp(16, 8, "student")
+    weights = []
+    for cached in (False, True):
+        distiller = Distiller(teacher, _copy_weights(student))
+        distiller.compile(keras.optimizers.Adam(1e-2), loss=None)
+        data = distiller.cache_teacher_embeddings(dataset) if cached else dataset
+        distiller.fit(pk_batches(data, 4, 8, seed=3, num_batches=4), epochs=2, verbose=0)
+        weights.append(distiller.student.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+class NonFiniteTeacher(keras.Model):
+    def call(self, x):
+        return x * np.nan
+
+
+def test_non_finite_teacher_embeddings_are_a_clear_error(clusters):
+    # Checked in the graph; XLA (jit_compile=True) drops such runtime checks.
+    teacher = NonFiniteTeacher()
+    teacher.build((None, 12))
+    distiller = Distiller(teacher, mlp(16, 8, "student"))
+    distiller.compile("adam", jit_compile=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="The teacher produced NaN/Inf embeddings"):
+        distiller.fit(clusters[0][:64], batch_size=64, epochs=1, verbose=0)
+
+
+def test_unbuilt_teacher_is_refused():
+    with pytest.raises(ValueError, match="teacher 'untrained' is not built, so it holds no trained weights"):
+        Distiller(keras.Sequential([keras.layers.Dense(4)], name="untrained"), mlp(16, 8, "student"))
+
+
+def test_teacher_that_is_not_a_keras_model_is_refused():
+    with pytest.raises(TypeError, match="teacher must be a Keras model or layer, received function"):
+        Distiller(lambda x: x, mlp(16, 8, "student"))
+
+
+class _StopInEpoch(keras.callbacks.Callback):
+    """Kills training inside epoch `epoch` (0-based), as a crash would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._current_epoch == self.epoch and batch == 1:
+            raise KeyboardInterrupt("killed")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+
+def test_backup_and_restore_resumes_to_the_uninterrupted_result(teacher, clusters, tmp_path):
+    """Killed in epoch 3 of 4 and resumed: same student as a run never killed."""
+    student = mlp(16, 8, "student")
+
+    def run(callbacks):
+        distiller = Distiller(teacher, _copy_weights(student))
+        distiller.compile(keras.optimizers.Adam(1e-2))
+        distiller.fit(clusters[0], batch_size=64, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
+        return distiller
+
+    uninterrupted = run([]).student.get_weights()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(KeyboardInterrupt):
+        run([backup, _StopInEpoch(2)])
+    resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    assert resumed.optimizer.iterations.numpy() == 4 * 5
+    for a, b in zip(resumed.student.get_weights(), uninterrupted):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
