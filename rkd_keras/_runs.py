@@ -113,7 +113,8 @@ def _data(config, split):
     return (data.take(config.max_eval_items) if config.max_eval_items else data).batch(256)
 
 
-def _batches(config):
+def _batches(config, model=None, first_epoch=0):
+    """P×K training batches; with the teacher's embeddings cached when `model` is a Distiller."""
     augment = None
     if config.augment:
         size = config.image_size
@@ -121,10 +122,20 @@ def _batches(config):
         def augment(image, label):
             return preprocess_image(image, image_size=size, resize_size=image.shape[0], augment=True, channels=config.channels), label
 
+    data = _data(config, "train")
+    if isinstance(model, Distiller) and config.cache_teacher and not config.augment:
+        # No random augmentation: the frozen teacher's embeddings are the same every epoch.
+        data = model.cache_teacher_embeddings(data)
     return pk_batches(
-        _data(config, "train"), config.classes_per_batch, config.samples_per_class,
-        seed=config.seed, num_batches=config.steps_per_epoch, map_fn=augment,
+        data, config.classes_per_batch, config.samples_per_class,
+        seed=config.seed, num_batches=config.steps_per_epoch, map_fn=augment, first_epoch=first_epoch,
     )
+
+
+def _resumed_epoch(backup):
+    """The epoch BackupAndRestore will resume at (0 for a new run)."""
+    metadata = Path(backup) / "training_metadata.json"
+    return json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
 
 
 def _model(config, teacher_path):
@@ -187,7 +198,8 @@ def train(config, folder, teacher_path=None, verbose=1):
             keras.callbacks.TensorBoard(str(folder.path / "tensorboard")),
             keras.callbacks.BackupAndRestore(str(folder.path / "backup")),
         ]
-        model.fit(_batches(config), epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+        batches = _batches(config, model, first_epoch=_resumed_epoch(folder.path / "backup"))
+        model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
         best = keras.models.load_model(folder.path / "best.keras")
         metrics = {**evaluate(best, config), **json.loads((folder.path / "best.json").read_text())}
     write_json(folder.path / "metrics.json", metrics)

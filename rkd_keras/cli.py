@@ -51,6 +51,8 @@ class RunConfig:
     max_eval_items: int | None = 4_000
     seed: int = 0
     jit_compile: bool = False
+    # Distillation without augmentation runs the teacher once, not every epoch.
+    cache_teacher: bool = True
     data_dir: str | None = None
     manual_dir: str | None = None
     download: bool = False

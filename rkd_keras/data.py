@@ -231,6 +231,7 @@ def pk_batches(
     seed: int | None = None,
     num_batches: int | None = None,
     map_fn=None,
+    first_epoch: int = 0,
 ) -> tf.data.Dataset:
     """Class-balanced batches: `classes_per_batch` classes × `samples_per_class` each.
 
@@ -256,6 +257,9 @@ def pk_batches(
             sequence of batches, epoch after epoch.
         num_batches: Batches per epoch; defaults to `ceil(classes / P)`.
         map_fn: Optional function applied to each sampled `(x, label)`.
+        first_epoch: Epoch number of the first pass. A run resumed at epoch
+            `e` (`keras.callbacks.BackupAndRestore`) passes `e` to get the
+            batches the interrupted run would have seen.
 
     Returns:
         A `tf.data.Dataset` of `(x, label)` batches of `P·K` items.
@@ -274,7 +278,7 @@ def pk_batches(
         )
     by_class = [np.flatnonzero(members == c) for c in range(len(classes))]
     num_batches = num_batches or -(-len(classes) // classes_per_batch)
-    epochs = iter(range(2**62))
+    epochs = iter(range(first_epoch, 2**62))
 
     def batch_indices():
         # One generator per epoch; (seed, epoch) makes every epoch reproducible.

@@ -160,6 +160,18 @@ def test_pk_batches_are_reproducible_under_a_seed_and_change_between_epochs():
     assert any(not np.array_equal(a, b) for (a, _), (b, _) in zip(epoch1, epoch2))
 
 
+def test_pk_batches_from_a_resumed_epoch_are_that_epochs_batches():
+    dataset, _ = _items([6] * 8)
+    fresh = pk_batches(dataset, 4, 3, seed=7)
+    for _ in range(2):
+        _batches(fresh)
+    third = _batches(fresh)
+    resumed = _batches(pk_batches(dataset, 4, 3, seed=7, first_epoch=2))
+    assert len(third) == len(resumed) == 2
+    for (a, _), (b, _) in zip(third, resumed):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_pk_batches_needs_enough_classes():
     dataset, _ = _items([3, 3, 3])
     with pytest.raises(ValueError, match="needs at least classes_per_batch=4 classes, but the dataset has 3"):

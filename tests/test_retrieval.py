@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from rkd_keras import Distiller, RetrievalRecall, map_at_r, r_precision, recall_at_k
 
@@ -135,3 +136,17 @@ def test_callback_is_deep_copyable_and_keeps_shuffled_datasets_paired(rng):
     assert sorted(rows) == list(range(40))
     np.testing.assert_array_equal(labels, y[rows])
     np.testing.assert_array_equal(embeddings, x[rows])
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (tf.data.Dataset.from_tensor_slices((np.zeros((0, 4), np.float32), np.zeros(0, np.int64))).batch(8),
+         "RetrievalRecall received an empty evaluation dataset"),
+        ((np.zeros((0, 4), np.float32), np.zeros(0, np.int64)), "needs at least 2 evaluation items"),
+    ],
+    ids=["dataset", "arrays"],
+)
+def test_empty_evaluation_data_is_a_clear_error(data, message):
+    with pytest.raises(ValueError, match=message):
+        RetrievalRecall(data).embed(_embedder())

@@ -1,0 +1,33 @@
+"""Nothing in the library loads code from data: no pickle, no unsafe Keras or YAML loading."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+import rkd_keras
+
+SOURCES = sorted(Path(rkd_keras.__file__).parent.glob("*.py"))
+UNSAFE = {
+    "safe_mode=False": r"safe_mode\s*=\s*False",
+    "pickle": r"\bpickle\b|\bdill\b|cloudpickle",
+    "yaml.load / unsafe YAML loaders": r"yaml\.(load|unsafe_load|full_load)\s*\(|Loader\s*=",
+    "eval / exec of text": r"(?<![\w.])(eval|exec)\s*\(",
+    "shell commands": r"os\.system|subprocess|shell\s*=\s*True",
+    "numpy object arrays from files": r"allow_pickle\s*=\s*True",
+}
+
+
+def test_the_package_has_sources_to_check():
+    assert {"cli.py", "distiller.py", "export.py"} <= {path.name for path in SOURCES}
+
+
+@pytest.mark.parametrize("pattern", UNSAFE, ids=list(UNSAFE))
+def test_no_unsafe_loading_in_the_package(pattern):
+    hits = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in SOURCES
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(UNSAFE[pattern], line)
+    ]
+    assert not hits, hits
