@@ -195,9 +195,12 @@ class Distiller(keras.Model):
             return {"inputs": data, TEACHER_EMBEDDINGS: embeddings}
         if data.cardinality() == tf.data.INFINITE_CARDINALITY:
             raise ValueError("cache_teacher_embeddings needs a finite dataset; remove `.repeat()`.")
-        teacher = tf.function(lambda x: self.teacher(x, training=False))
+        batches = data.batch(batch_size)
+        # One trace for every batch size, the last partial one included.
+        spec = tf.TensorSpec.from_spec(batches.element_spec[0])
+        teacher = tf.function(lambda x: self.teacher(x, training=False), input_signature=[spec])
         inputs, labels, embeddings = [], [], []
-        for x, y in data.batch(batch_size).as_numpy_iterator():
+        for x, y in batches.as_numpy_iterator():
             inputs.append(x)
             labels.append(y)
             embeddings.append(teacher(x).numpy())
