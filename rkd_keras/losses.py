@@ -124,15 +124,26 @@ def _angle_cosines(gram, inverse_norm, vertices):
 
 
 @tf.function(jit_compile=True)
-def _angle_chunk(student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta):
-    """One chunk of vertices: its huber sum and its slopes, fused by XLA."""
+def _angle_slopes(student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta):
+    """One chunk of vertices, fused by XLA: slopes, student cosines, loss row sums."""
     student_cosines = _angle_cosines(student_gram, student_norm, vertices)
     difference = student_cosines - _angle_cosines(teacher_gram, teacher_norm, vertices)
     # huber(d) = r·(d − r/2) with r = clip(d, ±delta) = huber'(d): one
     # quantity gives the loss (PyTorch's smooth_l1 at delta=1) and its slope.
     slope = weight[:, None, None] * tf.clip_by_value(difference, -delta, delta)
-    # Row sums first: XLA on CPU parallelizes them far better than one scalar sum.
-    total = tf.cast(tf.reduce_sum(tf.reduce_sum(slope * (difference - 0.5 * slope), axis=2)), tf.float64)
+    return slope, student_cosines, tf.reduce_sum(slope * (difference - 0.5 * slope), axis=2)
+
+
+def _angle_chunk(student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta):
+    """One chunk's huber sum and its gradient with respect to the student's factors.
+
+    The reductions run outside XLA on the materialized slopes: XLA on CPU
+    would recompute the whole fused chain once per reduction.
+    """
+    slope, student_cosines, row_losses = _angle_slopes(
+        student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta
+    )
+    total = tf.cast(tf.reduce_sum(row_losses), tf.float64)
     # cos_jik = dot_jik·a_ji·a_jk: the slope with respect to dot_jik.
     norm_j = tf.gather(student_norm, vertices)
     dot_gradient = slope * norm_j[:, :, None] * norm_j[:, None, :]
