@@ -52,6 +52,7 @@ def _global_batch(embeddings):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return embeddings
+    embeddings = tf.reshape(embeddings, [tf.shape(embeddings)[0], -1])  # the losses flatten anyway
     # One collective: each row carries its replica's index, which locates
     # this replica's rows even when the replicas' batch sizes differ.
     replica = tf.cast(context.replica_id_in_sync_group, embeddings.dtype)
