@@ -45,9 +45,9 @@ def peak_tensor_bytes(fn):
     return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
-def in_fresh_process(code, *args, cwd=None):
+def in_fresh_process(code, *args):
     """Runs `code` in a new Python process; returns the JSON it prints last."""
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark process failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -63,9 +63,8 @@ def main():
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--subset", type=int, default=5000)
     args = parser.parse_args()
-    here = Path(__file__).parent
-    full = in_fresh_process(CHILD, "full", args.items, args.dim, args.subset, cwd=here)
-    part = in_fresh_process(CHILD, "subset", args.items, args.dim, args.subset, cwd=here)
+    full = in_fresh_process(CHILD, "full", args.items, args.dim, args.subset)
+    part = in_fresh_process(CHILD, "subset", args.items, args.dim, args.subset)
     matrix = 4 * args.items**2
     print(f"{'items':>7} {'D':>4} | {'time s':>7} {'peak extra MB':>13} | {'N×N float32 MB':>14} {'memory ratio':>12}")
     print(f"{args.items:>7} {args.dim:>4} | {full['seconds']:>7.1f} {full['extra'] / 2**20:>13.0f} | "

@@ -270,6 +270,9 @@ def pk_batches(
             f"{classes_per_batch} and {samples_per_class}."
         )
     features, labels = _materialize(dataset)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"Labels must be integers, received {labels.dtype}.")
+    labels = labels.astype(np.int64)
     classes, members = np.unique(labels, return_inverse=True)
     if len(classes) < classes_per_batch:
         raise ValueError(
@@ -314,17 +317,14 @@ def _draw(rng, members, count):
     return np.concatenate([members, rng.choice(members, count - len(members))])
 
 
-def _materialize(dataset):
+def _materialize(dataset, caller="pk_batches"):
     """Reads a finite `(x, label)` dataset into NumPy: `x` (any nest of arrays) and labels."""
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
-        raise ValueError("pk_batches needs a finite dataset; remove `.repeat()` (it repeats by itself).")
+        raise ValueError(f"{caller} needs a finite dataset; remove `.repeat()`.")
     features, labels = [], []
     for x, y in dataset.batch(4096).as_numpy_iterator():
         features.append(x)
         labels.append(y)
     if not features:
-        raise ValueError("pk_batches received an empty dataset.")
-    labels = np.concatenate(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"Labels must be integers, received {labels.dtype}.")
-    return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *features), labels.astype(np.int64)
+        raise ValueError(f"{caller} received an empty dataset.")
+    return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *features), np.concatenate(labels)

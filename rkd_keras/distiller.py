@@ -3,9 +3,9 @@
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from rkd_keras.data import _materialize
 from rkd_keras.losses import _PACKAGE, rkd_angle, rkd_distance
 
 
@@ -191,24 +191,12 @@ class Distiller(keras.Model):
         distiller.fit(cached, epochs=10, batch_size=128)
         ```
         """
-        if not isinstance(data, tf.data.Dataset):
-            embeddings = self.teacher.predict(data, batch_size=batch_size, verbose=0)
-            return {"inputs": data, TEACHER_EMBEDDINGS: embeddings}
-        if data.cardinality() == tf.data.INFINITE_CARDINALITY:
-            raise ValueError("cache_teacher_embeddings needs a finite dataset; remove `.repeat()`.")
-        batches = data.batch(batch_size)
-        # One trace for every batch size, the last partial one included.
-        spec = tf.TensorSpec.from_spec(batches.element_spec[0])
-        teacher = tf.function(lambda x: self.teacher(x, training=False), input_signature=[spec])
-        inputs, labels, embeddings = [], [], []
-        for x, y in batches.as_numpy_iterator():
-            inputs.append(x)
-            labels.append(y)
-            embeddings.append(teacher(x).numpy())
-        if not inputs:
-            raise ValueError("cache_teacher_embeddings received an empty dataset.")
-        cached = {"inputs": np.concatenate(inputs), TEACHER_EMBEDDINGS: np.concatenate(embeddings)}
-        return tf.data.Dataset.from_tensor_slices((cached, np.concatenate(labels)))
+        if isinstance(data, tf.data.Dataset):
+            inputs, labels = _materialize(data, "cache_teacher_embeddings")
+            cached = self.cache_teacher_embeddings(inputs, batch_size)
+            return tf.data.Dataset.from_tensor_slices((cached, labels))
+        embeddings = self.teacher.predict(data, batch_size=batch_size, verbose=0)
+        return {"inputs": data, TEACHER_EMBEDDINGS: embeddings}
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures the student's training.

@@ -114,7 +114,6 @@ def _angle_cosines(gram, inverse_norm, vertices):
     `⟨x_i − x_j, x_k − x_j⟩ = G_ik − G_jk − (G_ji − G_jj)` taken in float64, so
     near-duplicate rows lose no accuracy to cancellation. i = j, k = j and
     duplicate rows give 0, i = k gives 1, as in the official code.
-    Returns the cosines and the float32 inner products.
     """
     gram_j = tf.gather(gram, vertices)
     offset = gram_j - tf.gather(tf.linalg.diag_part(gram), vertices)[:, None]
