@@ -269,7 +269,7 @@ def pk_batches(
             f"classes_per_batch and samples_per_class must be >= 1, received "
             f"{classes_per_batch} and {samples_per_class}."
         )
-    features, labels = _materialize(dataset)
+    features, labels = materialize(dataset)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"Labels must be integers, received {labels.dtype}.")
     labels = labels.astype(np.int64)
@@ -317,7 +317,7 @@ def _draw(rng, members, count):
     return np.concatenate([members, rng.choice(members, count - len(members))])
 
 
-def _materialize(dataset, caller="pk_batches"):
+def materialize(dataset, caller="pk_batches"):
     """Reads a finite `(x, label)` dataset into NumPy: `x` (any nest of arrays) and labels."""
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise ValueError(f"{caller} needs a finite dataset; remove `.repeat()`.")

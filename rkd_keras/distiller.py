@@ -5,8 +5,9 @@ import math
 import keras
 import tensorflow as tf
 
-from rkd_keras.data import _materialize
-from rkd_keras.losses import _PACKAGE, rkd_angle, rkd_distance
+from rkd_keras.data import materialize
+from rkd_keras.losses import rkd_angle, rkd_distance
+from rkd_keras.saving import register
 
 
 def _check_weight(name, value):
@@ -89,7 +90,7 @@ def _split_cached(x):
     return x, None
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class Distiller(keras.Model):
     """Relational Knowledge Distillation of a frozen teacher into a student.
 
@@ -192,7 +193,7 @@ class Distiller(keras.Model):
         ```
         """
         if isinstance(data, tf.data.Dataset):
-            inputs, labels = _materialize(data, "cache_teacher_embeddings")
+            inputs, labels = materialize(data, "cache_teacher_embeddings")
             cached = self.cache_teacher_embeddings(inputs, batch_size)
             return tf.data.Dataset.from_tensor_slices((cached, labels))
         embeddings = self.teacher.predict(data, batch_size=batch_size, verbose=0)

@@ -2,7 +2,7 @@
 
 import keras
 
-from rkd_keras.losses import _PACKAGE
+from rkd_keras.saving import register
 
 # backbone → (builder, ImageNet preprocessing mode of its weights). `None`:
 # the keras.applications model normalizes its inputs itself.
@@ -20,7 +20,7 @@ class WeightsNotAvailableError(RuntimeError):
     """Pretrained weights could not be downloaded (no internet)."""
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class ImagePreprocessing(keras.layers.Layer):
     """Maps images in [0, 255] to what a backbone's weights expect.
 

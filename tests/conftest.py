@@ -1,3 +1,5 @@
+"""Shared fixtures and builders of the test suite: tiny models, synthetic and mocked data."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -20,3 +22,38 @@ def _fresh_keras_state():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def mlp(hidden, out, name, inputs=12):
+    """Dense → ReLU → BatchNorm → Dense: a functional model with BatchNorm statistics."""
+    x = keras.Input((inputs,))
+    h = keras.layers.Dense(hidden, activation="relu")(x)
+    h = keras.layers.BatchNormalization()(h)
+    return keras.Model(x, keras.layers.Dense(out)(h), name=name)
+
+
+@pytest.fixture
+def clusters(rng):
+    """320 points in 8 Gaussian clusters, 12-d, with their cluster labels."""
+    centers = 4.0 * rng.normal(size=(8, 12))
+    labels = rng.integers(0, 8, 320)
+    return (centers[labels] + rng.normal(size=(320, 12))).astype(np.float32), labels
+
+
+@pytest.fixture
+def teacher(clusters):
+    """A teacher whose BatchNorm statistics are not the defaults."""
+    model = mlp(64, 32, "teacher")
+    model(clusters[0], training=True)
+    model.layers[2].moving_mean.assign(np.linspace(-1, 1, 64))
+    return model
+
+
+def mock_cub(self, split, decoders=None, read_config=None, **kwargs):
+    """`as_dataset_fn` for `tfds.testing.mock_data`: 2 images of each of CUB's 200 classes per split."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng({"train": 0, "test": 1}[str(split)])
+    labels = np.tile(np.arange(200, dtype=np.int64), 2)
+    images = rng.integers(0, 255, size=(len(labels), 12, 10, 3), dtype=np.uint8)
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})

@@ -3,11 +3,10 @@
 import csv
 import json
 
-import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from conftest import mock_cub
 from rkd_keras import _runs
 from rkd_keras.cli import build_parser, main
 
@@ -80,21 +79,13 @@ def test_bad_config_files_give_one_line_errors(content, message, tmp_path, capsy
     assert not (tmp_path / "teacher").exists()  # nothing written on a config error
 
 
-def _mock_cub(self, split, decoders=None, read_config=None, **kwargs):
-    # 2 images of each of the 200 classes in each tfds split, tiny random sizes.
-    rng = np.random.default_rng({"train": 0, "test": 1}[str(split)])
-    labels = np.tile(np.arange(200, dtype=np.int64), 2)
-    images = rng.integers(0, 255, size=(len(labels), 12, 10, 3), dtype=np.uint8)
-    return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
-
-
 TINY = ["--image-size", "32", "--weights", "none", "--epochs", "1", "--steps-per-epoch", "2",
         "--classes-per-batch", "3", "--samples-per-class", "2", "--download", "--quiet"]  # fmt: skip
 
 
 def test_cub_preset_trains_distills_and_evaluates_on_mocked_tfds(tmp_path, capsys):
     runs = ["--runs-dir", str(tmp_path)]
-    with tfds.testing.mock_data(as_dataset_fn=_mock_cub):
+    with tfds.testing.mock_data(as_dataset_fn=mock_cub):
         assert main(["train-teacher", "--preset", "cub200", *TINY, *runs, "--name", "t"]) == 0
         teacher = tmp_path / "t" / "best.keras"
         config = json.loads((tmp_path / "t" / "config.json").read_text())

@@ -5,33 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import mlp
 from rkd_keras import Distiller, rkd_angle, rkd_distance
 
 RKD_KEYS = {"loss", "rkd_distance", "rkd_angle"}
-
-
-def mlp(hidden, out, name, inputs=12):
-    x = keras.Input((inputs,))
-    h = keras.layers.Dense(hidden, activation="relu")(x)
-    h = keras.layers.BatchNormalization()(h)
-    return keras.Model(x, keras.layers.Dense(out)(h), name=name)
-
-
-@pytest.fixture
-def clusters(rng):
-    """320 points in 8 Gaussian clusters, 12-d, with their cluster labels."""
-    centers = 4.0 * rng.normal(size=(8, 12))
-    labels = rng.integers(0, 8, 320)
-    return (centers[labels] + rng.normal(size=(320, 12))).astype(np.float32), labels
-
-
-@pytest.fixture
-def teacher(clusters):
-    """A teacher whose BatchNorm statistics are not the defaults."""
-    model = mlp(64, 32, "teacher")
-    model(clusters[0], training=True)
-    model.layers[2].moving_mean.assign(np.linspace(-1, 1, 64))
-    return model
 
 
 def test_fit_lowers_rkd_loss_and_leaves_the_teacher_untouched(teacher, clusters):

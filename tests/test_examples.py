@@ -4,9 +4,9 @@ import runpy
 import sys
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from conftest import mock_cub
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -23,14 +23,8 @@ def test_distill_fashion_mnist_example_runs(monkeypatch, capsys):
     assert all(0 <= float(value) <= 100 for line in table for value in line.split()[2:])
 
 
-def _mock_cub(self, split, decoders=None, read_config=None, **kwargs):
-    labels = np.tile(np.arange(200, dtype=np.int64), 2)
-    images = np.random.default_rng(0).integers(0, 255, size=(400, 9, 11, 3), dtype=np.uint8)
-    return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
-
-
 def test_cub200_recipe_example_runs_on_mocked_tfds(monkeypatch, capsys):
-    with tfds.testing.mock_data(as_dataset_fn=_mock_cub):
+    with tfds.testing.mock_data(as_dataset_fn=mock_cub):
         _run(EXAMPLES / "cub200_recipe.py", "--quick", "--no-imagenet", "--download", monkeypatch=monkeypatch)
     lines = capsys.readouterr().out.splitlines()[-2:]
     assert lines[0].startswith("teacher R@1=") and lines[1].startswith("student R@1=")

@@ -1,0 +1,97 @@
+"""`keras.losses.Loss` wrappers of the loss functions, in one place.
+
+Each wrapper follows the pattern of Keras's `LossFunctionWrapper` (see
+`keras.losses.Huber`; that base class is not public API, so `LossWrapper`
+is its few lines here): it passes its function and keyword arguments to
+`super().__init__` and needs no `call` or `get_config` of its own. For the
+distillation losses `y_true` holds the teacher's tensor and `y_pred` the
+student's. `relational` says whether a loss compares relations across the
+batch (it needs the whole batch at once) or each example on its own.
+"""
+
+import keras
+
+from rkd_keras.losses.rkd import rkd_angle, rkd_distance
+from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
+from rkd_keras.saving import register
+
+
+class LossWrapper(keras.losses.Loss):
+    """A loss function with fixed keyword arguments, serialized by those arguments."""
+
+    relational = True
+
+    def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, **kwargs):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.fn = fn
+        self.fn_kwargs = kwargs
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred, **self.fn_kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), **self.fn_kwargs}
+
+
+@register
+class RKDDistance(LossWrapper):
+    """Distance-wise RKD loss; see `rkd_distance`.
+
+    Example:
+    >>> teacher = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    >>> float(RKDDistance()(teacher, 2.0 * teacher)) < 1e-6
+    True
+    """
+
+    def __init__(self, delta=1.0, eps=1e-12, reduction="sum_over_batch_size", name="rkd_distance", dtype=None):
+        super().__init__(rkd_distance, reduction=reduction, name=name, dtype=dtype, delta=delta, eps=eps)
+
+
+@register
+class RKDAngle(LossWrapper):
+    """Angle-wise RKD loss; see `rkd_angle`.
+
+    Example:
+    >>> teacher = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    >>> float(RKDAngle()(teacher, 3.0 * teacher + 1.0)) < 1e-6
+    True
+    """
+
+    def __init__(
+        self, delta=1.0, eps=1e-12, chunk_size=None, reduction="sum_over_batch_size", name="rkd_angle", dtype=None
+    ):
+        super().__init__(
+            rkd_angle, reduction=reduction, name=name, dtype=dtype, delta=delta, eps=eps, chunk_size=chunk_size
+        )
+
+
+@register
+class TripletLoss(LossWrapper):
+    """Triplet loss on `(labels, embeddings)`; see `triplet_loss`.
+
+    Usable as a model's loss (`y_true` = labels) and as the student's task
+    loss in `Distiller.compile(loss=TripletLoss())`.
+
+    Example:
+    ```python
+    teacher.compile(optimizer="adam", loss=TripletLoss(margin=0.2))
+    ```
+    """
+
+    def __init__(
+        self,
+        margin=0.2,
+        sampling="distance_weighted",
+        cutoff=0.5,
+        nonzero_loss_cutoff=1.4,
+        seed=None,
+        reduction="sum_over_batch_size",
+        name="triplet_loss",
+        dtype=None,
+    ):
+        if sampling not in TRIPLET_SAMPLINGS:
+            raise ValueError(f"Unknown sampling {sampling!r}; choose one of {', '.join(TRIPLET_SAMPLINGS)}.")
+        super().__init__(
+            triplet_loss, reduction=reduction, name=name, dtype=dtype, margin=margin, sampling=sampling,
+            cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff, seed=seed,
+        )
