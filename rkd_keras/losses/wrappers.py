@@ -11,15 +11,25 @@ batch (it needs the whole batch at once) or each example on its own.
 
 import keras
 
+from rkd_keras.losses.features import fitnet
 from rkd_keras.losses.rkd import rkd_angle, rkd_distance
 from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
 from rkd_keras.saving import register
 
 
 class LossWrapper(keras.losses.Loss):
-    """A loss function with fixed keyword arguments, serialized by those arguments."""
+    """A loss function with fixed keyword arguments, serialized by those arguments.
+
+    Class attributes that `Term` and the `Distiller` read:
+        relational: the loss compares relations across the batch, so under
+            `tf.distribute` it needs the global batch. `True` is the safe
+            default for a function of unknown kind.
+        uses_regressor: the student's tensor passes through a learned
+            `HintRegressor` (FitNet) before the loss.
+    """
 
     relational = True
+    uses_regressor = False
 
     def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, **kwargs):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
@@ -63,6 +73,23 @@ class RKDAngle(LossWrapper):
         super().__init__(
             rkd_angle, reduction=reduction, name=name, dtype=dtype, delta=delta, eps=eps, chunk_size=chunk_size
         )
+
+
+@register
+class FitNet(LossWrapper):
+    """FitNet hints; see `fitnet`. In a `Term`, the Distiller adds and trains the `HintRegressor`.
+
+    Example:
+    >>> teacher = np.ones((2, 8), "float32")
+    >>> float(FitNet()(teacher, np.zeros((2, 8), "float32")))
+    1.0
+    """
+
+    relational = False
+    uses_regressor = True
+
+    def __init__(self, reduction="sum_over_batch_size", name="fitnet", dtype=None):
+        super().__init__(fitnet, reduction=reduction, name=name, dtype=dtype)
 
 
 @register
