@@ -7,10 +7,12 @@ from rkd_keras.export import export_student, load_student
 from rkd_keras.losses import RKDAngle, RKDDistance, TripletLoss, rkd_angle, rkd_distance, triplet_loss
 from rkd_keras.models import embedding_model
 from rkd_keras.retrieval import RetrievalRecall, map_at_r, r_precision, recall_at_k
+from rkd_keras.terms import Term
 from rkd_keras.tuning import RKDHyperModel, search_loss_weights
 
 __all__ = [
     "Distiller",
+    "Term",
     "losses",
     "rkd_distance",
     "rkd_angle",
