@@ -7,15 +7,37 @@ gradient, and the computation runs in float32 also under mixed precision.
 
 import keras
 
-from rkd_keras.losses.features import HintRegressor, fitnet
+from rkd_keras.losses.features import HintRegressor, attention_transfer, fitnet
+from rkd_keras.losses.logits import dist_kd, hinton_kd
+from rkd_keras.losses.relational import correlation_congruence, dark_rank, pkt, similarity_preserving
 from rkd_keras.losses.rkd import rkd_angle, rkd_distance
 from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
-from rkd_keras.losses.wrappers import FitNet, LossWrapper, RKDAngle, RKDDistance, TripletLoss
+from rkd_keras.losses.wrappers import (
+    PKT,
+    AttentionTransfer,
+    CorrelationCongruence,
+    DarkRank,
+    DistKD,
+    FitNet,
+    HintonKD,
+    LossWrapper,
+    RKDAngle,
+    RKDDistance,
+    SimilarityPreserving,
+    TripletLoss,
+)
 
 # Function name → wrapper class: the names `get` and `Term("...")` accept.
 LOSSES = {
     "rkd_distance": RKDDistance,
     "rkd_angle": RKDAngle,
+    "dark_rank": DarkRank,
+    "similarity_preserving": SimilarityPreserving,
+    "pkt": PKT,
+    "correlation_congruence": CorrelationCongruence,
+    "dist_kd": DistKD,
+    "hinton_kd": HintonKD,
+    "attention_transfer": AttentionTransfer,
     "fitnet": FitNet,
     "triplet_loss": TripletLoss,
 }
@@ -55,10 +77,24 @@ __all__ = [
     "LOSSES",
     "rkd_distance",
     "rkd_angle",
+    "dark_rank",
+    "similarity_preserving",
+    "pkt",
+    "correlation_congruence",
+    "dist_kd",
+    "hinton_kd",
+    "attention_transfer",
     "fitnet",
     "triplet_loss",
     "RKDDistance",
     "RKDAngle",
+    "DarkRank",
+    "SimilarityPreserving",
+    "PKT",
+    "CorrelationCongruence",
+    "DistKD",
+    "HintonKD",
+    "AttentionTransfer",
     "FitNet",
     "HintRegressor",
     "TripletLoss",
