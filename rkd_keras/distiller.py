@@ -495,6 +495,11 @@ class Distiller(keras.Model):
             "global_batch_relations": self.global_batch_relations,
         }
 
+    def save(self, filepath, *args, **kwargs):
+        """`Model.save`, after checking that the configuration can be written (nothing is written if not)."""
+        self.get_config()
+        return super().save(filepath, *args, **kwargs)
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)
