@@ -189,6 +189,30 @@ def test_five_terms_run_each_model_once_per_step(images):
     assert [c.calls - b for c, b in zip(counters, before)] == [1, 1]
 
 
+def named_mlp(hidden, out, name):
+    inputs = keras.Input((12,))
+    h = keras.layers.Dense(hidden, activation="relu", name="hidden")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    return keras.Model(inputs, keras.layers.Dense(out, name="out")(h), name=name)
+
+
+@pytest.mark.parametrize("policy, options", [
+    ("float32", {"jit_compile": True}),
+    ("float32", {"steps_per_execution": 2}),
+    ("mixed_float16", {}),
+    ("mixed_bfloat16", {}),
+])
+def test_terms_train_under_xla_several_steps_per_call_and_mixed_precision(clusters, policy, options):
+    keras.mixed_precision.set_global_policy(policy)
+    terms = [Term("hinton_kd"), Term("rkd_angle", 2.0, "hidden", "hidden"), Term("fitnet", 0.1, "bn", "bn")]
+    distiller = Distiller(named_mlp(32, 8, "teacher"), named_mlp(16, 8, "student"), terms=terms)
+    distiller.compile(keras.optimizers.Adam(1e-2), **options)
+    history = distiller.fit(clusters[0], batch_size=64, epochs=4, verbose=0).history
+    for key, values in history.items():
+        assert np.all(np.isfinite(values)) and values[-1] < values[0], (key, values)
+    assert distiller.regressors[0].compute_dtype == policy.split("_")[-1]
+
+
 def test_fitnet_regressor_trains_with_the_student(images, teacher):
     distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("fitnet", 1.0, "stage3", "stage3")])
     (regressor,) = distiller.regressors
