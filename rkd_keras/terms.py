@@ -164,10 +164,13 @@ class Term:
         return cls(**{**config, "loss": keras.losses.deserialize(config["loss"])})
 
     def __repr__(self):
+        def source(role, layer):
+            return f"{role} output" if layer is None else f"{role} {layer!r}"
+
         kind = "relational" if self.relational else "per-example"
         return (
-            f"Term({self.loss.name!r}, weight={self.weight}, teacher_layer={self.teacher_layer!r}, "
-            f"student_layer={self.student_layer!r}, name={self.name!r})  # {kind}"
+            f"<Term {self.name!r}: {self.weight:g} · {self.loss.name}({source('teacher', self.teacher_layer)}, "
+            f"{source('student', self.student_layer)}), {kind}>"
         )
 
 

@@ -91,7 +91,8 @@ def test_terms_say_whether_they_compare_relations_across_the_batch():
     assert {name for name, relational in kinds.items() if relational} == RELATIONAL
     assert {name for name, relational in kinds.items() if not relational} == PER_EXAMPLE
     assert not Term(keras.losses.KLDivergence()).relational  # Keras's own losses: per example
-    assert "# relational" in repr(Term("pkt")) and "# per-example" in repr(Term("fitnet"))
+    assert repr(Term("pkt", 0.5, teacher_layer="pool")) == "<Term 'pkt': 0.5 · pkt(teacher 'pool', student output), relational>"
+    assert repr(Term("fitnet", name="hint")) == "<Term 'hint': 1 · fitnet(teacher output, student output), per-example>"
 
 
 def test_a_term_round_trips_through_its_config():
