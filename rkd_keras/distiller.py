@@ -287,8 +287,9 @@ class Distiller(keras.Model):
 
         Returns:
             For `x`: `{"inputs": x, "teacher_embeddings": ...}`, to pass to
-            `fit` as `x`; `teacher_embeddings` is the teacher's tensor when
-            the terms read one, else a dict from layer name to tensor. For a
+            `fit` as `x`; `teacher_embeddings` is the teacher's output when
+            the terms read only that, else a dict from layer name to tensor
+            (the output under the name of the layer producing it). For a
             dataset: a dataset of such dicts and `y`.
 
         Example:
@@ -303,7 +304,8 @@ class Distiller(keras.Model):
             inputs, labels = materialize(data, "cache_teacher_embeddings")
             cached = self.cache_teacher_embeddings(inputs, batch_size)
             return tf.data.Dataset.from_tensor_slices((cached, labels))
-        return cached_inputs(data, self._teacher_extractor.predict(data, batch_size))
+        teacher = self._teacher_extractor
+        return cached_inputs(data, teacher.predict(data, batch_size), teacher.output_key)
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures the student's training.
@@ -319,7 +321,8 @@ class Distiller(keras.Model):
         """
         if self._student_extractor.output_key is None and (loss is not None or metrics is not None):
             raise ValueError(
-                f"The student {self.student.name!r} returns several outputs, but a task loss or metrics compare one output with the labels. Compile without "
+                f"The student {self.student.name!r} returns several outputs, but a task loss or metrics "
+                "compare one output with the labels. Compile without "
                 "`loss=`/`metrics=`, or give the student a single output."
             )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
@@ -443,7 +446,7 @@ class Distiller(keras.Model):
 
     def _tf_compute_terms(self, x, y, sample_weight, training):
         """`compute_terms` on a TensorFlow batch, under `tf.distribute` when there is one."""
-        inputs, cached = split_cached(x, self._teacher_extractor.computed)
+        inputs, cached = split_cached(x, self._teacher_extractor.computed, self._teacher_extractor.output_key)
         teacher = self._teacher_tensors(inputs, cached)
         student = self._student_extractor(inputs, training=training)
         total, share, values = self.compute_terms(

@@ -134,7 +134,7 @@ class Term:
         rng = np.random.default_rng(0)
 
         def batch_of_two(spec):
-            return rng.normal(size=(2, *spec.shape[1:])).astype(spec.dtype)
+            return keras.ops.cast(rng.normal(size=(2, *spec.shape[1:])), spec.dtype)
 
         try:
             self(batch_of_two(teacher), batch_of_two(student))
@@ -195,8 +195,10 @@ class Extractor:
     `keys[term name]` is the key of the tensor that term reads: the name of
     the layer it reads, for the model's output the name of the layer that
     produces it (the model's own name for a subclassed model). Two terms
-    that read the same tensor share one key. Every term's layer is checked;
-    only those of terms with a weight > 0 are computed.
+    that read the same tensor share one key; `output_key` is the key of the
+    model's output (`None` for a model with several outputs). Every term's
+    layer is checked; only those of terms with a weight > 0 are computed,
+    in the order of `computed`.
 
     Args:
         model: The teacher or the student.
@@ -204,14 +206,14 @@ class Extractor:
             `Term.teacher_layer` or `Term.student_layer`.
         terms: The terms that read the model.
         keep_output: Also return the model's output (the student's, for the
-            task loss and metrics), when it is a single tensor; its key is
-            `output_key` (`None` for a model with several outputs).
+            task loss and metrics), when it is a single tensor.
     """
 
     def __init__(self, model, role: str, terms, *, keep_output: bool = False):
         self.model_name, self.role = model.name, role
         graph = bool(getattr(model, "inputs", None))  # functional or Sequential
         self.structured = graph and _has_structured_output(model)
+        self.output_key = None if self.structured else _output_layer_name(model) if graph else model.name
         # key → symbolic tensor (None for a subclassed model's output: known only when it runs)
         self.specs, self.sources, self.keys, computed = {}, {}, {}, []
         reads = [(term.name, getattr(term, f"{role}_layer"), term.weight > 0) for term in terms]
@@ -225,7 +227,7 @@ class Extractor:
                     f"with Term(..., {role}_layer='<layer name>'), or give the {role} a single output."
                 )
             if layer is None:
-                key = _output_layer_name(model) if graph else model.name
+                key = self.output_key
                 self.sources[key] = f"the {role}'s output"
                 self.specs[key] = model.outputs[0] if graph else None
             else:
@@ -235,12 +237,12 @@ class Extractor:
             self.keys[term_name] = key
             if runs and key not in computed:
                 computed.append(key)
-        self.output_key = self.keys.pop(None, None)
+        self.keys.pop(None, None)
         self.computed = computed
         self._returns_dict = False
         if not computed:
             self.model = None  # no term reads this model: it never runs
-        elif not graph or (not self.structured and computed == [_output_layer_name(model)]):
+        elif computed == [self.output_key]:
             self.model = model
         else:
             tensors = {key: self.specs[key] for key in computed}
@@ -306,25 +308,32 @@ def _describe_structure(value):
     return f"a {type(value).__name__}"
 
 
-def cached_inputs(inputs, teacher_tensors: dict) -> dict:
+def cached_inputs(inputs, teacher_tensors: dict, output_key: str | None) -> dict:
     """A batch that carries the teacher's tensors: `{"inputs": x, "teacher_embeddings": ...}`.
 
-    `teacher_embeddings` is the one teacher tensor the terms read, as an
-    array, or a dict `{key: array}` (keys as `Extractor.keys`) when they read
-    several.
+    `teacher_embeddings` is the teacher's output itself when it is the only
+    tensor the terms read (the format of rkd_keras 0.1.0), else a dict
+    `{key: array}` of every tensor they read (keys as `Extractor.keys`).
+
+    Args:
+        inputs: The model inputs.
+        teacher_tensors: `{key: array}`, as `Extractor.predict` gives.
+        output_key: The key of the teacher's output.
     """
-    if len(teacher_tensors) == 1:
-        (teacher_tensors,) = teacher_tensors.values()
+    if list(teacher_tensors) == [output_key]:
+        teacher_tensors = teacher_tensors[output_key]
     return {INPUTS: inputs, TEACHER_TENSORS: teacher_tensors}
 
 
-def split_cached(x, keys=None):
+def split_cached(x, keys=None, output_key: str | None = None):
     """`(inputs, teacher tensors or None)` of a batch, cached (`cached_inputs`) or not.
 
     Args:
         x: The model inputs of a batch.
         keys: The keys of the teacher tensors the terms read; with them, the
-            cached tensors come back as `{key: tensor}`.
+            cached tensors come back as `{key: tensor}`, and tensors cached
+            for other terms are refused.
+        output_key: The key of the teacher's output (a bare cached tensor).
 
     Returns:
         `(inputs, None)` for plain inputs; `(inputs, teacher tensors)` for a
@@ -335,12 +344,15 @@ def split_cached(x, keys=None):
     teacher = x[TEACHER_TENSORS]
     if keys is None:
         return x[INPUTS], teacher
-    keys = list(keys)
     if not isinstance(teacher, dict):
-        teacher = {keys[0]: teacher} if len(keys) == 1 else {}
+        teacher = {output_key: teacher}
     if set(teacher) != set(keys):
+        def named(cached_keys):
+            names = ("output" if key == output_key else f"layer {key!r}" for key in sorted(cached_keys, key=str))
+            return " and ".join(names)
+
         raise ValueError(
-            f"The cached teacher tensors hold {sorted(teacher) or 'one tensor'}, but the terms read the "
-            f"teacher's {sorted(keys)}. Cache them with this Distiller's cache_teacher_embeddings."
+            f"The batch carries the teacher's {named(teacher)} (cached), but the terms read its "
+            f"{named(keys)}. Cache them with this Distiller's cache_teacher_embeddings."
         )
     return x[INPUTS], teacher

@@ -36,7 +36,7 @@ class Counting(keras.layers.Layer):
 
 
 def classifier(filters, name, classes=4, strides=(1, 2, 2), counting=False):
-    """16×16×1 → stage1 (16×16) → BN → stage2 (8×8) → stage3 (4×4) → pool → logits, every layer named."""
+    """16×16×1 → stage1 (16×16) → BN → stage2 (8×8) → stage3 (4×4) → pool → logits, all named."""
     inputs = keras.Input((16, 16, 1))
     h = Counting(name="count")(inputs) if counting else inputs
     h = keras.layers.Conv2D(filters, 3, strides=strides[0], padding="same", activation="relu", name="stage1")(h)
@@ -73,7 +73,8 @@ def layer_output(model, layer, x):
 
 def every_term():
     """One term of every distillation loss in `rkd_keras.losses.LOSSES`, on the layers it suits."""
-    return [Term(name, 0.5, *READS.get(name, ("pool", "pool"))) for name in losses.LOSSES if name not in NOT_DISTILLATION]
+    names = [name for name in losses.LOSSES if name not in NOT_DISTILLATION]
+    return [Term(name, 0.5, *READS.get(name, ("pool", "pool"))) for name in names]
 
 
 def test_a_term_is_its_loss_on_the_two_tensors(rng):
@@ -91,8 +92,10 @@ def test_terms_say_whether_they_compare_relations_across_the_batch():
     assert {name for name, relational in kinds.items() if relational} == RELATIONAL
     assert {name for name, relational in kinds.items() if not relational} == PER_EXAMPLE
     assert not Term(keras.losses.KLDivergence()).relational  # Keras's own losses: per example
-    assert repr(Term("pkt", 0.5, teacher_layer="pool")) == "<Term 'pkt': 0.5 · pkt(teacher 'pool', student output), relational>"
-    assert repr(Term("fitnet", name="hint")) == "<Term 'hint': 1 · fitnet(teacher output, student output), per-example>"
+    assert repr(Term("pkt", 0.5, "pool")) == "<Term 'pkt': 0.5 · pkt(teacher 'pool', student output), relational>"
+    assert repr(Term("fitnet", name="hint")) == (
+        "<Term 'hint': 1 · fitnet(teacher output, student output), per-example>"
+    )
 
 
 def test_a_term_round_trips_through_its_config():
@@ -240,7 +243,10 @@ def test_a_distiller_with_every_kind_of_term_round_trips_through_a_keras_file(im
     for old, new in zip(distiller.regressors, restored.regressors):
         np.testing.assert_array_equal(old.kernel.numpy(), new.kernel.numpy())
     # The optimizer state came back too: both continue identically.
-    histories = [m.fit(x, labels, batch_size=64, epochs=1, shuffle=False, verbose=0).history for m in (distiller, restored)]
+    histories = [
+        model.fit(x, labels, batch_size=64, epochs=1, shuffle=False, verbose=0).history
+        for model in (distiller, restored)
+    ]
     assert histories[0] == histories[1]
     np.testing.assert_array_equal(restored.predict(x, verbose=0), distiller.predict(x, verbose=0))
     np.testing.assert_array_equal(restored.regressors[0].kernel.numpy(), distiller.regressors[0].kernel.numpy())
@@ -284,12 +290,17 @@ def test_cached_teacher_tensors_of_several_layers_train_like_the_teacher_pass(im
 
 def test_tensors_cached_for_other_terms_are_refused(images, teacher):
     x = images[0][:32]
+    on_outputs = Distiller(teacher, classifier(4, "student"))
     pooled = Distiller(teacher, classifier(4, "student"), terms=[Term("rkd_angle", 1.0, "pool", "pool")])
-    on_logits = Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd"), Term("rkd_angle", 1.0, "pool", "pool")])
-    on_logits.compile("adam")
-    with pytest.raises(ValueError, match=r"The cached teacher tensors hold one tensor, but the terms read the teacher's "
-                                         r"\['logits', 'pool'\]\. Cache them with this Distiller's"):
-        on_logits.fit(pooled.cache_teacher_embeddings(x), batch_size=32, verbose=0)
+    both = Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd"), Term("rkd_angle", 1, "pool", "pool")])
+    for distiller, cache, message in [
+        (pooled, on_outputs, "the teacher's output \\(cached\\), but the terms read its layer 'pool'"),
+        (both, pooled, "the teacher's layer 'pool' \\(cached\\), but the terms read its output and layer 'pool'"),
+        (on_outputs, both, "the teacher's output and layer 'pool' \\(cached\\), but the terms read its output"),
+    ]:
+        distiller.compile("adam")
+        with pytest.raises(ValueError, match=f"The batch carries {message}. Cache them with this Distiller's"):
+            distiller.fit(cache.cache_teacher_embeddings(x), batch_size=32, verbose=0)
 
 
 def test_terms_and_shortcut_weights_together_are_refused(teacher):
@@ -302,7 +313,7 @@ def test_an_unknown_layer_name_lists_the_layers_there_are(teacher):
         r"Term 'rkd_angle' reads student layer 'poool', but the student 'student' has no layer of that name\. "
         r"Did you mean 'pool'\? Its layers are: 'input_layer.*', 'stage1', 'bn', 'stage2', 'stage3', 'pool', 'logits'\."
     )):
-        Distiller(teacher, classifier(4, "student"), terms=[Term("rkd_angle", teacher_layer="pool", student_layer="poool")])
+        Distiller(teacher, classifier(4, "student"), terms=[Term("rkd_angle", 1.0, "pool", student_layer="poool")])
 
 
 class Subclassed(keras.Model):
