@@ -77,6 +77,38 @@ def _check_terms(terms):
     return terms
 
 
+def _specs(term, teacher, student):
+    """The symbolic tensors a term compares and how messages name them, from the two extractors."""
+    teacher_key, student_key = teacher.keys[term.name], student.keys[term.name]
+    specs = teacher.specs[teacher_key], student.specs[student_key]
+    return (*specs, teacher.sources[teacher_key], student.sources[student_key])
+
+
+def _regressor(term, teacher, student):
+    """FitNet's regressor of a term, built on the student tensor's shape so that it can be saved."""
+    teacher, student, teacher_source, student_source = _specs(term, teacher, student)
+    if teacher is None or student is None or student.shape[-1] is None or teacher.shape[-1] is None:
+        raise ValueError(
+            f"Term {term.name!r} learns a regressor from {student_source} to {teacher_source}, "
+            "which needs both tensors' channels when the Distiller is built; build the models "
+            "with the functional API."
+        )
+    regressor = HintRegressor(teacher.shape[-1], name=f"{term.name}_regressor")
+    regressor.build(student.shape)
+    return regressor
+
+
+def _check_shapes(term, teacher, student):
+    teacher, student, teacher_source, student_source = _specs(term, teacher, student)
+    if teacher is None or student is None:
+        return  # a subclassed model's output: its shape is known only when it runs
+    if term.uses_regressor:
+        # The regressor maps the student's channels to the teacher's.
+        student = keras.KerasTensor((*student.shape[:-1], teacher.shape[-1]), student.dtype)
+        student_source = f"{student_source} (through its regressor)"
+    term.check_shapes(teacher, student, teacher_source, student_source)
+
+
 def _global_batch(tensor):
     """The tensor of every replica's batch, with gradient only to this replica's rows.
 
@@ -198,67 +230,41 @@ class Distiller(keras.Model):
                 "weights only set the default RKD terms. Add e.g. Term('rkd_angle', weight=2.0) to "
                 "`terms` instead."
             )
+        from_shortcuts = terms is None
+        if from_shortcuts:
+            shortcuts = {
+                key: check_weight(key, DEFAULT_WEIGHTS[key] if value is None else value)
+                for key, value in shortcuts.items()
+            }
+            terms = [Term(_SHORTCUT_LOSSES[key], value) for key, value in shortcuts.items()]
+        terms = _check_terms(terms)
+        task_loss_weight = check_weight("task_loss_weight", task_loss_weight)
+        # Everything is checked before the teacher is frozen: a refused Distiller changes nothing.
+        extractors = Extractor(teacher, "teacher", terms), Extractor(student, "student", terms, keep_output=True)
+        active = [term for term in terms if term.weight > 0]
+        regressors = [_regressor(term, *extractors) for term in active if term.uses_regressor]
+        for term in terms:
+            _check_shapes(term, *extractors)
+
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
         # Functional models are built at construction, and so is the Distiller.
         self.built = student.built
-        if terms is None:
-            for key, value in shortcuts.items():
-                setattr(self, key, check_weight(key, DEFAULT_WEIGHTS[key] if value is None else value))
-            terms = [Term(_SHORTCUT_LOSSES[key], getattr(self, key)) for key in shortcuts]
-            self._from_shortcuts = True
-        else:
-            self.distance_weight = self.angle_weight = None
-            self._from_shortcuts = False
-        self.terms = _check_terms(terms)
-        self.task_loss_weight = check_weight("task_loss_weight", task_loss_weight)
+        self._from_shortcuts = from_shortcuts
+        self.distance_weight = shortcuts["distance_weight"] if from_shortcuts else None
+        self.angle_weight = shortcuts["angle_weight"] if from_shortcuts else None
+        self.terms = terms
+        self.task_loss_weight = task_loss_weight
         self.global_batch_relations = bool(global_batch_relations)
         self.task_loss = None
-        active = [term for term in self.terms if term.weight > 0]
-        self._teacher_extractor = Extractor(teacher, "teacher", self.terms)
-        self._student_extractor = Extractor(student, "student", self.terms, keep_output=True)
-        self.regressors = [self._regressor(term) for term in active if term.uses_regressor]
-        self._check_terms_shapes()
+        self._teacher_extractor, self._student_extractor = extractors
         self._active_terms = active
+        self.regressors = regressors
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.term_trackers = [keras.metrics.Mean(name=term.name) for term in active]
-
-    def _specs(self, term):
-        teacher_key = self._teacher_extractor.keys[term.name]
-        student_key = self._student_extractor.keys[term.name]
-        return (
-            self._teacher_extractor.specs[teacher_key],
-            self._student_extractor.specs[student_key],
-            self._teacher_extractor.sources[teacher_key],
-            self._student_extractor.sources[student_key],
-        )
-
-    def _regressor(self, term):
-        """FitNet's regressor of a term, built on the student tensor's shape so it can be saved."""
-        teacher, student, teacher_source, student_source = self._specs(term)
-        if teacher is None or student is None or student.shape[-1] is None or teacher.shape[-1] is None:
-            raise ValueError(
-                f"Term {term.name!r} learns a regressor from {student_source} to {teacher_source}, "
-                "which needs both tensors' channels when the Distiller is built; build the models "
-                "with the functional API."
-            )
-        regressor = HintRegressor(teacher.shape[-1], name=f"{term.name}_regressor")
-        regressor.build(student.shape)
-        return regressor
-
-    def _check_terms_shapes(self):
-        for term in self.terms:
-            teacher, student, teacher_source, student_source = self._specs(term)
-            if teacher is None or student is None:
-                continue  # a subclassed model's output: its shape is known only when it runs
-            if term.uses_regressor:
-                # The regressor maps the student's channels to the teacher's.
-                student = keras.KerasTensor((*student.shape[:-1], teacher.shape[-1]), student.dtype)
-                student_source = f"{student_source} (through its regressor)"
-            term.check_shapes(teacher, student, teacher_source, student_source)
 
     def build(self, input_shape):
         if isinstance(input_shape, dict) and "inputs" in input_shape:

@@ -161,6 +161,7 @@ def test_attention_transfer_between_stages_of_different_sizes_names_both_layers(
         r"\(None, 8, 8, 8\) with student layer 'stage2' of shape \(None, 16, 16, 4\)"
     )):
         Distiller(teacher, student, terms=[term])
+    assert teacher.trainable  # refused before the teacher was frozen
 
 
 def test_five_terms_run_each_model_once_per_step(images):
