@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from rkd_keras import Distiller, Term, losses
-from rkd_keras.losses import attention_transfer, hinton_kd, rkd_angle, rkd_distance
+from rkd_keras.losses import hinton_kd, rkd_angle, rkd_distance
 from rkd_keras.terms import INPUTS, TEACHER_TENSORS
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -58,7 +58,7 @@ def images(rng):
 
 
 @pytest.fixture
-def teacher(images):
+def teacher():
     """A random teacher whose BatchNorm statistics are not the defaults."""
     model = classifier(8, "teacher")
     model.get_layer("bn").moving_mean.assign(np.linspace(-0.1, 0.1, 8))
