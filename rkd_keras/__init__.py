@@ -5,12 +5,15 @@ from rkd_keras.data import DatasetNotAvailableError, load_dataset, pk_batches
 from rkd_keras.distiller import Distiller
 from rkd_keras.export import export_student, load_student
 from rkd_keras.losses import RKDAngle, RKDDistance, TripletLoss, rkd_angle, rkd_distance, triplet_loss
+from rkd_keras.losses import PKT, AttentionTransfer, CorrelationCongruence, DarkRank, DistKD, HintonKD, SimilarityPreserving, attention_transfer, correlation_congruence, dark_rank, dist_kd, hinton_kd, pkt, similarity_preserving
 from rkd_keras.models import embedding_model
 from rkd_keras.retrieval import RetrievalRecall, map_at_r, r_precision, recall_at_k
+from rkd_keras.terms import Term
 from rkd_keras.tuning import RKDHyperModel, search_loss_weights
 
 __all__ = [
     "Distiller",
+    "Term",
     "losses",
     "rkd_distance",
     "rkd_angle",
@@ -18,6 +21,7 @@ __all__ = [
     "RKDAngle",
     "triplet_loss",
     "TripletLoss",
+    "hinton_kd", "HintonKD", "dist_kd", "DistKD", "attention_transfer", "AttentionTransfer", "similarity_preserving", "SimilarityPreserving", "pkt", "PKT", "correlation_congruence", "CorrelationCongruence", "dark_rank", "DarkRank",
     "data",
     "load_dataset",
     "pk_batches",

@@ -1,23 +1,20 @@
-"""`Distiller`: trains a student from a frozen teacher with RKD, via `fit`."""
+"""`Distiller`: trains a student from a frozen teacher on a list of distillation terms, via `fit`."""
 
-import math
+import functools
+import operator
 
 import keras
 import tensorflow as tf
 
 from rkd_keras.data import materialize
-from rkd_keras.losses import rkd_angle, rkd_distance
+from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
+from rkd_keras.terms import Extractor, Term, cached_inputs, check_weight, split_cached
 
-
-def _check_weight(name, value):
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"`{name}` must be a finite number >= 0 (0 turns the term off), "
-            f"received {value}."
-        )
-    return value
+# `Distiller(teacher, student)`: the paper's metric-learning setting, λ_D = 1 and λ_A = 2.
+DEFAULT_WEIGHTS = {"distance_weight": 1.0, "angle_weight": 2.0}
+_SHORTCUT_LOSSES = {"distance_weight": "rkd_distance", "angle_weight": "rkd_angle"}
+_RESERVED_NAMES = ("loss", "task_loss")
 
 
 def _check_model(role, model):
@@ -42,34 +39,99 @@ def _check_teacher(teacher):
     return teacher
 
 
-def _global_batch(embeddings):
-    """The embeddings of every replica's batch, with gradient only to this replica's rows.
+def _check_distinct(teacher, student):
+    """Freezing the teacher would freeze whatever the student shares with it."""
+    if teacher is student:
+        raise ValueError(
+            f"The teacher and the student are the same model ({student.name!r}). Distil into a "
+            "separate student: build a new one, or `keras.models.clone_model(teacher)` for a copy."
+        )
+    teacher_variables = {id(v) for v in teacher.weights}
+    shared = [v.path for v in student.weights if id(v) in teacher_variables]
+    if shared:
+        raise ValueError(
+            f"The student {student.name!r} shares {len(shared)} weights with the teacher "
+            f"{teacher.name!r} (e.g. {shared[0]!r}); freezing the teacher would freeze them in the "
+            "student too. Build the student from its own layers, or copy the teacher's with "
+            "`keras.models.clone_model`."
+        )
+
+
+def _check_terms(terms):
+    terms = list(terms)
+    for term in terms:
+        if not isinstance(term, Term):
+            raise TypeError(
+                f"`terms` must hold rkd_keras.Term objects, received {type(term).__name__} "
+                f"({term!r}). Write e.g. Term('rkd_angle', weight=2.0)."
+            )
+    names = [term.name for term in terms]
+    for name in names:
+        if name in _RESERVED_NAMES:
+            raise ValueError(f"A term cannot be named {name!r}: the logs use that key. Pass another `name=`.")
+        if names.count(name) > 1:
+            raise ValueError(
+                f"Two terms are named {name!r}, and each term is logged under its name. Give them "
+                f"distinct names, e.g. Term(..., name='{name}_pool')."
+            )
+    return terms
+
+
+def _specs(term, teacher, student):
+    """The symbolic tensors a term compares and how messages name them, from the two extractors."""
+    teacher_key, student_key = teacher.keys[term.name], student.keys[term.name]
+    specs = teacher.specs[teacher_key], student.specs[student_key]
+    return (*specs, teacher.sources[teacher_key], student.sources[student_key])
+
+
+def _regressor(term, teacher, student):
+    """FitNet's regressor of a term, built on the student tensor's shape so that it can be saved."""
+    teacher, student, teacher_source, student_source = _specs(term, teacher, student)
+    if teacher is None or student is None or student.shape[-1] is None or teacher.shape[-1] is None:
+        raise ValueError(
+            f"Term {term.name!r} learns a regressor from {student_source} to {teacher_source}, "
+            "which needs both tensors' channels when the Distiller is built; build the models "
+            "with the functional API."
+        )
+    regressor = HintRegressor(teacher.shape[-1], name=f"{term.name}_regressor")
+    regressor.build(student.shape)
+    return regressor
+
+
+def _check_shapes(term, teacher, student):
+    teacher, student, teacher_source, student_source = _specs(term, teacher, student)
+    if teacher is None or student is None:
+        return  # a subclassed model's output: its shape is known only when it runs
+    if term.uses_regressor:
+        # The regressor maps the student's channels to the teacher's.
+        student = keras.KerasTensor((*student.shape[:-1], teacher.shape[-1]), student.dtype)
+        student_source = f"{student_source} (through its regressor)"
+    term.check_shapes(teacher, student, teacher_source, student_source)
+
+
+def _global_batch(tensor):
+    """The tensor of every replica's batch, with gradient only to this replica's rows.
 
     Outside a `tf.distribute` replica context (or with one replica) this is
-    `embeddings` itself. Other replicas' rows are constants here; their own
+    `tensor` itself. Other replicas' rows are constants here; their own
     replicas differentiate them, so the gradients summed over replicas equal
     the gradient of the global-batch loss.
     """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
-        return embeddings
-    embeddings = tf.reshape(embeddings, [tf.shape(embeddings)[0], -1])  # the losses flatten anyway
+        return tensor
+    shape = tf.shape(tensor)
+    rows = tf.reshape(tensor, [shape[0], -1])
     # One collective: each row carries its replica's index, which locates
     # this replica's rows even when the replicas' batch sizes differ.
-    replica = tf.cast(context.replica_id_in_sync_group, embeddings.dtype)
-    tagged = tf.concat([tf.stop_gradient(embeddings), tf.fill([tf.shape(embeddings)[0], 1], replica)], axis=1)
+    replica = tf.cast(context.replica_id_in_sync_group, rows.dtype)
+    tagged = tf.concat([tf.stop_gradient(rows), tf.fill([shape[0], 1], replica)], axis=1)
     gathered = context.all_gather(tagged, axis=0)
     start = tf.reduce_sum(tf.cast(gathered[:, -1] < replica, tf.int32))
-    end = start + tf.shape(embeddings)[0]
+    end = start + shape[0]
     gathered = gathered[:, :-1]
-    return tf.concat([gathered[:start], embeddings, gathered[end:]], axis=0)
-
-
-def _replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-TEACHER_EMBEDDINGS = "teacher_embeddings"
+    rows = tf.concat([gathered[:start], rows, gathered[end:]], axis=0)
+    return tf.reshape(rows, tf.concat([[-1], shape[1:]], axis=0))
 
 
 class _FunctionLoss(keras.losses.Loss):
@@ -83,49 +145,64 @@ class _FunctionLoss(keras.losses.Loss):
         return self.fn(y_true, y_pred)
 
 
-def _split_cached(x):
-    """`(inputs, teacher embeddings or None)` of a batch from `cache_teacher_embeddings`."""
-    if isinstance(x, dict) and set(x) == {"inputs", TEACHER_EMBEDDINGS}:
-        return x["inputs"], x[TEACHER_EMBEDDINGS]
-    return x, None
-
-
 @register
 class Distiller(keras.Model):
-    """Relational Knowledge Distillation of a frozen teacher into a student.
+    """Knowledge distillation of a frozen teacher into a student, on a list of terms.
 
     The student is trained on
-    `task_loss_weight · task + distance_weight · RKD-D + angle_weight · RKD-A`,
-    where the RKD terms compare the relations inside each batch between the
-    teacher's and the student's embeddings, so their widths may differ (a
-    512-d teacher can teach a 64-d student). The task loss is the loss given to
-    `compile`, on `(y, student outputs)`; the paper's metric-learning students
-    use none. Terms whose weight is 0 are not computed.
+    `task_loss_weight · task + Σ_terms weight · loss(teacher tensor, student tensor)`
+    plus the student's own regularization losses. Each `Term` compares a
+    tensor of the teacher with one of the student: the models' outputs, or
+    named layers of functional models. `Distiller(teacher, student)` is the
+    paper's relational distillation: RKD-D with weight 1 and RKD-A with
+    weight 2 on the outputs (`distance_weight` and `angle_weight` set those
+    two weights). The task loss is the loss given to `compile`, on
+    `(y, student output)`; the paper's metric-learning students use none.
 
-    The teacher is frozen: it runs with `training=False` (BatchNorm statistics
-    untouched) and only the student's weights receive gradients.
+    Relational terms (RKD-D, RKD-A, DarkRank, similarity preserving, PKT,
+    correlation congruence, DIST) compare relations across the batch, so the
+    teacher's and the student's widths may differ (a 512-d teacher can teach
+    a 64-d student). Per-example terms (Hinton's KD, FitNet, attention
+    transfer) compare each example on its own; FitNet's student tensor passes
+    through a `HintRegressor` that trains with the student, is saved with the
+    Distiller, and is never part of the exported student.
+
+    Each model runs once per step, however many terms read it. The teacher
+    is frozen: it runs with `training=False` (BatchNorm statistics untouched)
+    and only the student's weights (and the FitNet regressors) receive
+    gradients. The logs hold `loss` (the optimised total), each term under
+    its name, and `task_loss`; terms whose weight is 0 are not computed.
 
     Args:
-        teacher: A Keras model producing teacher embeddings `(N, ...)`.
-        student: A Keras model producing student embeddings `(N, ...)`.
-        distance_weight: λ_D, weight of the distance-wise loss. The paper's
-            metric-learning setting is 1.
-        angle_weight: λ_A, weight of the angle-wise loss. The paper's
-            metric-learning setting is 2.
+        teacher: A trained Keras model.
+        student: A Keras model taking the same inputs.
+        terms: A list of `Term`s. Default: RKD-D and RKD-A on the outputs,
+            with `distance_weight` and `angle_weight`.
+        distance_weight: λ_D of the default terms (1 if not given; 0 drops
+            RKD-D). Not allowed with `terms`.
+        angle_weight: λ_A of the default terms (2 if not given; 0 drops
+            RKD-A). Not allowed with `terms`.
         task_loss_weight: Weight of the compiled task loss, if any.
-        global_batch_relations: Under a `tf.distribute` strategy, gather
-            every replica's embeddings so the RKD terms see the global batch,
-            exactly as on one device (the paper's relations). `False`
-            computes them per replica (cheaper, but with 8 replicas each sees
-            1/8 of the batch).
+        global_batch_relations: Under a `tf.distribute` strategy, gather the
+            tensors of relational terms from every replica, so they see the
+            global batch exactly as on one device (the paper's relations).
+            `False` computes them per replica (cheaper, but with 8 replicas
+            each sees 1/8 of the batch). Per-example terms are computed on
+            each replica's batch and averaged, as Keras averages its losses.
         name: Name of the model.
 
     Example:
     ```python
-    distiller = rkd_keras.Distiller(teacher, student)
+    distiller = rkd_keras.Distiller(teacher, student)   # RKD-D + 2 · RKD-A on the outputs
     distiller.compile(optimizer=keras.optimizers.Adam(1e-4))
-    distiller.fit(images, epochs=10)   # no labels: RKD only, as in the paper
-    embeddings = distiller.student.predict(test_images)
+    distiller.fit(images, epochs=10)                    # no labels: RKD only, as in the paper
+
+    distiller = rkd_keras.Distiller(teacher, student, terms=[
+        rkd_keras.Term("hinton_kd", weight=1.0),        # on the logits (the outputs)
+        rkd_keras.Term("rkd_distance", 25.0, teacher_layer="pool", student_layer="pool"),
+        rkd_keras.Term("rkd_angle", 50.0, teacher_layer="pool", student_layer="pool"),
+    ])
+    distiller.compile("adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     ```
     """
 
@@ -134,28 +211,60 @@ class Distiller(keras.Model):
         teacher,
         student,
         *,
-        distance_weight: float = 1.0,
-        angle_weight: float = 2.0,
+        terms=None,
+        distance_weight: float | None = None,
+        angle_weight: float | None = None,
         task_loss_weight: float = 1.0,
         global_batch_relations: bool = True,
         name: str = "distiller",
         **kwargs,
     ):
+        teacher = _check_teacher(teacher)
+        student = _check_model("student", student)
+        _check_distinct(teacher, student)
+        shortcuts = {"distance_weight": distance_weight, "angle_weight": angle_weight}
+        given = [key for key, value in shortcuts.items() if value is not None]
+        if terms is not None and given:
+            raise ValueError(
+                f"Pass either `terms` or {' and '.join(f'`{key}`' for key in given)}, not both: the "
+                "weights only set the default RKD terms. Add e.g. Term('rkd_angle', weight=2.0) to "
+                "`terms` instead."
+            )
+        from_shortcuts = terms is None
+        if from_shortcuts:
+            shortcuts = {
+                key: check_weight(key, DEFAULT_WEIGHTS[key] if value is None else value)
+                for key, value in shortcuts.items()
+            }
+            terms = [Term(_SHORTCUT_LOSSES[key], value) for key, value in shortcuts.items()]
+        terms = _check_terms(terms)
+        task_loss_weight = check_weight("task_loss_weight", task_loss_weight)
+        # Everything is checked before the teacher is frozen: a refused Distiller changes nothing.
+        extractors = Extractor(teacher, "teacher", terms), Extractor(student, "student", terms, keep_output=True)
+        active = [term for term in terms if term.weight > 0]
+        regressors = [_regressor(term, *extractors) for term in active if term.uses_regressor]
+        for term in terms:
+            _check_shapes(term, *extractors)
+
         super().__init__(name=name, **kwargs)
-        self.teacher = _check_teacher(teacher)
-        self.student = _check_model("student", student)
+        self.teacher = teacher
+        self.student = student
         self.teacher.trainable = False
         # Functional models are built at construction, and so is the Distiller.
         self.built = student.built
-        self.distance_weight = _check_weight("distance_weight", distance_weight)
-        self.angle_weight = _check_weight("angle_weight", angle_weight)
-        self.task_loss_weight = _check_weight("task_loss_weight", task_loss_weight)
+        self._from_shortcuts = from_shortcuts
+        self.distance_weight = shortcuts["distance_weight"] if from_shortcuts else None
+        self.angle_weight = shortcuts["angle_weight"] if from_shortcuts else None
+        self.terms = terms
+        self.task_loss_weight = task_loss_weight
         self.global_batch_relations = bool(global_batch_relations)
         self.task_loss = None
+        self._teacher_extractor, self._student_extractor = extractors
+        self._active_terms = active
+        self.regressors = regressors
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
-        self.distance_tracker = keras.metrics.Mean(name="rkd_distance")
-        self.angle_tracker = keras.metrics.Mean(name="rkd_angle")
+        self.term_trackers = [keras.metrics.Mean(name=term.name) for term in active]
 
     def build(self, input_shape):
         if isinstance(input_shape, dict) and "inputs" in input_shape:
@@ -165,13 +274,13 @@ class Distiller(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        return self.student(_split_cached(inputs)[0], training=training)
+        return self.student(split_cached(inputs)[0], training=training)
 
     def cache_teacher_embeddings(self, data, batch_size: int = 256):
-        """Runs the teacher once over `data`, so `fit` reuses its embeddings.
+        """Runs the teacher once over `data`, so `fit` reuses the tensors the terms read.
 
         The teacher is frozen and deterministic, so when the inputs carry no
-        random augmentation its embeddings are the same every epoch; caching
+        random augmentation its tensors are the same every epoch; caching
         them saves the teacher's forward pass on every step after the first
         pass (a large teacher costs more than the student's whole step).
         The result trains exactly as `data` would.
@@ -184,7 +293,10 @@ class Distiller(keras.Model):
 
         Returns:
             For `x`: `{"inputs": x, "teacher_embeddings": ...}`, to pass to
-            `fit` as `x`. For a dataset: a dataset of such dicts and `y`.
+            `fit` as `x`; `teacher_embeddings` is the teacher's output when
+            the terms read only that, else a dict from layer name to tensor
+            (the output under the name of the layer producing it). For a
+            dataset: a dataset of such dicts and `y`.
 
         Example:
         ```python
@@ -192,12 +304,14 @@ class Distiller(keras.Model):
         distiller.fit(cached, epochs=10, batch_size=128)
         ```
         """
+        if self._teacher_extractor.model is None:
+            raise ValueError("No term reads the teacher, so there is nothing to cache; fit on the data itself.")
         if isinstance(data, tf.data.Dataset):
             inputs, labels = materialize(data, "cache_teacher_embeddings")
             cached = self.cache_teacher_embeddings(inputs, batch_size)
             return tf.data.Dataset.from_tensor_slices((cached, labels))
-        embeddings = self.teacher.predict(data, batch_size=batch_size, verbose=0)
-        return {"inputs": data, TEACHER_EMBEDDINGS: embeddings}
+        teacher = self._teacher_extractor
+        return cached_inputs(data, teacher.predict(data, batch_size), teacher.output_key)
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures the student's training.
@@ -206,11 +320,17 @@ class Distiller(keras.Model):
             optimizer: Optimizer for the student's weights.
             loss: Optional task loss of the student, on `(y, student outputs)`:
                 a `keras.losses.Loss`, a loss function or its name. Leave it
-                `None` to train with the RKD terms alone.
+                `None` to train with the distillation terms alone.
             metrics: Metrics on `(y, student outputs)`, as in `Model.compile`.
             **kwargs: Other `Model.compile` arguments (`jit_compile`,
                 `steps_per_execution`, `run_eagerly`, ...).
         """
+        if self._student_extractor.output_key is None and (loss is not None or metrics is not None):
+            raise ValueError(
+                f"The student {self.student.name!r} returns several outputs, but a task loss or metrics "
+                "compare one output with the labels. Compile without "
+                "`loss=`/`metrics=`, or give the student a single output."
+            )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self.task_loss = None
         if loss is not None and self.task_loss_weight > 0:
@@ -219,10 +339,10 @@ class Distiller(keras.Model):
             self.task_loss = (
                 loss if isinstance(loss, keras.losses.Loss) else _FunctionLoss(loss)
             )
-        if self.task_loss is None and not (self.distance_weight or self.angle_weight):
+        if self.task_loss is None and not self._active_terms:
             raise ValueError(
-                "Nothing to train: distance_weight and angle_weight are 0 and no "
-                "task loss is compiled. Give a weight > 0 or pass `loss=`."
+                "Nothing to train: every term's weight is 0 (distance_weight and angle_weight, "
+                "for the default terms) and no task loss is compiled. Give a weight > 0 or pass `loss=`."
             )
 
     @property
@@ -230,13 +350,77 @@ class Distiller(keras.Model):
         trackers = [self.loss_tracker]
         if self.task_loss is not None:
             trackers.append(self.task_loss_tracker)
-        if self.distance_weight:
-            trackers.append(self.distance_tracker)
-        if self.angle_weight:
-            trackers.append(self.angle_tracker)
+        trackers += self.term_trackers
         if self._compile_metrics is not None:
             trackers.append(self._compile_metrics)
         return trackers
+
+    def compute_terms(self, teacher, student, y=None, sample_weight=None, *, replicas=1, gather=None):
+        """Adds up the objective from the tensors the terms read: the one place that does.
+
+        Backend-agnostic (`keras.ops`); the TensorFlow `train_step` supplies
+        the distribution specifics.
+
+        Args:
+            teacher: `{key: tensor}` of the teacher, as its `Extractor` gives.
+            student: `{key: tensor}` of the student, its output included.
+            y, sample_weight: The labels and sample weights of the task loss.
+            replicas: Replicas that each compute this on their own batch.
+            gather: Gives a relational term's tensor over the global batch
+                (`None`: relational terms see this replica's batch).
+
+        Returns:
+            `(total, share, values)`: `total` is the objective over the
+            global batch, the number logged as `loss`; `share` is this
+            replica's part, whose gradient summed over replicas is that of
+            `total` (`total` itself on one replica); `values` maps
+            `task_loss` and each term's name to its unweighted value.
+
+            Under several replicas a relational term over the gathered batch
+            enters each share whole, since its gradient flows only through
+            the replica's own rows; per-example terms, per-replica relations
+            and regularization enter as 1/replicas of their value, and the
+            task loss as Keras scales it. On one replica both sums are one.
+        """
+        values, total, share = {}, [], []
+        if self.task_loss is not None:
+            output = student[self._student_extractor.output_key]
+            # Keras losses already divide by the number of replicas.
+            task = keras.ops.cast(self.task_loss(y, output, sample_weight=sample_weight), "float32")
+            values["task_loss"] = task * replicas if replicas > 1 else task
+            total.append(self.task_loss_weight * values["task_loss"])
+            share.append(self.task_loss_weight * task)
+        gathered = {}
+
+        def over_global_batch(role, key, tensor):
+            if (role, key) not in gathered:
+                gathered[role, key] = gather(tensor)
+            return gathered[role, key]
+
+        regressors = iter(self.regressors)
+        for term in self._active_terms:
+            teacher_key = self._teacher_extractor.keys[term.name]
+            student_key = self._student_extractor.keys[term.name]
+            t, s = teacher[teacher_key], student[student_key]
+            whole = term.relational and gather is not None
+            if term.uses_regressor:
+                s = next(regressors)(s)
+                if whole:
+                    s = gather(s)
+            elif whole:
+                s = over_global_batch("student", student_key, s)
+            if whole:
+                t = over_global_batch("teacher", teacher_key, t)
+            values[term.name] = term(t, s)
+            total.append(term.weight * values[term.name])
+            share.append(term.weight * (values[term.name] if whole else values[term.name] / replicas))
+        # Weight decay and other regularization of the student, as in fit.
+        regularization = [keras.ops.cast(loss, "float32") for loss in self.student.losses]
+        total = functools.reduce(operator.add, total + regularization)
+        if replicas == 1:
+            return total, total, values
+        share = functools.reduce(operator.add, share + [loss / replicas for loss in regularization])
+        return total, share, values
 
     def _unpack(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -246,121 +430,96 @@ class Distiller(keras.Model):
                 "A task loss or metrics were compiled, so the data must be "
                 "(x, y) pairs, but received inputs without labels. Pass labels "
                 "to fit/evaluate, or compile without `loss=`/`metrics=` to "
-                "train with RKD alone."
+                "train with the distillation terms alone."
             )
         return x, y, sample_weight
 
-    def _teacher_embeddings(self, x, cached):
-        embeddings = self.teacher(x, training=False) if cached is None else cached
-        # Cheap (one reduction) and caught here, not as a NaN student later.
-        return tf.stop_gradient(
-            tf.debugging.assert_all_finite(
-                embeddings,
-                "The teacher produced NaN/Inf embeddings for this batch; check its "
-                "weights (was it trained to NaN?) and the inputs (NaN pixels?).",
+    def _teacher_tensors(self, inputs, cached):
+        if cached is None:
+            cached = self._teacher_extractor(inputs, training=False)
+        # Cheap (one reduction each) and caught here, not as a NaN student later.
+        return {
+            key: tf.stop_gradient(
+                tf.debugging.assert_all_finite(
+                    tensor,
+                    "The teacher produced NaN/Inf embeddings for this batch; check its "
+                    "weights (was it trained to NaN?) and the inputs (NaN pixels?). "
+                    f"Tensor: {self._teacher_extractor.sources[key]}.",
+                )
             )
-        )
-
-    def _compute_terms(self, x, y, sample_weight, training):
-        """Student outputs, the loss to differentiate, and each unweighted term.
-
-        Under a `tf.distribute` strategy the returned loss is this replica's
-        share, as Keras's own `train_step` uses: gradients are summed over
-        replicas. The terms are the values to report.
-        """
-        x, cached = _split_cached(x)
-        teacher_embeddings = self._teacher_embeddings(x, cached)
-        student_embeddings = self.student(x, training=training)
-        replicas = _replicas()
-        relations = [teacher_embeddings, student_embeddings]
-        # Global-batch relations: each replica's gradient is already its share
-        # of the global loss's gradient. Per-replica ones are averaged, as
-        # Keras averages per-replica losses.
-        relation_scale = 1.0
-        if self.global_batch_relations:
-            relations = [_global_batch(e) for e in relations]
-        else:
-            relation_scale = 1.0 / replicas
-        terms, losses = {}, []
-        if self.task_loss is not None:
-            # Keras losses already divide by the number of replicas.
-            task = self.task_loss(y, student_embeddings, sample_weight=sample_weight)
-            losses.append(self.task_loss_weight * tf.cast(task, tf.float32))
-            terms["task_loss"] = task * replicas
-        for name, weight, fn in (
-            ("rkd_distance", self.distance_weight, rkd_distance),
-            ("rkd_angle", self.angle_weight, rkd_angle),
-        ):
-            if weight:
-                terms[name] = fn(*relations)
-                losses.append(weight * relation_scale * terms[name])
-        # Weight decay and other regularization of the student, as in fit.
-        losses += [tf.cast(loss, tf.float32) / replicas for loss in self.student.losses]
-        total = tf.add_n(losses)
-        return student_embeddings, total, terms
-
-    def _update_metrics(self, x, y, sample_weight, student_embeddings, terms):
-        total = tf.add_n(
-            [self._weight(name) * tf.cast(value, tf.float32) for name, value in terms.items()]
-            + [tf.cast(loss, tf.float32) for loss in self.student.losses]
-        )
-        self.loss_tracker.update_state(total)
-        trackers = {
-            "task_loss": self.task_loss_tracker,
-            "rkd_distance": self.distance_tracker,
-            "rkd_angle": self.angle_tracker,
+            for key, tensor in cached.items()
         }
-        for name, value in terms.items():
-            trackers[name].update_state(value)
+
+    def _tf_compute_terms(self, x, y, sample_weight, training):
+        """`compute_terms` on a TensorFlow batch, under `tf.distribute` when there is one."""
+        inputs, cached = split_cached(x, self._teacher_extractor.computed, self._teacher_extractor.output_key)
+        teacher = self._teacher_tensors(inputs, cached)
+        student = self._student_extractor(inputs, training=training)
+        total, share, values = self.compute_terms(
+            teacher, student, y, sample_weight,
+            replicas=tf.distribute.get_strategy().num_replicas_in_sync,
+            gather=_global_batch if self.global_batch_relations else None,
+        )
+        return student.get(self._student_extractor.output_key), total, share, values
+
+    def _update_metrics(self, x, y, sample_weight, output, total, values):
+        self.loss_tracker.update_state(total)
+        if "task_loss" in values:
+            self.task_loss_tracker.update_state(values["task_loss"])
+        for tracker in self.term_trackers:
+            tracker.update_state(values[tracker.name])
         if y is None:
             return self.get_metrics_result()
-        return self.compute_metrics(_split_cached(x)[0], y, student_embeddings, sample_weight=sample_weight)
-
-    def _weight(self, term):
-        return {
-            "task_loss": self.task_loss_weight,
-            "rkd_distance": self.distance_weight,
-            "rkd_angle": self.angle_weight,
-        }[term]
+        return self.compute_metrics(split_cached(x)[0], y, output, sample_weight=sample_weight)
 
     def train_step(self, data):
         x, y, sample_weight = self._unpack(data)
         with tf.GradientTape() as tape:
-            student_embeddings, total, terms = self._compute_terms(
-                x, y, sample_weight, training=True
-            )
+            output, total, share, values = self._tf_compute_terms(x, y, sample_weight, training=True)
             # Mixed precision: LossScaleOptimizer scales here, unscales in apply.
-            scaled = self.optimizer.scale_loss(total)
-        variables = self.student.trainable_variables
+            scaled = self.optimizer.scale_loss(share)
+        variables = self.trainable_variables  # the student's and the FitNet regressors'
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(x, y, sample_weight, student_embeddings, terms)
+        return self._update_metrics(x, y, sample_weight, output, total, values)
 
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)
-        student_embeddings, _, terms = self._compute_terms(x, y, sample_weight, training=False)
-        return self._update_metrics(x, y, sample_weight, student_embeddings, terms)
+        output, total, _, values = self._tf_compute_terms(x, y, sample_weight, training=False)
+        return self._update_metrics(x, y, sample_weight, output, total, values)
 
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "teacher": keras.saving.serialize_keras_object(self.teacher),
             "student": keras.saving.serialize_keras_object(self.student),
-            "distance_weight": self.distance_weight,
-            "angle_weight": self.angle_weight,
+        }
+        if self._from_shortcuts:
+            config.update(distance_weight=self.distance_weight, angle_weight=self.angle_weight)
+        else:
+            config["terms"] = [keras.saving.serialize_keras_object(term) for term in self.terms]
+        return {
+            **config,
             "task_loss_weight": self.task_loss_weight,
             "global_batch_relations": self.global_batch_relations,
         }
+
+    def save(self, filepath, *args, **kwargs):
+        """`Model.save`, after checking that the configuration can be written (nothing is written if not)."""
+        self.get_config()
+        return super().save(filepath, *args, **kwargs)
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         for role in ("teacher", "student"):
             config[role] = keras.saving.deserialize_keras_object(config[role])
+        if "terms" in config:
+            config["terms"] = [keras.saving.deserialize_keras_object(term) for term in config["terms"]]
         return cls(**config)
 
     def compile_from_config(self, config):
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.student.built:
             # Create the slots now, so the saved optimizer state loads into them.
-            self.optimizer.build(self.student.trainable_variables)
+            self.optimizer.build(self.trainable_variables)

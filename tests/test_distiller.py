@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import mlp
-from rkd_keras import Distiller, rkd_angle, rkd_distance
+from rkd_keras import Distiller, Term, rkd_angle, rkd_distance
 
 RKD_KEYS = {"loss", "rkd_distance", "rkd_angle"}
 
@@ -248,3 +248,48 @@ def test_backup_and_restore_resumes_to_the_uninterrupted_result(teacher, cluster
     assert resumed.optimizer.iterations.numpy() == 4 * 5
     for a, b in zip(resumed.student.get_weights(), uninterrupted):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_teacher_that_is_the_student_is_refused(teacher):
+    with pytest.raises(ValueError, match="The teacher and the student are the same model \\('teacher'\\)"):
+        Distiller(teacher, teacher)
+
+
+def test_a_student_sharing_weights_with_the_teacher_is_refused(teacher):
+    inputs = keras.Input((12,))
+    student = keras.Model(inputs, keras.layers.Dense(8)(teacher.layers[1](inputs)), name="student")
+    with pytest.raises(ValueError, match="The student 'student' shares 2 weights with the teacher 'teacher' \\(e.g. "
+                                         "'dense/kernel'\\); freezing the teacher would freeze them in the student"):
+        Distiller(teacher, student)
+    assert teacher.trainable  # refused before anything was frozen
+
+
+def two_outputs(name):
+    inputs = keras.Input((12,))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    outputs = {"embedding": keras.layers.Dense(8, name="embedding")(hidden), "logits": keras.layers.Dense(3, name="logits")(hidden)}
+    return keras.Model(inputs, outputs, name=name)
+
+
+def test_a_teacher_with_a_dict_output_is_refused_unless_a_term_selects_a_layer(clusters):
+    teacher = two_outputs("teacher")
+    with pytest.raises(ValueError, match=(
+        "The teacher 'teacher' returns a dict \\(keys 'embedding', 'logits'\\), but term 'rkd_distance' compares the "
+        "teacher's output, which must be one tensor. Select one with Term\\(..., teacher_layer='<layer name>'\\)"
+    )):
+        Distiller(teacher, mlp(16, 8, "student"))
+    distiller = Distiller(teacher, mlp(16, 8, "student"), terms=[Term("rkd_angle", teacher_layer="embedding")])
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    history = distiller.fit(clusters[0], batch_size=64, epochs=2, verbose=0).history
+    assert history["rkd_angle"][-1] < history["rkd_angle"][0]
+
+
+def test_a_student_with_a_dict_output_trains_on_selected_layers_but_takes_no_task_loss(teacher, clusters):
+    student = two_outputs("student")
+    distiller = Distiller(teacher, student, terms=[Term("rkd_angle", student_layer="embedding")])
+    with pytest.raises(ValueError, match="The student 'student' returns several outputs, but a task loss or metrics"):
+        distiller.compile("adam", loss="mse")
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    history = distiller.fit(clusters[0], batch_size=64, epochs=2, verbose=0).history
+    assert history["rkd_angle"][-1] < history["rkd_angle"][0]
+    assert set(distiller.predict(clusters[0][:4], verbose=0)) == {"embedding", "logits"}

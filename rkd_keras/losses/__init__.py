@@ -1,21 +1,77 @@
 """Losses of rkd_keras: each a plain function of tensors, with a `keras.losses.Loss` wrapper.
 
-Distillation losses take `(teacher, student)`: the teacher side carries no
-gradient, and the computation runs in float32 also under mixed precision.
-`get(name)` gives the wrapper of a loss by its function's name.
+Distillation losses take `(teacher, student)` and return a float32 scalar of
+shape `()`. `get(name)` gives the wrapper of a loss by its function's name;
+`LOSSES` maps every name to its wrapper class.
+
+Relational (they compare relations across the batch, so teacher and student
+may have different widths, and they need the whole batch at once):
+`rkd_distance`, `rkd_angle`, `dark_rank`, `similarity_preserving`, `pkt`,
+`correlation_congruence`, `dist_kd` (its intra-class term), and the
+`triplet_loss` of `(labels, embeddings)`. Per-example (each example compared
+with its own teacher output): `hinton_kd`, `attention_transfer`, `fitnet`.
+
+Rules every loss keeps:
+
+- The teacher side carries no gradient.
+- Inputs in float16 or bfloat16 are cast to float32 and the loss is
+  computed in float32 (under a mixed-precision policy too).
+- A non-finite input (NaN or ±inf anywhere, teacher or student) gives a NaN
+  loss, never a finite number, also where the formula would hide it behind
+  a sort, a mask or a clamp (e.g. the official PKT code zeroes NaN features).
+  `keras.callbacks.TerminateOnNaN` stops training on it.
+- An empty batch (N = 0, e.g. a replica's share of a short last batch under
+  `tf.distribute`) gives 0 with a finite (empty) gradient, as Keras's own
+  losses do, instead of a mean over nothing.
+- A batch of one gives a finite loss and gradient: 0 for RKD-D, RKD-A,
+  DarkRank, SP and PKT (no pair to compare); `correlation_congruence`
+  compares the two kernels' single entries; `dist_kd`'s intra-class
+  correlation of one example is 0, as in the official code, so that term
+  is `gamma · T²`. Duplicate, all-equal and all-zero rows also give finite
+  gradients (norms take gradient 0 at 0, distances are clamped before the
+  square root).
+- Teacher and student tensors with different, known batch sizes are refused
+  with a `ValueError`; integer tensors with a `TypeError` that says how to
+  cast them.
+
+`dark_rank`, `similarity_preserving`, `pkt`, `correlation_congruence`,
+`hinton_kd`, `dist_kd`, `attention_transfer` and `fitnet` are written with
+`keras.ops` only; `rkd_distance`, `rkd_angle` and `triplet_loss` with TensorFlow.
 """
 
 import keras
 
-from rkd_keras.losses.features import HintRegressor, fitnet
+from rkd_keras.losses.features import HintRegressor, attention_transfer, fitnet
+from rkd_keras.losses.logits import dist_kd, hinton_kd
+from rkd_keras.losses.relational import correlation_congruence, dark_rank, pkt, similarity_preserving
 from rkd_keras.losses.rkd import rkd_angle, rkd_distance
 from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
-from rkd_keras.losses.wrappers import FitNet, LossWrapper, RKDAngle, RKDDistance, TripletLoss
+from rkd_keras.losses.wrappers import (
+    PKT,
+    AttentionTransfer,
+    CorrelationCongruence,
+    DarkRank,
+    DistKD,
+    FitNet,
+    HintonKD,
+    LossWrapper,
+    RKDAngle,
+    RKDDistance,
+    SimilarityPreserving,
+    TripletLoss,
+)
 
 # Function name → wrapper class: the names `get` and `Term("...")` accept.
 LOSSES = {
     "rkd_distance": RKDDistance,
     "rkd_angle": RKDAngle,
+    "dark_rank": DarkRank,
+    "similarity_preserving": SimilarityPreserving,
+    "pkt": PKT,
+    "correlation_congruence": CorrelationCongruence,
+    "dist_kd": DistKD,
+    "hinton_kd": HintonKD,
+    "attention_transfer": AttentionTransfer,
     "fitnet": FitNet,
     "triplet_loss": TripletLoss,
 }
@@ -55,10 +111,24 @@ __all__ = [
     "LOSSES",
     "rkd_distance",
     "rkd_angle",
+    "dark_rank",
+    "similarity_preserving",
+    "pkt",
+    "correlation_congruence",
+    "dist_kd",
+    "hinton_kd",
+    "attention_transfer",
     "fitnet",
     "triplet_loss",
     "RKDDistance",
     "RKDAngle",
+    "DarkRank",
+    "SimilarityPreserving",
+    "PKT",
+    "CorrelationCongruence",
+    "DistKD",
+    "HintonKD",
+    "AttentionTransfer",
     "FitNet",
     "HintRegressor",
     "TripletLoss",

@@ -1,7 +1,13 @@
-"""Losses on intermediate features: FitNet hints (Romero et al. 2015)."""
+"""Losses on intermediate features: FitNet hints (Romero et al. 2015) and attention transfer
+(Zagoruyko & Komodakis 2017).
+
+Both compare each example's features with its own teacher features
+(per-example). Written with `keras.ops` only, so they run on every Keras backend.
+"""
 
 import keras
 
+from rkd_keras.losses.base import as_float32, check_batch, flatten, guard, l2_normalize
 from rkd_keras.saving import register
 
 
@@ -26,15 +32,67 @@ def fitnet(teacher, student):
     >>> float(fitnet(teacher, np.zeros((2, 4, 4, 8), "float32")))
     1.0
     """
-    teacher = keras.ops.stop_gradient(keras.ops.cast(teacher, "float32"))
-    student = keras.ops.cast(student, "float32")
+    teacher = keras.ops.stop_gradient(as_float32(teacher, "Teacher features"))
+    student = as_float32(student, "Regressed student features")
+    check_batch(teacher, student)
     if tuple(teacher.shape[1:]) != tuple(student.shape[1:]):
         raise ValueError(
             f"FitNet compares features of the same shape, received teacher {tuple(teacher.shape)} and "
             f"regressed student {tuple(student.shape)}. Select layers of equal spatial size; the "
             "HintRegressor only maps the channels."
         )
-    return keras.ops.mean(keras.ops.square(student - teacher))
+    return guard(keras.ops.mean(keras.ops.square(student - teacher)), teacher, student)
+
+
+def _attention(feature_map):
+    """Each example's spatial attention: mean of squares over channels, flattened, L2-normalized."""
+    return l2_normalize(flatten(keras.ops.mean(keras.ops.square(feature_map), axis=-1)), axis=1)
+
+
+def attention_transfer(teacher_map, student_map):
+    """Attention transfer: the mean squared difference of normalized spatial attention maps.
+
+    Formula:
+    ```
+    a(F) = normalize(mean over channels c of F[..., c]², flattened over positions)
+    loss = mean over the N × positions entries of (a(F_s) − a(F_t))²
+    ```
+    `normalize` divides by `max(‖a‖₂, 1e-12)` (PyTorch's `F.normalize`).
+    Follows `AttentionTransfer` of the official RKD code (github.com/lenscloth/RKD,
+    `metric/loss.py`, commit 92c8563), with channels last (`(N, H, W, C)`)
+    where the official code takes channels first. Teacher and student may
+    have different channels, not different spatial sizes. A zero map (a dead
+    ReLU stage) has attention 0 and a finite gradient.
+
+    Args:
+        teacher_map: Teacher feature map `(N, H, W, C_t)` (any rank ≥ 3,
+            channels last); no gradient flows into it.
+        student_map: Student feature map `(N, H, W, C_s)`.
+
+    Returns:
+        Scalar float32 loss.
+
+    Raises:
+        ValueError: The spatial sizes differ (the message names both shapes).
+
+    Example:
+    >>> teacher = np.zeros((1, 2, 2, 3), "float32")
+    >>> teacher[0, 0, 0] = 1.0  # all attention on one position
+    >>> student = np.ones((1, 2, 2, 5), "float32")  # attention 1/2 on every position
+    >>> float(attention_transfer(teacher, student))  # mean of (1/2 − 1)², (1/2)², (1/2)², (1/2)²
+    0.25
+    """
+    teacher = keras.ops.stop_gradient(as_float32(teacher_map, "Teacher feature map", min_rank=3))
+    student = as_float32(student_map, "Student feature map", min_rank=3)
+    check_batch(teacher, student)
+    if tuple(teacher.shape[1:-1]) != tuple(student.shape[1:-1]):
+        raise ValueError(
+            "Attention transfer compares maps of the same spatial size, received teacher "
+            f"{tuple(teacher.shape)} and student {tuple(student.shape)} (channels last). Select layers "
+            "whose spatial sizes match; only the channels may differ."
+        )
+    difference = _attention(student) - _attention(teacher)
+    return guard(keras.ops.mean(keras.ops.square(difference)), teacher, student)
 
 
 @register

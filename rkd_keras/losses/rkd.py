@@ -21,7 +21,7 @@ the accuracy of the direct form.
 import keras
 import tensorflow as tf
 
-from rkd_keras.losses.base import centered_gram, check_same_batch, float32_matrix, squared_distances
+from rkd_keras.losses.base import centered_gram, check_same_batch, float32_matrix, guard, squared_distances
 
 
 def _normalized_distances(x, eps):
@@ -30,7 +30,7 @@ def _normalized_distances(x, eps):
     # Clamp before the square root as the official `pdist` does: duplicate
     # rows then have finite gradients (tf.norm of a zero vector does not).
     distances = tf.sqrt(tf.maximum(squared, eps))
-    distances = tf.linalg.set_diag(distances, tf.zeros_like(distances[0]))
+    distances = tf.linalg.set_diag(distances, tf.zeros(tf.shape(distances)[:1]))
     n = tf.cast(tf.shape(x)[0], tf.float32)
     # Off the diagonal every distance is ≥ sqrt(eps) > 0, so the official
     # "mean over d > 0" is the mean over the N·(N−1) distinct pairs.
@@ -187,15 +187,18 @@ def rkd_distance(teacher, student, *, delta: float = 1.0, eps: float = 1e-12):
         Scalar float32 loss.
 
     Example:
-    >>> teacher = tf.random.normal((8, 512))
-    >>> rkd_distance(teacher, 2.0 * teacher)  # a scaled copy: no loss
-    <tf.Tensor: shape=(), dtype=float32, numpy=0.0>
+    >>> teacher = np.random.default_rng(0).normal(size=(8, 512)).astype("float32")
+    >>> round(float(rkd_distance(teacher, 2.0 * teacher)), 6)  # a scaled copy: no loss
+    0.0
+    >>> # ψ: (0.75, 1.5, 0.75) against (0.5, 1.5, 1.0); 4 of 9 entries give huber(0.25)
+    >>> round(float(rkd_distance([[0.0], [1.0], [2.0]], [[0.0], [1.0], [3.0]])), 6)
+    0.013889
     """
     teacher = float32_matrix(teacher, "Teacher")
     student = float32_matrix(student, "Student")
     teacher, student = check_same_batch(teacher, student)
     teacher_relations = tf.stop_gradient(_normalized_distances(teacher, eps))
-    return _smooth_l1(teacher_relations, _normalized_distances(student, eps), delta)
+    return guard(_smooth_l1(teacher_relations, _normalized_distances(student, eps), delta), teacher, student)
 
 
 def rkd_angle(
@@ -232,8 +235,8 @@ def rkd_angle(
         Scalar float32 loss.
 
     Example:
-    >>> teacher = tf.random.normal((8, 512))
-    >>> float(rkd_angle(teacher, 3.0 * teacher + 1.0)) < 1e-10  # similar copy
+    >>> teacher = np.random.default_rng(0).normal(size=(8, 512)).astype("float32")
+    >>> float(rkd_angle(teacher, 3.0 * teacher + 1.0)) < 1e-10  # a similar copy: the same angles
     True
     """
     teacher = float32_matrix(teacher, "Teacher")
@@ -241,6 +244,9 @@ def rkd_angle(
     teacher, student = check_same_batch(teacher, student)
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive number of vertices or None, received {chunk_size}.")
-    total = _angle_huber_sum(teacher, student, delta, eps, chunk_size)
+    # An empty batch has no angles, but the chunk loop needs a vertex: one
+    # zero row (only then) gives it one and adds nothing (its angles are 0).
+    empty = [[0, tf.cast(tf.equal(tf.shape(student)[0], 0), tf.int32)], [0, 0]]
+    total = _angle_huber_sum(tf.pad(teacher, empty), tf.pad(student, empty), delta, eps, chunk_size)
     n = tf.cast(tf.shape(student)[0], tf.float64)
-    return tf.cast(tf.math.divide_no_nan(total, n * n * n), tf.float32)
+    return guard(tf.cast(tf.math.divide_no_nan(total, n * n * n), tf.float32), teacher, student)

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from rkd_keras.losses.base import centered_gram, float32_matrix, squared_distances
+from rkd_keras.losses.base import centered_gram, float32_matrix, guard, squared_distances
 
 TRIPLET_SAMPLINGS = ("distance_weighted", "batch_hard", "all")
 
@@ -70,8 +70,11 @@ def triplet_loss(
         Scalar float32 loss; 0 for a batch without a valid triplet.
 
     Example:
-    >>> labels = tf.constant([0, 0, 1, 1])
-    >>> triplet_loss(labels, tf.random.normal((4, 8)), sampling="all")
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> embeddings = np.array([[0.0], [0.5], [0.6], [1.5]], "float32")
+    >>> # 8 triplets; hinge values 0.1, 0.6, 0.5, 1.0, 0.1 and three zeros
+    >>> round(float(triplet_loss(labels, embeddings, sampling="all")), 4)
+    0.2875
     """
     if sampling not in TRIPLET_SAMPLINGS:
         raise ValueError(f"Unknown sampling {sampling!r}; choose one of {', '.join(TRIPLET_SAMPLINGS)}.")
@@ -96,8 +99,13 @@ def triplet_loss(
         weights = tf.stop_gradient(_distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff))
         # One negative per positive pair (a, p): draw N per anchor, use the p-th.
         log_weights = tf.math.log(tf.maximum(weights, 1e-30))
+        # Non-finite embeddings (the loss is NaN then) must not make the draw
+        # return out-of-range indices; an empty batch needs one class to draw from.
+        log_weights = tf.where(tf.math.is_finite(log_weights), log_weights, 0.0)
+        log_weights = tf.pad(log_weights, [[0, 0], [0, tf.cast(n == 0, tf.int32)]])
         sampled = tf.random.categorical(log_weights, n, dtype=tf.int32, seed=seed)
         valid = positive & tf.reduce_any(negative, axis=1, keepdims=True)
         negative_distances = tf.gather(distances, sampled, batch_dims=1)
         losses = tf.where(valid, tf.nn.relu(distances - negative_distances + margin), 0.0)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(tf.cast(valid, tf.float32)))
+    loss = tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(tf.cast(valid, tf.float32)))
+    return guard(loss, embeddings, embeddings)

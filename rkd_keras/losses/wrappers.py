@@ -11,7 +11,10 @@ batch (it needs the whole batch at once) or each example on its own.
 
 import keras
 
-from rkd_keras.losses.features import fitnet
+from rkd_keras.losses.base import check_number
+from rkd_keras.losses.features import attention_transfer, fitnet
+from rkd_keras.losses.logits import dist_kd, hinton_kd
+from rkd_keras.losses.relational import correlation_congruence, dark_rank, pkt, similarity_preserving
 from rkd_keras.losses.rkd import rkd_angle, rkd_distance
 from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
 from rkd_keras.saving import register
@@ -90,6 +93,128 @@ class FitNet(LossWrapper):
 
     def __init__(self, reduction="sum_over_batch_size", name="fitnet", dtype=None):
         super().__init__(fitnet, reduction=reduction, name=name, dtype=dtype)
+
+
+@register
+class HintonKD(LossWrapper):
+    """Hinton's KD on logits; see `hinton_kd`.
+
+    Example:
+    >>> logits = np.array([[3.0, 1.0, 0.0]], "float32")
+    >>> float(HintonKD(temperature=2.0)(logits, logits))
+    0.0
+    """
+
+    relational = False
+
+    def __init__(self, temperature=4.0, reduction="sum_over_batch_size", name="hinton_kd", dtype=None):
+        check_number(temperature, "temperature")
+        super().__init__(hinton_kd, reduction=reduction, name=name, dtype=dtype, temperature=temperature)
+
+
+@register
+class DistKD(LossWrapper):
+    """DIST on logits; see `dist_kd`. Relational: its intra-class part correlates across the batch.
+
+    Example:
+    >>> logits = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]], "float32")
+    >>> round(float(DistKD(beta=2.0)(logits, logits)), 6)
+    0.0
+    """
+
+    def __init__(
+        self, beta=1.0, gamma=1.0, temperature=1.0, reduction="sum_over_batch_size", name="dist_kd", dtype=None
+    ):
+        check_number(beta, "beta", strict=False)
+        check_number(gamma, "gamma", strict=False)
+        check_number(temperature, "temperature")
+        super().__init__(
+            dist_kd, reduction=reduction, name=name, dtype=dtype, beta=beta, gamma=gamma, temperature=temperature
+        )
+
+
+@register
+class AttentionTransfer(LossWrapper):
+    """Attention transfer on feature maps; see `attention_transfer`.
+
+    Example:
+    >>> maps = np.random.default_rng(0).normal(size=(2, 4, 4, 8)).astype("float32")
+    >>> float(AttentionTransfer()(maps, 2.0 * maps))
+    0.0
+    """
+
+    relational = False
+
+    def __init__(self, reduction="sum_over_batch_size", name="attention_transfer", dtype=None):
+        super().__init__(attention_transfer, reduction=reduction, name=name, dtype=dtype)
+
+
+@register
+class SimilarityPreserving(LossWrapper):
+    """Similarity-preserving KD; see `similarity_preserving`.
+
+    Example:
+    >>> features = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    >>> float(SimilarityPreserving()(features, 2.0 * features)) < 1e-12
+    True
+    """
+
+    def __init__(self, reduction="sum_over_batch_size", name="similarity_preserving", dtype=None):
+        super().__init__(similarity_preserving, reduction=reduction, name=name, dtype=dtype)
+
+
+@register
+class PKT(LossWrapper):
+    """Probabilistic knowledge transfer; see `pkt`.
+
+    Example:
+    >>> features = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    >>> float(PKT()(features, 2.0 * features)) < 1e-6
+    True
+    """
+
+    def __init__(self, eps=1e-7, reduction="sum_over_batch_size", name="pkt", dtype=None):
+        check_number(eps, "eps")
+        super().__init__(pkt, reduction=reduction, name=name, dtype=dtype, eps=eps)
+
+
+@register
+class CorrelationCongruence(LossWrapper):
+    """Correlation congruence; see `correlation_congruence`.
+
+    Example:
+    >>> features = np.eye(3, dtype="float32")
+    >>> float(CorrelationCongruence(gamma=0.5)(features, features[:, ::-1]))
+    0.0
+    """
+
+    def __init__(
+        self, gamma=0.4, order=2, reduction="sum_over_batch_size", name="correlation_congruence", dtype=None
+    ):
+        check_number(gamma, "gamma")
+        check_number(order, "order", minimum=1, strict=False, integer=True)
+        super().__init__(correlation_congruence, reduction=reduction, name=name, dtype=dtype, gamma=gamma, order=order)
+
+
+@register
+class DarkRank(LossWrapper):
+    """DarkRank (the official RKD code's `HardDarkRank`); see `dark_rank`.
+
+    Example:
+    >>> embeddings = np.array([[0.0], [1.0], [3.0]], "float32")
+    >>> round(float(DarkRank(alpha=1.0, beta=1.0)(embeddings, embeddings)), 4)
+    0.2512
+    """
+
+    def __init__(
+        self, alpha=3.0, beta=3.0, list_length=4, reduction="sum_over_batch_size", name="dark_rank", dtype=None
+    ):
+        check_number(alpha, "alpha")
+        check_number(beta, "beta")
+        check_number(list_length, "list_length", minimum=1, strict=False, integer=True)
+        super().__init__(
+            dark_rank, reduction=reduction, name=name, dtype=dtype, alpha=alpha, beta=beta, list_length=list_length
+        )
 
 
 @register

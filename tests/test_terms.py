@@ -1,0 +1,366 @@
+"""Distillation terms: KD, RKD, attention, FitNet and the rest on named layers of small CNN classifiers."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rkd_keras import Distiller, Term, losses
+from rkd_keras.losses import hinton_kd, rkd_angle, rkd_distance
+from rkd_keras.terms import INPUTS, TEACHER_TENSORS
+
+CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+RELATIONAL = {"rkd_distance", "rkd_angle", "dark_rank", "similarity_preserving", "pkt", "correlation_congruence",
+              "dist_kd"}
+PER_EXAMPLE = {"hinton_kd", "attention_transfer", "fitnet"}
+# Which layers each kind of loss reads in these classifiers; any other loss reads the pooled features.
+READS = {
+    "hinton_kd": (None, None),
+    "dist_kd": (None, None),
+    "attention_transfer": ("stage2", "stage2"),
+    "fitnet": ("stage3", "stage3"),
+}
+NOT_DISTILLATION = {"triplet_loss"}  # compares labels with embeddings, not a teacher with a student
+
+
+class Counting(keras.layers.Layer):
+    """The identity, counting its calls: how many times the model around it ran."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def call(self, x):
+        self.calls += 1
+        return x
+
+
+def classifier(filters, name, classes=4, strides=(1, 2, 2), counting=False):
+    """16×16×1 → stage1 (16×16) → BN → stage2 (8×8) → stage3 (4×4) → pool → logits, all named."""
+    inputs = keras.Input((16, 16, 1))
+    h = Counting(name="count")(inputs) if counting else inputs
+    h = keras.layers.Conv2D(filters, 3, strides=strides[0], padding="same", activation="relu", name="stage1")(h)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Conv2D(filters, 3, strides=strides[1], padding="same", activation="relu", name="stage2")(h)
+    h = keras.layers.Conv2D(2 * filters, 3, strides=strides[2], padding="same", activation="relu", name="stage3")(h)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(pooled), name=name)
+
+
+@pytest.fixture
+def images(rng):
+    """128 images of 4 classes, each class a bright square in its own corner, plus noise; and labels."""
+    labels = np.arange(128) % 4
+    x = rng.normal(scale=0.3, size=(128, 16, 16, 1))
+    for label, (row, column) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):
+        x[labels == label, row:row + 8, column:column + 8] += 1.0
+    return x.astype("float32"), labels
+
+
+@pytest.fixture
+def teacher():
+    """A random teacher whose BatchNorm statistics are not the defaults."""
+    model = classifier(8, "teacher")
+    model.get_layer("bn").moving_mean.assign(np.linspace(-0.1, 0.1, 8))
+    model.get_layer("bn").moving_variance.assign(np.linspace(0.5, 2.0, 8))
+    return model
+
+
+def layer_output(model, layer, x):
+    """The output of a layer computed by a model of its own, independently of the Distiller."""
+    return keras.Model(model.input, model.get_layer(layer).output)(x, training=False)
+
+
+def every_term():
+    """One term of every distillation loss in `rkd_keras.losses.LOSSES`, on the layers it suits."""
+    names = [name for name in losses.LOSSES if name not in NOT_DISTILLATION]
+    return [Term(name, 0.5, *READS.get(name, ("pool", "pool"))) for name in names]
+
+
+def test_a_term_is_its_loss_on_the_two_tensors(rng):
+    teacher, student = rng.normal(size=(2, 16, 8)).astype("float32")
+    assert float(Term("rkd_angle")(teacher, student)) == float(rkd_angle(teacher, student))
+    term = Term(losses.HintonKD(temperature=2.0), weight=0.5, name="kd")
+    np.testing.assert_allclose(float(term(teacher, student)), float(hinton_kd(teacher, student, temperature=2.0)))
+    # A Keras loss gives per-example values; the term is their mean.
+    mse = Term(keras.losses.MeanSquaredError(reduction=None))(teacher, student)
+    np.testing.assert_allclose(float(mse), np.mean((teacher - student) ** 2), rtol=1e-6)
+
+
+def test_terms_say_whether_they_compare_relations_across_the_batch():
+    kinds = {name: Term(name).relational for name in losses.LOSSES if name not in NOT_DISTILLATION}
+    assert {name for name, relational in kinds.items() if relational} == RELATIONAL
+    assert {name for name, relational in kinds.items() if not relational} == PER_EXAMPLE
+    assert not Term(keras.losses.KLDivergence()).relational  # Keras's own losses: per example
+    assert repr(Term("pkt", 0.5, "pool")) == "<Term 'pkt': 0.5 · pkt(teacher 'pool', student output), relational>"
+    assert repr(Term("fitnet", name="hint")) == (
+        "<Term 'hint': 1 · fitnet(teacher output, student output), per-example>"
+    )
+
+
+def test_a_term_round_trips_through_its_config():
+    term = Term(losses.HintonKD(temperature=2.0), weight=3.0, teacher_layer="logits", name="kd_t2")
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(term))
+    assert isinstance(restored, Term) and restored.get_config() == term.get_config()
+    assert restored.loss.get_config()["temperature"] == 2.0 and restored.student_layer is None
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_a_weight_that_is_negative_or_not_finite_is_refused(weight):
+    with pytest.raises(ValueError, match="`weight of term 'rkd_angle'` must be a finite number >= 0"):
+        Term("rkd_angle", weight=weight)
+
+
+def test_kd_on_logits_and_rkd_on_pooled_features_train_a_classifier(images, teacher):
+    """The paper's best classification setting: CE + Hinton's KD on the logits + RKD-DA on the pooled features."""
+    x, labels = images
+    before = [w.copy() for w in teacher.get_weights()]
+    terms = [
+        Term("hinton_kd"),
+        Term("rkd_distance", 1.0, teacher_layer="pool", student_layer="pool", name="rkd_d_pool"),
+        Term("rkd_angle", 2.0, teacher_layer="pool", student_layer="pool", name="rkd_a_pool"),
+    ]
+    distiller = Distiller(teacher, classifier(4, "student"), terms=terms)
+    distiller.compile(keras.optimizers.Adam(1e-2), loss=CE)
+    history = distiller.fit(x, labels, batch_size=32, epochs=6, verbose=0).history
+    assert set(history) == {"loss", "task_loss", "hinton_kd", "rkd_d_pool", "rkd_a_pool"}
+    for key, values in history.items():
+        assert values[-1] < values[0], (key, values)
+    # Weights and BatchNorm moving statistics, bit for bit.
+    for old, new in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+    batch, batch_labels = x[:64], labels[:64]
+    logs = distiller.evaluate(batch, batch_labels, batch_size=64, verbose=0, return_dict=True)
+    student = distiller.student
+    t_pool, s_pool = layer_output(teacher, "pool", batch), layer_output(student, "pool", batch)
+    s_logits = student(batch, training=False)
+    np.testing.assert_allclose(logs["rkd_d_pool"], float(rkd_distance(t_pool, s_pool)), rtol=1e-5)
+    np.testing.assert_allclose(logs["rkd_a_pool"], float(rkd_angle(t_pool, s_pool)), rtol=1e-5)
+    np.testing.assert_allclose(logs["hinton_kd"], float(hinton_kd(teacher(batch, training=False), s_logits)), rtol=1e-5)
+    np.testing.assert_allclose(logs["task_loss"], float(CE(batch_labels, s_logits)), rtol=1e-5)
+    weighted = logs["task_loss"] + logs["hinton_kd"] + logs["rkd_d_pool"] + 2.0 * logs["rkd_a_pool"]
+    np.testing.assert_allclose(logs["loss"], weighted, rtol=1e-6)
+
+
+def test_attention_transfer_on_three_stages_trains(images, teacher):
+    terms = [Term("attention_transfer", 100.0, f"stage{i}", f"stage{i}", name=f"at_stage{i}") for i in (1, 2, 3)]
+    distiller = Distiller(teacher, classifier(4, "student"), terms=terms)
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    history = distiller.fit(images[0], batch_size=32, epochs=5, verbose=0).history
+    assert set(history) == {"loss", "at_stage1", "at_stage2", "at_stage3"}
+    for key, values in history.items():
+        assert values[-1] < 0.9 * values[0], (key, values)
+
+
+def test_attention_transfer_between_stages_of_different_sizes_names_both_layers(teacher):
+    student = classifier(4, "student", strides=(1, 1, 2))  # stage2 stays 16×16 where the teacher's is 8×8
+    term = Term("attention_transfer", teacher_layer="stage2", student_layer="stage2")
+    with pytest.raises(ValueError, match=(
+        r"Term 'attention_transfer' \(attention_transfer\) cannot compare teacher layer 'stage2' of shape "
+        r"\(None, 8, 8, 8\) with student layer 'stage2' of shape \(None, 16, 16, 4\)"
+    )):
+        Distiller(teacher, student, terms=[term])
+    assert teacher.trainable  # refused before the teacher was frozen
+
+
+def test_five_terms_run_each_model_once_per_step(images):
+    teacher = classifier(8, "teacher", counting=True)
+    student = classifier(4, "student", counting=True)
+    terms = [
+        Term("hinton_kd"),
+        Term("rkd_distance", teacher_layer="pool", student_layer="pool"),
+        Term("rkd_angle", 2.0, teacher_layer="pool", student_layer="pool"),
+        Term("attention_transfer", teacher_layer="stage2", student_layer="stage2"),
+        Term("fitnet", teacher_layer="stage3", student_layer="stage3"),
+    ]
+    distiller = Distiller(teacher, student, terms=terms)
+    distiller.compile("adam", loss=CE, run_eagerly=True)
+    counters = [teacher.get_layer("count"), student.get_layer("count")]
+    runs = []
+
+    class CountRuns(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.before = [c.calls for c in counters]
+
+        def on_train_batch_end(self, batch, logs=None):
+            runs.append([c.calls - b for c, b in zip(counters, self.before)])
+
+    history = distiller.fit(images[0], images[1], batch_size=32, epochs=1, verbose=0, callbacks=[CountRuns()])
+    assert len(history.history) == 1 + 1 + 5  # loss, task_loss and the five terms
+    assert runs == [[1, 1]] * 4  # four steps: the teacher once and the student once in each
+    before = [c.calls for c in counters]
+    distiller.evaluate(images[0], images[1], batch_size=128, verbose=0)
+    assert [c.calls - b for c, b in zip(counters, before)] == [1, 1]
+
+
+def named_mlp(hidden, out, name):
+    inputs = keras.Input((12,))
+    h = keras.layers.Dense(hidden, activation="relu", name="hidden")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    return keras.Model(inputs, keras.layers.Dense(out, name="out")(h), name=name)
+
+
+@pytest.mark.parametrize("policy, options", [
+    ("float32", {"jit_compile": True}),
+    ("float32", {"steps_per_execution": 2}),
+    ("mixed_float16", {}),
+    ("mixed_bfloat16", {}),
+])
+def test_terms_train_under_xla_several_steps_per_call_and_mixed_precision(clusters, policy, options):
+    keras.mixed_precision.set_global_policy(policy)
+    terms = [Term("hinton_kd"), Term("rkd_angle", 2.0, "hidden", "hidden"), Term("fitnet", 0.1, "bn", "bn")]
+    distiller = Distiller(named_mlp(32, 8, "teacher"), named_mlp(16, 8, "student"), terms=terms)
+    distiller.compile(keras.optimizers.Adam(1e-2), **options)
+    history = distiller.fit(clusters[0], batch_size=64, epochs=4, verbose=0).history
+    for key, values in history.items():
+        assert np.all(np.isfinite(values)) and values[-1] < values[0], (key, values)
+    assert distiller.regressors[0].compute_dtype == policy.split("_")[-1]
+
+
+def test_fitnet_regressor_trains_with_the_student(images, teacher):
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("fitnet", 1.0, "stage3", "stage3")])
+    (regressor,) = distiller.regressors
+    assert regressor.kernel.shape == (8, 16)  # student's 8 channels of stage3 → the teacher's 16
+    assert np.max(np.abs(regressor.kernel.numpy())) <= 0.005  # the official initialisation
+    trained = {v.path for v in distiller.trainable_variables}
+    assert trained == {v.path for v in distiller.student.trainable_variables} | {regressor.kernel.path}
+    start = regressor.kernel.numpy().copy()
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    history = distiller.fit(images[0], batch_size=32, epochs=3, verbose=0).history
+    assert history["fitnet"][-1] < history["fitnet"][0]
+    assert np.max(np.abs(regressor.kernel.numpy() - start)) > 1e-3
+
+
+def test_a_distiller_with_every_kind_of_term_round_trips_through_a_keras_file(images, teacher, tmp_path):
+    x, labels = images
+    distiller = Distiller(teacher, classifier(4, "student"), terms=every_term())
+    distiller.compile(keras.optimizers.Adam(1e-3), loss=CE)
+    distiller.fit(x, labels, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    distiller.save(tmp_path / "distiller.keras")
+    restored = keras.models.load_model(tmp_path / "distiller.keras")
+    assert [t.get_config() for t in restored.terms] == [t.get_config() for t in distiller.terms]
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), distiller.predict(x, verbose=0))
+    for old, new in zip(distiller.regressors, restored.regressors):
+        np.testing.assert_array_equal(old.kernel.numpy(), new.kernel.numpy())
+    # The optimizer state came back too: both continue identically.
+    histories = [
+        model.fit(x, labels, batch_size=64, epochs=1, shuffle=False, verbose=0).history
+        for model in (distiller, restored)
+    ]
+    assert histories[0] == histories[1]
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), distiller.predict(x, verbose=0))
+    np.testing.assert_array_equal(restored.regressors[0].kernel.numpy(), distiller.regressors[0].kernel.numpy())
+
+
+def test_the_exported_student_holds_no_regressor(images, teacher, tmp_path):
+    from rkd_keras import export_student
+
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("fitnet", 1.0, "stage3", "stage3")])
+    path = export_student(distiller, tmp_path / "student")
+    loaded = tf.saved_model.load(str(path))
+    student_weights = sorted(int(np.prod(w.shape)) for w in distiller.student.weights)
+    assert sorted(int(np.prod(v.shape)) for v in loaded.variables) == student_weights
+    assert not any("regressor" in v.name for v in loaded.variables)
+    np.testing.assert_allclose(loaded.serve(images[0][:8]).numpy(), distiller.student(images[0][:8]), atol=1e-6)
+
+
+def test_cached_teacher_tensors_of_several_layers_train_like_the_teacher_pass(images, teacher):
+    x, labels = images
+    terms = [Term("hinton_kd"), Term("rkd_angle", 2.0, "pool", "pool"), Term("fitnet", 0.0, "stage3", "stage3")]
+    student = classifier(4, "student")
+    runs = []
+    for cached in (False, True):
+        copy = keras.models.clone_model(student)
+        copy.set_weights(student.get_weights())
+        distiller = Distiller(teacher, copy, terms=terms)
+        distiller.compile(keras.optimizers.Adam(1e-2), loss=CE)
+        data = distiller.cache_teacher_embeddings(x) if cached else x
+        if cached:
+            # The zero-weight FitNet term reads stage3, which is not computed, so not cached.
+            assert set(data) == {INPUTS, TEACHER_TENSORS} and set(data[TEACHER_TENSORS]) == {"logits", "pool"}
+            np.testing.assert_allclose(data[TEACHER_TENSORS]["pool"], layer_output(teacher, "pool", x), atol=1e-6)
+        history = distiller.fit(data, labels, batch_size=32, epochs=2, shuffle=False, verbose=0).history
+        runs.append((history, distiller.student.get_weights()))
+    assert set(runs[0][0]) == {"loss", "task_loss", "hinton_kd", "rkd_angle"}
+    for key in runs[0][0]:
+        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_tensors_cached_for_other_terms_are_refused(images, teacher):
+    x = images[0][:32]
+    on_outputs = Distiller(teacher, classifier(4, "student"))
+    pooled = Distiller(teacher, classifier(4, "student"), terms=[Term("rkd_angle", 1.0, "pool", "pool")])
+    both = Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd"), Term("rkd_angle", 1, "pool", "pool")])
+    for distiller, cache, message in [
+        (pooled, on_outputs, "the teacher's output \\(cached\\), but the terms read its layer 'pool'"),
+        (both, pooled, "the teacher's layer 'pool' \\(cached\\), but the terms read its output and layer 'pool'"),
+        (on_outputs, both, "the teacher's output and layer 'pool' \\(cached\\), but the terms read its output"),
+    ]:
+        distiller.compile("adam")
+        with pytest.raises(ValueError, match=f"The batch carries {message}. Cache them with this Distiller's"):
+            distiller.fit(cache.cache_teacher_embeddings(x), batch_size=32, verbose=0)
+
+
+def test_terms_and_shortcut_weights_together_are_refused(teacher):
+    with pytest.raises(ValueError, match="Pass either `terms` or `angle_weight`, not both"):
+        Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd")], angle_weight=2.0)
+
+
+def test_an_unknown_layer_name_lists_the_layers_there_are(teacher):
+    with pytest.raises(ValueError, match=(
+        r"Term 'rkd_angle' reads student layer 'poool', but the student 'student' has no layer of that name\. "
+        r"Did you mean 'pool'\? Its layers are: 'input_layer.*', 'stage1', 'bn', 'stage2', 'stage3', 'pool', 'logits'\."
+    )):
+        Distiller(teacher, classifier(4, "student"), terms=[Term("rkd_angle", 1.0, "pool", student_layer="poool")])
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, name="hidden")
+
+    def call(self, x):
+        return self.hidden(keras.ops.reshape(x, (-1, 256)))
+
+
+def test_a_named_layer_of_a_subclassed_model_says_to_build_it_functionally(teacher):
+    student = Subclassed(name="sub")
+    student(np.ones((1, 16, 16, 1), "float32"))
+    with pytest.raises(ValueError, match=(
+        r"reads student layer 'hidden', but the student 'sub' is a subclassed model, whose inner tensors cannot "
+        r"be selected\. Build the student with the functional API .* or compare its output \(student_layer=None\)"
+    )):
+        Distiller(teacher, student, terms=[Term("rkd_angle", teacher_layer="pool", student_layer="hidden")])
+    # Its output can be compared: the check of the shapes waits for the first step.
+    distiller = Distiller(teacher, student, terms=[Term("rkd_angle", teacher_layer="pool")])
+    distiller.compile("adam")
+    logs = distiller.evaluate(np.ones((8, 16, 16, 1), "float32"), verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "rkd_angle"} and np.isfinite(logs["loss"])
+
+
+@pytest.mark.parametrize("names, message", [
+    (["kd", "kd"], "Two terms are named 'kd'"),
+    (["loss", "kd"], "A term cannot be named 'loss'"),
+])
+def test_term_names_must_be_distinct_log_keys(teacher, names, message):
+    terms = [Term("hinton_kd", name=names[0]), Term("dist_kd", name=names[1])]
+    with pytest.raises(ValueError, match=message):
+        Distiller(teacher, classifier(4, "student"), terms=terms)
+
+
+def test_terms_must_be_term_objects(teacher):
+    with pytest.raises(TypeError, match=r"`terms` must hold rkd_keras.Term objects, received str \('hinton_kd'\)"):
+        Distiller(teacher, classifier(4, "student"), terms=["hinton_kd"])
+
+
+def test_a_term_of_a_plain_function_cannot_be_saved_and_nothing_is_written(teacher, tmp_path):
+    def mean_gap(teacher, student):
+        return keras.ops.mean(teacher) - keras.ops.mean(student)
+
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term(mean_gap)])
+    with pytest.raises(ValueError, match="Term 'mean_gap' holds a plain function, which a saved model cannot store"):
+        distiller.save(tmp_path / "distiller.keras")
+    assert not (tmp_path / "distiller.keras").exists()
