@@ -15,10 +15,9 @@ import tensorflow_datasets as tfds
 
 from conftest import listing, mock_cub
 from rkd_keras import presets, recall_at_k
-from rkd_keras.cli import main, runs
+from rkd_keras.cli import main, runs, training
 from rkd_keras.cli.config import RunConfig, resolve_config
 from rkd_keras.cli.parser import build_parser
-from rkd_keras.cli.training import data
 from rkd_keras.retrieval import RetrievalRecall, embed
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -147,9 +146,27 @@ def test_interrupted_run_resumes_at_its_epoch_and_keeps_the_best_epoch_of_the_wh
     assert (metrics["epoch"], metrics["val_recall_at_1"]) == (2, 0.9)
     # The reported test metrics are those of the epoch-2 model, computed here anew.
     config = RunConfig(**json.loads((run / "config.json").read_text()))
-    expected = recall_at_k(*embed(keras.models.load_model(run / "best.keras"), data(config, "test")))
+    expected = recall_at_k(*embed(keras.models.load_model(run / "best.keras"), training.data(config, "test")))
     assert [metrics[f"recall_at_{k}"] for k in (1, 2, 4, 8)] == [expected[k] for k in (1, 2, 4, 8)]
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
+
+
+def test_a_run_stopped_while_testing_its_best_epoch_resumes_there_without_training_again(tmp_path, capsys, monkeypatch):
+    argv = ["train-teacher", "--epochs", "1", "--steps-per-epoch", "2", *SMALL, "--runs-dir", str(tmp_path)]
+    evaluate, begun = training.evaluate, []
+
+    def ctrl_c_once(*args, **kwargs):
+        monkeypatch.setattr(training, "evaluate", evaluate)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "evaluate", ctrl_c_once)
+    monkeypatch.setattr(RetrievalRecall, "on_epoch_begin", lambda self, epoch, logs=None: begun.append(epoch))
+    assert main(argv) == 130
+    assert main([*argv, "--resume"]) == 0
+    assert begun == [0]  # the finished epoch was not trained again
+    with open(tmp_path / "teacher" / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0"]
+    assert json.loads((tmp_path / "teacher" / "metrics.json").read_text())["epoch"] == 1
 
 
 def test_a_run_that_failed_at_start_up_is_retried_by_the_same_command(tmp_path, capsys, monkeypatch):
@@ -312,3 +329,23 @@ def test_import_rkd_keras_needs_neither_keras_tuner_nor_matplotlib():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "tuning needs keras_tuner"
+
+
+def test_keras_errors_reach_the_terminal_as_one_plain_line():
+    """Keras wraps an error inside a layer call in a frame and bold escape codes; the cause is kept, alone."""
+    from rkd_keras.cli import one_line
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(ValueError) as error:
+        model(np.zeros((2, 8, 8, 1), np.float32))
+    assert "\x1b[" in str(error.value) and "Arguments received" in str(error.value)
+    line = one_line(error.value)
+    assert "\x1b" not in line and "\n" not in line and "Arguments received" not in line
+    assert "expected axis -1 of input shape to have value 3" in line
+
+
+def test_the_command_lines_choices_are_the_librarys():
+    from rkd_keras import choices, data, losses, models
+
+    assert choices.TRIPLET_SAMPLINGS == losses.TRIPLET_SAMPLINGS
+    assert data.DATASETS is choices.DATASETS and models.BACKBONES is choices.BACKBONES

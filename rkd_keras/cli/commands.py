@@ -46,9 +46,7 @@ def _tune(args, inputs):
     folder = _folder(args)
     config = folder.prepare(inputs["config"], args.resume)
     teacher = training.load_model_file(inputs["teacher"], "teacher")
-    result = training.tune(
-        config, folder, teacher, args.tuner, args.max_trials, resume=args.resume, verbose=int(not args.quiet)
-    )
+    result = training.tune(config, folder, teacher, args.tuner, args.max_trials, verbose=int(not args.quiet))
     report.print_table({"tuned": result})
 
 

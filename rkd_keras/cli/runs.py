@@ -70,10 +70,11 @@ class RunFolder:
         return read_json(file)["status"] if file.exists() else None
 
     def has_progress(self) -> bool:
-        """Whether the run holds anything worth keeping: an epoch, a tuning trial, or such a stage of the demo."""
+        """Whether the run holds anything worth keeping: a finished epoch, or such a stage of the demo.
+
+        (A stopped `tune` search holds nothing to resume: it starts again.)
+        """
         if self.status() == "complete" or resumed_epoch(self.path / "backup") or (self.path / "best.json").exists():
-            return True
-        if (self.path / "trials").is_dir() and any((self.path / "trials").glob("trial_*")):
             return True
         stages = [child for child in self.path.iterdir() if (child / "status.json").exists()]
         return any(RunFolder(stage).has_progress() for stage in stages)

@@ -157,8 +157,11 @@ def train(config, folder: RunFolder, teacher=None, verbose=1):
     return metrics
 
 
-def tune(config, folder: RunFolder, teacher, tuner, max_trials, resume=False, verbose=1):
-    """Searches the loss weights on validation Recall@1; saves and tests the best student."""
+def tune(config, folder: RunFolder, teacher, tuner, max_trials, verbose=1):
+    """Searches the loss weights on validation Recall@1; saves and tests the best student.
+
+    A stopped search starts again: keras-tuner's trials are not resumed.
+    """
     from rkd_keras.tuning import RKDHyperModel, search_loss_weights
 
     if folder.status() == "complete":
@@ -175,7 +178,7 @@ def tune(config, folder: RunFolder, teacher, tuner, max_trials, resume=False, ve
     with folder.running(config):
         best_hp, student, _ = search_loss_weights(
             hypermodel, batches, validation, tuner=tuner, max_trials=max_trials, epochs=config.epochs,
-            directory=str(folder.path), project_name="trials", overwrite=not resume, verbose=verbose,
+            directory=str(folder.path), project_name="trials", verbose=verbose,
         )
         student.save(folder.path / "best.keras")
         write_json(folder.path / "best_hyperparameters.json", best_hp.values)
