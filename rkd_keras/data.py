@@ -9,7 +9,6 @@ Fashion-MNIST (the offline default) classes 0–4 / 5–9.
 """
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np

@@ -4,7 +4,6 @@ import shutil
 
 import keras
 
-from rkd_keras import retrieval
 from rkd_keras.cli import report
 from rkd_keras.cli.inputs import check_keras_file
 from rkd_keras.cli.runs import BestCheckpoint, RunFolder, read_history, read_json, resumed_epoch, write_json
@@ -12,7 +11,7 @@ from rkd_keras.data import load_dataset, pk_batches, preprocess_image
 from rkd_keras.distiller import Distiller
 from rkd_keras.losses import TripletLoss
 from rkd_keras.models import embedding_model
-from rkd_keras.retrieval import RetrievalRecall, map_at_r, r_precision, recall_at_k
+from rkd_keras.retrieval import RetrievalRecall, embed, map_at_r, r_precision, recall_at_k
 
 
 def load_model_file(path, what: str) -> keras.Model:
@@ -113,7 +112,7 @@ def _model(config, teacher):
 
 def evaluate(model, config, split="test"):
     """Recall@1/2/4/8, MAP@R and R-precision of an embedding model on a split."""
-    embeddings, labels = retrieval.embed(model, data(config, split))
+    embeddings, labels = embed(model, data(config, split))
     recalls = recall_at_k(embeddings, labels)
     return {
         **{f"recall_at_{k}": value for k, value in recalls.items()},
