@@ -9,27 +9,52 @@ Fashion-MNIST (the offline default) classes 0–4 / 5–9.
 """
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from rkd_keras.checks import check_choice, check_int, check_number
+from rkd_keras.choices import DATASET_CLASSES, DATASETS
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "validation", "test")
 
-# name → (tfds builder, label feature, classes of the train split, of the test
-# split, archives users put in `manual_dir` to prepare it offline).
+# name → (tfds builder, label feature, whether its tfds splits are by image
+# (the paper then splits by class over both), archives users put in
+# `manual_dir` to prepare it offline).
 _TFDS = {
-    "cub200": ("caltech_birds2011", "label", range(0, 100), range(100, 200), "CUB_200_2011.tgz"),
-    "cars196": ("cars196", "label", range(0, 98), range(98, 196), "car_ims.tgz, cars_annos.mat"),
-    "sop": ("stanford_online_products", "class_id", None, None, "Stanford_Online_Products.zip"),
+    "cub200": ("caltech_birds2011", "label", True, "CUB_200_2011.tgz"),
+    "cars196": ("cars196", "label", True, "car_ims.tgz, cars_annos.mat"),
+    "sop": ("stanford_online_products", "class_id", False, "Stanford_Online_Products.zip"),
 }
-DATASETS = (*_TFDS, "fashion_mnist")
 
 
 class DatasetNotAvailableError(RuntimeError):
     """The data of a dataset is not on this machine and was not downloaded."""
+
+
+def _default_classes(name, split):
+    """The labels of a split of CUB, Cars196 or Fashion-MNIST, split by class as the paper."""
+    train, test = DATASET_CLASSES[name]
+    return range(train, train + test) if split == "test" else range(train)
+
+
+def num_classes(name: str, split: str, classes=None) -> int:
+    """Number of classes in `load_dataset(name, split, classes=classes)`.
+
+    The `"validation"` split holds images of the training classes.
+
+    Example:
+    >>> num_classes("fashion_mnist", "train"), num_classes("sop", "test")
+    (5, 11316)
+    """
+    check_choice("dataset", name, DATASETS)
+    check_choice("split", split, SPLITS)
+    if classes is not None:
+        return len(set(_check_classes(classes)))
+    train, test = DATASET_CLASSES[name]
+    return test if split == "test" else train
 
 
 def load_dataset(
@@ -83,22 +108,22 @@ def load_dataset(
     Raises:
         DatasetNotAvailableError: the data is not on this machine.
     """
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
-    if not 0.0 <= validation_fraction < 1.0 or (split == "validation" and not validation_fraction):
-        raise ValueError(
-            f"validation_fraction must be in [0, 1) and > 0 for the validation split, received "
-            f"{validation_fraction} with split {split!r}."
-        )
+    check_choice("dataset", name, DATASETS)
+    check_choice("split", split, SPLITS)
+    check_number("validation_fraction", validation_fraction, low=0.0, high=1.0, high_open=True)
+    if split == "validation" and not validation_fraction:
+        raise ValueError("The validation split needs validation_fraction > 0 (e.g. 0.1); received 0.")
+    check_int("image_size", image_size, low=1)
+    if resize_size is not None:
+        check_int("resize_size", resize_size, low=image_size)
+    check_choice("channels", channels, (1, 3))
+    if classes is not None:
+        classes = _check_classes(classes)
     source_split = "test" if split == "test" else "train"
-    if channels not in (1, 3):
-        raise ValueError(f"`channels` must be 1 or 3, received {channels}.")
     if name == "fashion_mnist":
         images, labels = _fashion_mnist(path)
         if classes is None:
-            classes = range(5) if source_split == "train" else range(5, 10)
+            classes = _default_classes(name, source_split)
         keep = np.isin(labels, list(classes))
         dataset = tf.data.Dataset.from_tensor_slices((images[keep][..., None], labels[keep]))
     else:
@@ -120,6 +145,17 @@ def load_dataset(
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+
+
+def _check_classes(classes):
+    """A non-empty list of integer labels."""
+    try:
+        labels = list(classes)
+    except TypeError:
+        raise ValueError(f"classes must be a list of integer labels, received {classes!r}.") from None
+    if not labels:
+        raise ValueError("classes must hold at least one label, received none.")
+    return [check_int("each of classes", label, low=0) for label in labels]
 
 
 def preprocess_image(image, *, image_size: int, resize_size: int, augment: bool, channels: int = 3):
@@ -187,7 +223,7 @@ def _read_idx(file, header_bytes):
 def _tfds_split(name, split, classes, data_dir, manual_dir, download):
     import tensorflow_datasets as tfds
 
-    builder_name, label_key, train_classes, test_classes, archives = _TFDS[name]
+    builder_name, label_key, split_by_image, archives = _TFDS[name]
     builder = tfds.builder(builder_name, data_dir=data_dir)
     if not builder.is_prepared():
         where = f"{builder.data_dir}"
@@ -206,7 +242,7 @@ def _tfds_split(name, split, classes, data_dir, manual_dir, download):
                 f"{archives} in a folder and pass `manual_dir=` that folder."
             ) from error
     decoders = {key: tfds.decode.SkipDecoding() for key in ("segmentation_mask",) if key in builder.info.features}
-    if train_classes is None:
+    if not split_by_image:
         # Stanford Online Products' own split is already class-disjoint.
         dataset = builder.as_dataset(split=split, decoders=decoders or None)
     else:
@@ -215,7 +251,7 @@ def _tfds_split(name, split, classes, data_dir, manual_dir, download):
             builder.as_dataset(split="test", decoders=decoders or None)
         )
         if classes is None:
-            classes = train_classes if split == "train" else test_classes
+            classes = _default_classes(name, split)
     dataset = dataset.map(lambda example: (example["image"], example[label_key]))
     if classes is not None:
         keep = tf.constant(sorted(set(int(c) for c in classes)), tf.int64)
@@ -264,11 +300,15 @@ def pk_batches(
     Returns:
         A `tf.data.Dataset` of `(x, label)` batches of `P·K` items.
     """
-    if classes_per_batch < 1 or samples_per_class < 1:
-        raise ValueError(
-            f"classes_per_batch and samples_per_class must be >= 1, received "
-            f"{classes_per_batch} and {samples_per_class}."
-        )
+    check_int("classes_per_batch", classes_per_batch, low=1)
+    check_int("samples_per_class", samples_per_class, low=1)
+    if seed is not None:
+        check_int("seed", seed, low=0)
+    if num_batches is not None:
+        check_int("num_batches", num_batches, low=1)
+    check_int("first_epoch", first_epoch, low=0)
+    if map_fn is not None and not callable(map_fn):
+        raise ValueError(f"map_fn must be a function of (x, label), received {map_fn!r}.")
     features, labels = materialize(dataset)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"Labels must be integers, received {labels.dtype}.")
@@ -280,7 +320,8 @@ def pk_batches(
             f"dataset has {len(classes)}. Lower classes_per_batch or add classes."
         )
     by_class = [np.flatnonzero(members == c) for c in range(len(classes))]
-    num_batches = num_batches or -(-len(classes) // classes_per_batch)
+    if num_batches is None:
+        num_batches = -(-len(classes) // classes_per_batch)
     epochs = iter(range(first_epoch, 2**62))
 
     def batch_indices():

@@ -7,34 +7,39 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from rkd_keras.checks import check_savedmodel_destination
+
 
 def export_student(model_or_distiller, path, *, input_signature=None, overwrite: bool = False) -> Path:
     """Exports the student alone as a TF SavedModel with a `serve` endpoint.
 
     A `Distiller` is exported without its teacher. The batch dimension of the
-    signature is `None`, so any batch size can be served. The SavedModel is
-    written to a temporary folder beside `path` and renamed when complete, so
-    a failure leaves nothing at `path`.
+    signature is `None`, so any batch size can be served. The destination is
+    checked first (`rkd_keras.checks.check_savedmodel_destination`); the SavedModel is written to a
+    temporary folder beside `path` and renamed when complete, so a failure
+    leaves nothing at `path`, and an old SavedModel there is replaced only
+    once the new one is complete.
 
     Args:
         model_or_distiller: The student model, or a `Distiller` holding it.
-        path: Folder to create.
+        path: Folder to create; its parent folder must exist.
         input_signature: List of `tf.TensorSpec`; inferred from a functional
             model's inputs, required for a subclassed one.
-        overwrite: Replace an existing `path`.
+        overwrite: Replace an existing SavedModel at `path` (never anything
+            else).
 
     Returns:
         The path of the SavedModel.
 
     Example:
-    >>> export_student(distiller, "student_savedmodel")
-    >>> loaded = tf.saved_model.load("student_savedmodel")  # keep it referenced
-    >>> embeddings = loaded.serve(images)
+    ```python
+    export_student(distiller, "student_savedmodel")
+    loaded = tf.saved_model.load("student_savedmodel")  # keep it referenced
+    embeddings = loaded.serve(images)
+    ```
     """
     model = getattr(model_or_distiller, "student", model_or_distiller)
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    path = check_savedmodel_destination(path, overwrite=overwrite)
     if input_signature is None:
         inputs = getattr(model, "inputs", None)
         if not inputs:
@@ -43,7 +48,6 @@ def export_student(model_or_distiller, path, *, input_signature=None, overwrite:
                 "input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32)]."
             )
         input_signature = [tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in inputs]
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         model.export(str(staging), format="tf_saved_model", input_signature=input_signature, verbose=False)
@@ -63,8 +67,10 @@ def load_student(path) -> keras.layers.Layer:
     """Loads an exported student as a Keras layer (`keras.layers.TFSMLayer`).
 
     Example:
-    >>> embed = load_student("student_savedmodel")
-    >>> embeddings = embed(images)
+    ```python
+    embed = load_student("student_savedmodel")
+    embeddings = embed(images)
+    ```
     """
     path = Path(path)
     if not (path / "saved_model.pb").is_file():

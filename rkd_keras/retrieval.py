@@ -1,4 +1,4 @@
-"""Exact retrieval metrics (Recall@K, MAP@R, R-precision) and a Keras callback.
+"""Exact retrieval metrics (Recall@K, MAP@R, R-precision), `embed`, and a Keras callback.
 
 Every item queries all the others, itself excluded by index, so duplicate
 embeddings are handled. Queries are processed in chunks: memory stays at
@@ -12,10 +12,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rkd_keras.checks import check_choice, check_int
+
 METRICS = ("euclidean", "cosine")
 
 
-def _prepare(embeddings, labels, metric):
+def _prepare(embeddings, labels, metric, batch_size):
+    check_choice("metric", metric, METRICS)
+    check_int("batch_size", batch_size, low=1)
     embeddings = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels).reshape(-1)
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
@@ -25,8 +29,14 @@ def _prepare(embeddings, labels, metric):
         )
     if len(labels) < 2:
         raise ValueError(f"Retrieval needs at least 2 items (each queries the others), received {len(labels)}.")
-    if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
+    # A NaN distance compares false with everything, which would rank such
+    # rows arbitrarily and still give a plausible recall.
+    bad_rows = int(np.count_nonzero(~np.isfinite(embeddings).all(axis=1)))
+    if bad_rows:
+        raise ValueError(
+            f"{bad_rows} of {len(labels)} embedding rows hold NaN or Inf values, so no distance to them is "
+            "defined; check the model (trained to NaN?) and its inputs."
+        )
     if metric == "cosine":
         embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     return tf.constant(embeddings), tf.constant(labels)
@@ -69,15 +79,17 @@ def recall_at_k(embeddings, labels, ks=(1, 2, 4, 8), *, metric: str = "euclidean
     Returns:
         `{K: recall}` with recalls in [0, 1].
 
+    Raises:
+        ValueError: an embedding row holds NaN or Inf (the message counts
+            them), or a K is not an integer in [1, N - 1].
+
     Example:
-    >>> recall_at_k(student.predict(images), labels)
-    {1: 0.61, 2: 0.73, 4: 0.83, 8: 0.9}
+    >>> recall_at_k([[0.0], [0.1], [5.0], [5.2]], [0, 0, 1, 1], ks=(1, 2))
+    {1: 1.0, 2: 1.0}
     """
-    embeddings, labels = _prepare(embeddings, labels, metric)
-    ks = sorted(set(int(k) for k in ks))
+    embeddings, labels = _prepare(embeddings, labels, metric, batch_size)
+    ks = _check_ks(ks, int(labels.shape[0]))
     n = int(labels.shape[0])
-    if not ks or ks[0] < 1 or ks[-1] >= n:
-        raise ValueError(f"Every K must be in [1, N - 1] = [1, {n - 1}] (each query has N - 1 others), received {ks}.")
     hits = np.zeros(len(ks))
     for first, scores in _chunks(embeddings, batch_size):
         # top_k returns the lower index first among equal scores.
@@ -86,6 +98,26 @@ def recall_at_k(embeddings, labels, ks=(1, 2, 4, 8), *, metric: str = "euclidean
         same = (tf.gather(labels, nearest) == queries[:, None]).numpy()
         hits += [same[:, :k].any(axis=1).sum() for k in ks]
     return {k: float(h / n) for k, h in zip(ks, hits)}
+
+
+def _check_ks(ks, items: int | None = None) -> list:
+    """The K of Recall@K, sorted and distinct, if each is an integer in [1, items - 1].
+
+    Each query has `items - 1` others, so K must be below the number of items.
+    A float (1.5) or a boolean is refused, not truncated.
+    """
+    try:
+        values = list(ks)
+    except TypeError:
+        raise ValueError(f"ks must be a list of integers K >= 1, received {ks!r}.") from None
+    if not values:
+        raise ValueError("ks must hold at least one K, received none.")
+    high = None if items is None else items - 1
+    for k in values:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or (high is not None and k > high):
+            where = f"[1, N - 1] = [1, {high}] (each query has N - 1 others)" if high is not None else ">= 1"
+            raise ValueError(f"Every K must be an integer in {where}, received {values}.")
+    return sorted({int(k) for k in values})
 
 
 def _ranked_relevance(embeddings, labels, batch_size):
@@ -103,15 +135,16 @@ def map_at_r(embeddings, labels, *, metric: str = "euclidean", batch_size: int =
     """MAP@R (Musgrave et al. 2020): mean over queries of the average precision in the first R.
 
     R is the number of other items of the query's class; queries whose class
-    has no other item are left out.
+    has no other item are left out. Embeddings holding NaN or Inf are refused,
+    as by `recall_at_k`.
     """
-    embeddings, labels = _prepare(embeddings, labels, metric)
+    embeddings, labels = _prepare(embeddings, labels, metric, batch_size)
     return _mean_over_queries(embeddings, labels, batch_size, _average_precision_at_r)
 
 
 def r_precision(embeddings, labels, *, metric: str = "euclidean", batch_size: int = 512) -> float:
     """R-precision: mean over queries of the share of relevant items among the first R."""
-    embeddings, labels = _prepare(embeddings, labels, metric)
+    embeddings, labels = _prepare(embeddings, labels, metric, batch_size)
     return _mean_over_queries(embeddings, labels, batch_size, _precision_at_r)
 
 
@@ -137,6 +170,63 @@ def _mean_over_queries(embeddings, labels, batch_size, per_query):
     if count == 0:
         raise ValueError("No query has another item of its class; MAP@R and R-precision are undefined.")
     return float(total / count)
+
+
+def embed(model, data, *, batch_size: int = 256):
+    """Embeds evaluation data with a model; returns `(embeddings, labels)` as NumPy arrays.
+
+    A `Distiller` embeds with its student. A dataset is read in one pass, so
+    embeddings and labels stay paired even when it reshuffles at every pass;
+    its last, smaller batch is padded to the others' size so the model is
+    traced once.
+
+    Args:
+        model: A Keras model from inputs to `(batch, D)` embeddings, or a
+            `Distiller`.
+        data: `(inputs, labels)` arrays, or a finite `tf.data.Dataset` of
+            batched `(inputs, labels)`.
+        batch_size: Batch size to embed arrays with.
+
+    Returns:
+        `(embeddings, labels)`: `(N, D)` and `(N,)` arrays.
+
+    Example:
+    ```python
+    embeddings, labels = embed(student, test.batch(256))
+    recalls = recall_at_k(embeddings, labels)
+    ```
+    """
+    model = getattr(model, "student", model)
+    check_int("batch_size", batch_size, low=1)
+    if not isinstance(data, tf.data.Dataset):
+        images, labels = _check_arrays(data)
+        return model.predict(images, batch_size=batch_size, verbose=0), np.asarray(labels).reshape(-1)
+    embeddings, labels, size = [], [], None
+    for images, batch_labels in data:
+        count = len(batch_labels)
+        size = size or count
+        if count < size:
+            images = tf.concat([images, tf.zeros([size - count, *images.shape[1:]], images.dtype)], 0)
+        embeddings.append(np.asarray(model.predict_on_batch(images))[:count])
+        labels.append(np.asarray(batch_labels).reshape(-1))
+    if not labels:
+        raise ValueError("The evaluation dataset is empty: nothing to embed.")
+    return np.concatenate(embeddings), np.concatenate(labels)
+
+
+def _check_arrays(data):
+    try:
+        images, labels = data
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Evaluation data must be (inputs, labels) arrays or a batched tf.data.Dataset, received {type(data).__name__}."
+        ) from None
+    if len(images) != len(labels) or len(labels) < 2:
+        raise ValueError(
+            f"Retrieval needs at least 2 evaluation items with one label each, received "
+            f"{len(images)} items and {len(labels)} labels."
+        )
+    return images, labels
 
 
 class RetrievalRecall(keras.callbacks.Callback):
@@ -167,13 +257,11 @@ class RetrievalRecall(keras.callbacks.Callback):
     def __init__(self, data, ks=(1, 2, 4, 8), *, metric="euclidean", batch_size=256, prefix="val_", verbose=0):
         super().__init__()
         if not isinstance(data, tf.data.Dataset):
-            images, labels = data
-            if len(images) != len(labels) or len(labels) < 2:
-                raise ValueError(
-                    f"RetrievalRecall needs at least 2 evaluation items with one label each, received "
-                    f"{len(images)} items and {len(labels)} labels."
-                )
-        self.data, self.ks, self.metric, self.batch_size = data, tuple(ks), metric, batch_size
+            data = _check_arrays(data)
+            ks = _check_ks(ks, len(data[1]))
+        self.data, self.ks = data, tuple(_check_ks(ks))
+        self.metric = check_choice("metric", metric, METRICS)
+        self.batch_size = check_int("batch_size", batch_size, low=1)
         self.prefix, self.verbose = prefix, verbose
 
     def __deepcopy__(self, memo):
@@ -183,27 +271,8 @@ class RetrievalRecall(keras.callbacks.Callback):
         return clone
 
     def embed(self, model=None):
-        """Embeds the evaluation data; returns `(embeddings, labels)`.
-
-        Uses `model`, by default the model being trained (its student if it is
-        a `Distiller`). A dataset is read in one pass, so shuffling is safe.
-        """
-        model = model or self.model
-        model = getattr(model, "student", model)
-        if not isinstance(self.data, tf.data.Dataset):
-            images, labels = self.data
-            return model.predict(images, batch_size=self.batch_size, verbose=0), np.asarray(labels).reshape(-1)
-        embeddings, labels, size = [], [], None
-        for images, batch_labels in self.data:
-            count = len(batch_labels)
-            size = size or count
-            if count < size:  # pad the last batch: one traced shape, no retracing
-                images = tf.concat([images, tf.zeros([size - count, *images.shape[1:]], images.dtype)], 0)
-            embeddings.append(np.asarray(model.predict_on_batch(images))[:count])
-            labels.append(np.asarray(batch_labels).reshape(-1))
-        if not labels:
-            raise ValueError("RetrievalRecall received an empty evaluation dataset.")
-        return np.concatenate(embeddings), np.concatenate(labels)
+        """`embed(model, self.data)`; `model` defaults to the model being trained."""
+        return embed(model or self.model, self.data, batch_size=self.batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
         recalls = recall_at_k(*self.embed(), self.ks, metric=self.metric)

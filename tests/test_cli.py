@@ -1,25 +1,41 @@
-"""The rkd-keras command line: demo artifacts, presets on mocked tfds, errors, resume."""
+"""The rkd-keras command line: the demo, presets on mocked tfds, run folders (resume, retry), quiet start-up."""
 
 import csv
+import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import mock_cub
-from rkd_keras import _runs
-from rkd_keras.cli import build_parser, main
+from conftest import listing, mock_cub
+from rkd_keras import presets, recall_at_k
+from rkd_keras.cli import main, runs, training
+from rkd_keras.cli.config import RunConfig, resolve_config
+from rkd_keras.cli.parser import build_parser
+from rkd_keras.retrieval import RetrievalRecall, embed
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--max-train-items", "600", "--max-eval-items", "200", "--width", "4", "--quiet"]
 
 
 def test_demo_quick_writes_the_table_metrics_report_and_export(tmp_path, capsys):
     assert main(["demo", "--quick", "--quiet", "--runs-dir", str(tmp_path)]) == 0
-    table = capsys.readouterr().out
+    out = capsys.readouterr().out
     root = tmp_path / "demo"
     models = ["teacher", "triplet", "rkd_d", "rkd_a", "rkd_da"]
+    # Each stage says what it trains and where it is among the five.
+    for place, stage in enumerate(["the teacher", "triplet student", "rkd_d student", "rkd_a student", "rkd_da student"], 1):
+        assert f"[{place}/5] {stage}" in out, out
+    assert "[3/5] rkd_d student, RKD-D from the teacher: 1 epoch of 4 steps" in out
     for name in models:
-        assert any(line.startswith(name) for line in table.splitlines()), table
+        assert any(line.startswith(name) for line in out.splitlines()), out
     metrics = json.loads((root / "metrics.json").read_text())
     assert list(metrics) == models
     for values in metrics.values():
@@ -32,51 +48,41 @@ def test_demo_quick_writes_the_table_metrics_report_and_export(tmp_path, capsys)
     assert {"epoch", "loss", "rkd_distance", "rkd_angle", "val_recall_at_1", "val_recall_at_8"} <= set(columns)
     assert json.loads((root / "status.json").read_text())["status"] == "complete"
     assert (root / "student_savedmodel" / "saved_model.pb").is_file()
+    assert not (root / "teacher" / "backup").exists()  # removed once the run is complete
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train-teacher"], ["distill"], ["evaluate"], ["export"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["train-teacher"], ["distill"], ["evaluate"], ["tune"], ["export"]])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit:
         build_parser().parse_args([*command, "--help"])
     assert exit.value.code == 0 and "usage: rkd-keras" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["train-teacher", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
-        (["train-teacher", "--dataset", "imagenet"], "dataset must be one of cub200, cars196, sop, fashion_mnist"),
-        (["train-teacher", "--backbone", "resnet50"], "backbone resnet50 needs channels=3"),
-        (["distill", "--teacher", "missing.keras"], "teacher file missing.keras does not exist"),
-        (["frobnicate"], "invalid choice: 'frobnicate'"),
-    ],
-)
-def test_bad_flags_give_one_line_errors(argv, message, capsys, tmp_path):
-    try:
-        code = main([*argv, "--runs-dir", str(tmp_path)] if argv[0] != "frobnicate" else argv)
-    except SystemExit as exit:
-        code = exit.code
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+def test_help_shows_each_roles_defaults_and_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["distill", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--embedding-dim N width of the embedding (default: 32)" in text  # the student's, not the teacher's 128
+    assert "--learning-rate X Adam's learning rate (default: 0.003)" in text
+    assert "--sampling {distance_weighted,batch_hard,all}" in text
+    assert "--preset {cars196,cub200,sop}" in text
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ('{"epochs": 2, "learning_rat": 0.1}', "unknown config keys learning_rat"),
-        ('{"epochs": "two"}', "epochs must be int, received 'two'"),
-        ("epochs: [1, 2\n", "is not valid JSON or YAML"),
-        ("lr_decay_epochs: [1.5]\n", "lr_decay_epochs must be a list of integers"),
-        ("!!python/object/apply:os.system ['echo unsafe']\n", "is not valid JSON or YAML"),
-    ],
-)
-def test_bad_config_files_give_one_line_errors(content, message, tmp_path, capsys):
-    config = tmp_path / "config.yaml"
-    config.write_text(content)
-    assert main(["train-teacher", "--config", str(config), "--runs-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "teacher").exists()  # nothing written on a config error
+def test_presets_reach_the_run_settings_unchanged():
+    for name, preset in presets.PRESETS.items():
+        for role in ("teacher", "student"):
+            config = dataclasses.asdict(resolve_config(role, name))
+            assert {key: config[key] for key in preset[role]} == preset[role], (name, role)
+    student = resolve_config("student", "sop")
+    assert (student.backbone, student.embedding_dim, student.l2_normalize, student.epochs) == ("resnet18", 128, False, 120)
+    assert (student.distance_weight, student.angle_weight, student.triplet_weight) == (1.0, 2.0, 0.0)
+
+
+def test_yaml_numbers_written_like_1e_3_are_read_as_numbers(tmp_path):
+    file = tmp_path / "config.yaml"
+    file.write_text("learning_rate: 1e-3\nweight_decay: 5e-4\nmargin: 2e-1\n")
+    config = resolve_config("teacher", config_file=file)
+    assert (config.learning_rate, config.weight_decay, config.margin) == (1e-3, 5e-4, 0.2)
 
 
 TINY = ["--image-size", "32", "--weights", "none", "--epochs", "1", "--steps-per-epoch", "2",
@@ -84,49 +90,135 @@ TINY = ["--image-size", "32", "--weights", "none", "--epochs", "1", "--steps-per
 
 
 def test_cub_preset_trains_distills_and_evaluates_on_mocked_tfds(tmp_path, capsys):
-    runs = ["--runs-dir", str(tmp_path)]
+    runs_dir = ["--runs-dir", str(tmp_path)]
+    # The recipe's pipeline (augmentation, step decay, weight decay, tfds, class split)
+    # with small networks: the backbones themselves are built in test_models.
+    small = ["--backbone", "small_cnn", "--width", "4"]
     with tfds.testing.mock_data(as_dataset_fn=mock_cub):
-        assert main(["train-teacher", "--preset", "cub200", *TINY, *runs, "--name", "t"]) == 0
+        assert main(["train-teacher", "--preset", "cub200", *TINY, *small, *runs_dir, "--name", "t"]) == 0
         teacher = tmp_path / "t" / "best.keras"
         config = json.loads((tmp_path / "t" / "config.json").read_text())
-        assert (config["backbone"], config["embedding_dim"], config["l2_normalize"]) == ("resnet50", 512, True)
+        assert (config["augment"], config["embedding_dim"], config["l2_normalize"], config["channels"]) == (True, 512, True, 3)
         assert config["lr_decay_epochs"] == [25, 30, 35] and config["learning_rate"] == 1e-5
-        assert main(["distill", "--preset", "cub200", "--teacher", str(teacher), *TINY, *runs, "--name", "s"]) == 0
+        assert main(["distill", "--preset", "cub200", "--teacher", str(teacher), *TINY, *small, *runs_dir, "--name", "s"]) == 0
         student_config = json.loads((tmp_path / "s" / "config.json").read_text())
-        assert (student_config["backbone"], student_config["l2_normalize"]) == ("resnet18", False)
+        assert (student_config["embedding_dim"], student_config["l2_normalize"]) == (128, False)
         assert (student_config["distance_weight"], student_config["angle_weight"], student_config["triplet_weight"]) == (1.0, 2.0, 0.0)
         output = tmp_path / "eval.json"
-        assert main(["evaluate", "--model", str(tmp_path / "s" / "best.keras"), "--preset", "cub200", *TINY,
-                     "--output", str(output)]) == 0  # fmt: skip
+        evaluate = ["evaluate", "--model", str(tmp_path / "s" / "best.keras"), "--preset", "cub200"]
+        assert main([*evaluate, *TINY[:-1], "--output", str(output)]) == 0  # no --quiet: evaluate shows no progress
     metrics = json.loads(output.read_text())
     # The test split: classes 100–199, 2 images from each tfds split.
-    assert metrics["items"] == 400 and metrics["params"] > 11_000_000
+    assert metrics["items"] == 400 and metrics["params"] == keras.models.load_model(tmp_path / "s" / "best.keras").count_params()
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["items"] == 400
 
 
-def test_interrupted_run_is_marked_incomplete_and_resume_finishes_it(tmp_path, capsys, monkeypatch):
-    argv = ["train-teacher", "--epochs", "3", "--steps-per-epoch", "3", "--max-train-items", "600",
-            "--max-eval-items", "200", "--width", "4", "--quiet", "--runs-dir", str(tmp_path)]  # fmt: skip
-    save = _runs._BestCheckpoint.on_epoch_end
-    calls = []
+def test_interrupted_run_resumes_at_its_epoch_and_keeps_the_best_epoch_of_the_whole_run(tmp_path, capsys, monkeypatch):
+    """Epoch 2 scores best; the run is stopped in epoch 3, resumed, and epoch 3's worse model must not replace it."""
+    argv = ["train-teacher", "--epochs", "3", "--steps-per-epoch", "2", *SMALL, "--runs-dir", str(tmp_path)]
+    scores, begun, stopped = {0: 0.5, 1: 0.9, 2: 0.3}, [], []
 
-    def ctrl_c_in_epoch_two(self, epoch, logs=None):
-        calls.append(epoch)
-        if len(calls) == 2:
+    def controlled_recall(self, epoch, logs=None):
+        logs["val_recall_at_1"] = scores[epoch]
+
+    def ctrl_c_in_epoch_three(self, epoch, logs=None):
+        begun.append(epoch)
+        if epoch == 2 and not stopped:
+            stopped.append(epoch)
             raise KeyboardInterrupt
-        save(self, epoch, logs)
 
-    monkeypatch.setattr(_runs._BestCheckpoint, "on_epoch_end", ctrl_c_in_epoch_two)
+    monkeypatch.setattr(RetrievalRecall, "on_epoch_end", controlled_recall)
+    monkeypatch.setattr(RetrievalRecall, "on_epoch_begin", ctrl_c_in_epoch_three)
+    run = tmp_path / "teacher"
     assert main(argv) == 130
     assert "interrupted" in capsys.readouterr().err
-    status = json.loads((tmp_path / "teacher" / "status.json").read_text())
-    assert status["status"] == "incomplete"
-    assert main(argv) == 2  # the folder exists: refuse to overwrite it
+    assert json.loads((run / "status.json").read_text())["status"] == "incomplete"
+    assert json.loads((run / "best.json").read_text()) == {"epoch": 2, "val_recall_at_1": 0.9}
+    best_of_epoch_two = (run / "best.keras").read_bytes()
+    assert main(argv) == 2  # epochs finished: the same command refuses to overwrite them
+    assert "pass --resume" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
-    assert calls == [0, 1, 1, 2]  # resumed at the interrupted epoch, not from scratch
-    with open(tmp_path / "teacher" / "history.csv") as f:
+    assert begun == [0, 1, 2, 2]  # resumed at the interrupted epoch, not from scratch
+    with open(run / "history.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+    assert (run / "best.keras").read_bytes() == best_of_epoch_two
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["epoch"], metrics["val_recall_at_1"]) == (2, 0.9)
+    # The reported test metrics are those of the epoch-2 model, computed here anew.
+    config = RunConfig(**json.loads((run / "config.json").read_text()))
+    expected = recall_at_k(*embed(keras.models.load_model(run / "best.keras"), training.data(config, "test")))
+    assert [metrics[f"recall_at_{k}"] for k in (1, 2, 4, 8)] == [expected[k] for k in (1, 2, 4, 8)]
+    assert json.loads((run / "status.json").read_text())["status"] == "complete"
+
+
+def test_a_run_stopped_while_testing_its_best_epoch_resumes_there_without_training_again(tmp_path, capsys, monkeypatch):
+    argv = ["train-teacher", "--epochs", "1", "--steps-per-epoch", "2", *SMALL, "--runs-dir", str(tmp_path)]
+    evaluate, begun = training.evaluate, []
+
+    def ctrl_c_once(*args, **kwargs):
+        monkeypatch.setattr(training, "evaluate", evaluate)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "evaluate", ctrl_c_once)
+    monkeypatch.setattr(RetrievalRecall, "on_epoch_begin", lambda self, epoch, logs=None: begun.append(epoch))
+    assert main(argv) == 130
+    assert main([*argv, "--resume"]) == 0
+    assert begun == [0]  # the finished epoch was not trained again
+    with open(tmp_path / "teacher" / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0"]
+    assert json.loads((tmp_path / "teacher" / "metrics.json").read_text())["epoch"] == 1
+
+
+def test_a_run_that_failed_at_start_up_is_retried_by_the_same_command(tmp_path, capsys, monkeypatch):
+    argv = ["train-teacher", "--epochs", "1", "--steps-per-epoch", "2", *SMALL, "--runs-dir", str(tmp_path)]
+    fit = keras.Model.fit
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "fit", full_disk)
+    assert main(argv) == 2
+    status = json.loads((tmp_path / "teacher" / "status.json").read_text())
+    assert status["status"] == "incomplete" and "No space left" in status["reason"]
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "never finished an epoch (OSError: [Errno 28] No space left on device); starting it again" in err
     assert json.loads((tmp_path / "teacher" / "status.json").read_text())["status"] == "complete"
+
+
+def _stopped_run(path, config, epochs_done=1):
+    """A run folder as an interrupted run leaves it: settings, status, backed-up epochs."""
+    (path / "backup").mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+    (path / "status.json").write_text(json.dumps({"status": "incomplete", "reason": "KeyboardInterrupt: "}))
+    (path / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": epochs_done, "batch": 0}))
+
+
+def test_resume_with_other_settings_lists_them_and_changes_nothing(tmp_path, capsys):
+    _stopped_run(tmp_path / "teacher", resolve_config("teacher"))
+    before = listing(tmp_path)
+    code = main(["train-teacher", "--learning-rate", "0.001", "--epochs", "9", "--resume", "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot resume" in err and "learning_rate 0.003 → 0.001" in err and "epochs 6 → 9" in err
+    assert "saved → given" in err and "--name" in err
+    assert listing(tmp_path) == before
+
+
+def test_resume_may_read_the_data_from_elsewhere(tmp_path, capsys):
+    saved = resolve_config("teacher")
+    _stopped_run(tmp_path / "teacher", saved)
+    moved = dataclasses.replace(saved, data_dir=str(tmp_path / "tfds"), download=True)
+    assert runs.RunFolder(tmp_path / "teacher").prepare(moved, resume=True) == moved
+    err = capsys.readouterr().err
+    assert f"data_dir None → '{tmp_path / 'tfds'}'" in err and "download False → True" in err
+
+
+def test_resume_of_a_run_that_does_not_exist_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such run; leave out --resume"):
+        runs.RunFolder(tmp_path / "teacher").prepare(resolve_config("teacher"), resume=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tune_searches_the_weights_and_saves_the_best_student(tmp_path, capsys):
@@ -139,3 +231,111 @@ def test_tune_searches_the_weights_and_saves_the_best_student(tmp_path, capsys):
     assert metrics["hyperparameters"]["terms"] in ("distance", "angle", "both")
     assert json.loads((tmp_path / "tune" / "best_hyperparameters.json").read_text()) == metrics["hyperparameters"]
     assert (tmp_path / "tune" / "best.keras").is_file() and "tuned" in capsys.readouterr().out
+
+
+# The console script as pip writes it: `sys.argv[0]` ends in rkd-keras while rkd_keras is imported.
+CONSOLE_SCRIPT = "import sys\nfrom rkd_keras.cli import main\nsys.exit(main())\n"
+
+
+def _imported_modules(argv, tmp_path, console_script):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONPROFILEIMPORTTIME": "1"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    if console_script:
+        script = tmp_path / "bin" / "rkd-keras"
+        script.parent.mkdir(exist_ok=True)
+        script.write_text(CONSOLE_SCRIPT)
+        command = [sys.executable, str(script), *argv]
+    else:
+        command = [sys.executable, "-m", "rkd_keras", *argv]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    messages = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    return done.returncode, modules, messages
+
+
+@pytest.mark.parametrize("console_script", [True, False], ids=["rkd-keras", "python -m rkd_keras"])
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["--help"], 0),
+        (["train-teacher", "--epohcs", "3"], 2),
+        (["train-teacher", "--learning-rate", "-0.1"], 2),
+        (["distill", "--teacher", "missing.keras"], 2),
+    ],
+    ids=["help", "bad flag", "bad value", "missing file"],
+)
+def test_help_and_mistakes_return_without_importing_tensorflow(argv, code, console_script, tmp_path):
+    returncode, modules, messages = _imported_modules(argv, tmp_path, console_script)
+    assert returncode == code, messages
+    assert "rkd_keras.cli" in modules  # the profile did record the command line's imports
+    assert not {name for name in modules if name.split(".")[0] in ("tensorflow", "keras", "numpy", "matplotlib")}
+    if code:
+        assert len(messages) == 1 and messages[0].startswith("rkd-keras"), messages
+    assert not list(tmp_path.glob("runs"))
+
+
+def test_a_command_that_loads_tensorflow_prints_none_of_its_start_up_logs(tmp_path):
+    """The model is refused after TensorFlow is loaded: stderr holds that one line and nothing of TensorFlow."""
+    inputs = keras.Input((16, 16, 3))
+    keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs))).save(tmp_path / "rgb.keras")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "rkd_keras", "evaluate", "--model", str(tmp_path / "rgb.keras")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "rkd-keras evaluate: error: the model takes images of shape (16, 16, 3) but the data gives (28, 28, 1) "
+        "(--image-size 28, --channels 1); give the settings it was trained with."
+    ]
+
+
+def test_import_rkd_keras_registers_its_classes_and_needs_neither_keras_tuner_nor_matplotlib(tmp_path, rng):
+    """A program that imports rkd_keras, with keras-tuner and matplotlib blocked, loads a saved Distiller by
+    Keras alone (no name of rkd_keras used); only rkd_keras.tuning needs keras-tuner. (Keras itself imports
+    matplotlib whenever it is installed, so the blocking is the test, not sys.modules.)"""
+    from rkd_keras import Distiller, embedding_model
+
+    teacher = embedding_model("small_cnn", 8, input_shape=(8, 8, 1), width=2)
+    distiller = Distiller(teacher, embedding_model("small_cnn", 4, input_shape=(8, 8, 1), width=2, l2_normalize=False))
+    distiller.save(tmp_path / "distiller.keras")
+    images = rng.uniform(0, 255, size=(3, 8, 8, 1)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "expected.npy", distiller.predict(images, verbose=0))
+    program = (
+        "import sys\n"
+        "sys.modules['keras_tuner'] = sys.modules['matplotlib'] = None\n"
+        "import keras, numpy as np, rkd_keras\n"
+        "model = keras.models.load_model('distiller.keras')\n"
+        "assert type(model).__name__ == 'Distiller', type(model)\n"
+        "assert np.array_equal(model.predict(np.load('images.npy'), verbose=0), np.load('expected.npy'))\n"
+        "try:\n"
+        "    rkd_keras.RKDHyperModel\n"
+        "except ImportError:\n"
+        "    print('tuning needs keras_tuner')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "tuning needs keras_tuner"
+
+
+def test_keras_errors_reach_the_terminal_as_one_plain_line():
+    """Keras wraps an error inside a layer call in a frame and bold escape codes; the cause is kept, alone."""
+    from rkd_keras.cli import one_line
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(ValueError) as error:
+        model(np.zeros((2, 8, 8, 1), np.float32))
+    assert "\x1b[" in str(error.value) and "Arguments received" in str(error.value)
+    line = one_line(error.value)
+    assert "\x1b" not in line and "\n" not in line and "Arguments received" not in line
+    assert "expected axis -1 of input shape to have value 3" in line
+
+
+def test_the_command_lines_choices_are_the_librarys():
+    from rkd_keras import choices, data, losses, models
+
+    assert choices.TRIPLET_SAMPLINGS == losses.TRIPLET_SAMPLINGS
+    assert data.DATASETS is choices.DATASETS and models.BACKBONES is choices.BACKBONES

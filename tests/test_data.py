@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rkd_keras import DatasetNotAvailableError, load_dataset, pk_batches
+from rkd_keras import DatasetNotAvailableError, data, load_dataset, pk_batches
 from rkd_keras.data import FASHION_MNIST_DIR, preprocess_image
 
 
@@ -37,9 +37,10 @@ def test_cub_and_cars_are_class_disjoint_over_both_tfds_splits(name, num_classes
     with tfds.testing.mock_data(as_dataset_fn=_mock_split("label", num_classes)):
         train = _collect(load_dataset(name, "train", image_size=8, download=True))
         test = _collect(load_dataset(name, "test", image_size=8, download=True))
-    for (images, labels), classes in ((train, range(boundary)), (test, range(boundary, num_classes))):
+    for split, (images, labels), classes in (("train", train, range(boundary)), ("test", test, range(boundary, num_classes))):
         # Every class of the range, once from each tfds split, labels unchanged.
         assert Counter(labels.tolist()) == {c: 2 for c in classes}
+        assert data.num_classes(name, split) == len(classes)
         assert sorted(set(images[:, 0, 0, 0].round().tolist())) == [1.0, 2.0]
         assert images.shape[1:] == (8, 8, 3) and images.dtype == np.float32
 
@@ -75,9 +76,9 @@ def test_failed_download_is_wrapped(tmp_path, monkeypatch):
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
+    with pytest.raises(ValueError, match="dataset must be one of cub200, cars196, sop, fashion_mnist; received 'mnist'"):
         load_dataset("mnist", "train")
-    with pytest.raises(ValueError, match="Unknown split 'val'"):
+    with pytest.raises(ValueError, match="split must be one of train, validation, test; received 'val'"):
         load_dataset("fashion_mnist", "val")
 
 
@@ -90,6 +91,8 @@ def test_fashion_mnist_reads_the_debian_files_class_disjoint():
     # 7,000 images per class over the official train and t10k files.
     assert Counter(train_labels.tolist()) == {c: 7000 for c in range(5)}
     assert Counter(test_labels.tolist()) == {c: 7000 for c in range(5, 10)}
+    assert (data.num_classes("fashion_mnist", "train"), data.num_classes("fashion_mnist", "test")) == (5, 5)
+    assert data.num_classes("fashion_mnist", "test", classes=[9, 9, 3]) == 2
     image, _ = next(iter(test))
     assert image.shape == (28, 28, 1) and 0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 255
 
@@ -194,5 +197,7 @@ def test_validation_split_holds_out_every_tenth_training_image():
 
 
 def test_validation_split_needs_a_fraction():
-    with pytest.raises(ValueError, match="validation_fraction must be in \\[0, 1\\) and > 0"):
+    with pytest.raises(ValueError, match="The validation split needs validation_fraction > 0"):
         load_dataset("fashion_mnist", "validation")
+    with pytest.raises(ValueError, match="validation_fraction must be a finite number in \\[0.0, 1.0\\), received 1.0"):
+        load_dataset("fashion_mnist", "train", validation_fraction=1.0)

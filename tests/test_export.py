@@ -66,12 +66,13 @@ def test_load_student_returns_a_keras_layer(distiller, tmp_path, rng):
     np.testing.assert_allclose(np.asarray(layer(images)), distiller.student.predict(images, verbose=0), atol=1e-6)
 
 
-def test_existing_path_is_refused_unless_overwrite(distiller, tmp_path):
-    (tmp_path / "student").mkdir()
+def test_existing_savedmodel_is_replaced_only_with_overwrite(distiller, tmp_path):
+    export_student(distiller.teacher, tmp_path / "student")
     with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
         export_student(distiller, tmp_path / "student")
     export_student(distiller, tmp_path / "student", overwrite=True)
-    assert (tmp_path / "student" / "saved_model.pb").is_file()
+    served = load_student(tmp_path / "student")(np.zeros((2, 16, 16, 1), np.float32))
+    assert tuple(served.shape) == (2, 8)  # the student's 8-d embeddings replaced the teacher's 64-d ones
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rkd_keras import embedding_model
-from rkd_keras.models import BACKBONES
+from rkd_keras.models import BACKBONES, WeightsNotAvailableError, imagenet_weights_file
 
 
 # Each backbone once (alternating the norm), small_cnn both ways: big ones are slow to build.
@@ -45,7 +45,39 @@ def test_saved_model_loads_without_unsafe_mode(tmp_path, rng):
 
 
 def test_unknown_backbone_and_unavailable_weights_are_refused():
-    with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
+    with pytest.raises(ValueError, match="backbone must be one of small_cnn, .*; received 'vgg'"):
         embedding_model("vgg", 8)
     with pytest.raises(ValueError, match="resnet18 has no pretrained weights"):
         embedding_model("resnet18", 8, weights="imagenet")
+
+
+class _Fetched(Exception):
+    """Raised instead of downloading: the test only needs the name Keras asked for."""
+
+
+@pytest.mark.parametrize(
+    "backbone, size, cached",
+    [("resnet50", 32, False), ("resnet101", 32, True), ("mobilenet_v2", 96, False), ("mobilenet_v2", 40, True),
+     ("mobilenet_v3_small", 32, False), ("efficientnet_b0", 32, True)],  # fmt: skip
+)
+def test_imagenet_weights_file_is_the_one_keras_fetches(backbone, size, cached, tmp_path, monkeypatch):
+    """With download=True, or with the file already in Keras's cache, Keras is asked for exactly that file."""
+    from keras.src.utils import file_utils
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    expected = imagenet_weights_file(backbone, size)
+    assert expected.parent == tmp_path / "models"
+    if cached:
+        expected.parent.mkdir()
+        expected.write_bytes(b"")
+    requested = []
+
+    def fetch(fname, *args, **kwargs):
+        requested.append(fname)
+        raise _Fetched
+
+    monkeypatch.setattr(file_utils, "get_file", fetch)
+    with pytest.raises(WeightsNotAvailableError) as error:
+        embedding_model(backbone, 8, input_shape=(size, size, 3), weights="imagenet", download=not cached)
+    assert isinstance(error.value.__cause__, _Fetched)
+    assert requested == [expected.name]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rkd_keras import Distiller, RetrievalRecall, map_at_r, r_precision, recall_at_k
+from rkd_keras import Distiller, RetrievalRecall, embed, map_at_r, r_precision, recall_at_k
 
 
 def brute_force_ranking(embeddings, labels):
@@ -81,7 +81,7 @@ def test_cosine_metric_ranks_by_angle(rng):
 @pytest.mark.parametrize(
     "embeddings, labels, ks, message",
     [
-        (np.zeros((5, 2)), np.arange(5), (1, 5), "Every K must be in \\[1, N - 1\\]"),
+        (np.zeros((5, 2)), np.arange(5), (1, 5), "Every K must be an integer in \\[1, N - 1\\] = \\[1, 4\\]"),
         (np.zeros((1, 2)), np.arange(1), (1,), "at least 2 items"),
         (np.zeros((5, 2)), np.arange(4), (1,), "Expected embeddings \\(N, D\\) and N labels"),
     ],
@@ -142,7 +142,7 @@ def test_callback_is_deep_copyable_and_keeps_shuffled_datasets_paired(rng):
     "data, message",
     [
         (tf.data.Dataset.from_tensor_slices((np.zeros((0, 4), np.float32), np.zeros(0, np.int64))).batch(8),
-         "RetrievalRecall received an empty evaluation dataset"),
+         "The evaluation dataset is empty: nothing to embed"),
         ((np.zeros((0, 4), np.float32), np.zeros(0, np.int64)), "needs at least 2 evaluation items"),
     ],
     ids=["dataset", "arrays"],
@@ -150,3 +150,16 @@ def test_callback_is_deep_copyable_and_keeps_shuffled_datasets_paired(rng):
 def test_empty_evaluation_data_is_a_clear_error(data, message):
     with pytest.raises(ValueError, match=message):
         RetrievalRecall(data).embed(_embedder())
+
+
+def test_embed_gives_the_students_embeddings_of_arrays_and_datasets_alike(rng):
+    x, y = rng.normal(size=(37, 4)).astype("float32"), rng.integers(0, 3, 37)
+    student = _embedder()
+    distiller = Distiller(_embedder(12), student)
+    expected = student.predict(x, verbose=0)
+    from_arrays = embed(distiller, (x, y), batch_size=8)
+    from_dataset = embed(distiller, tf.data.Dataset.from_tensor_slices((x, y)).batch(10))  # a last batch of 7
+    for embeddings, labels in (from_arrays, from_dataset):
+        assert embeddings.shape == (37, 6)
+        np.testing.assert_allclose(embeddings, expected, atol=1e-6)
+        np.testing.assert_array_equal(labels, y)

@@ -7,7 +7,8 @@ import pytest
 
 import rkd_keras
 
-SOURCES = sorted(Path(rkd_keras.__file__).parent.glob("*.py"))
+PACKAGE = Path(rkd_keras.__file__).parent
+SOURCES = sorted(PACKAGE.rglob("*.py"))
 UNSAFE = {
     "safe_mode=False": r"safe_mode\s*=\s*False",
     "pickle": r"\bpickle\b|\bdill\b|cloudpickle",
@@ -19,13 +20,13 @@ UNSAFE = {
 
 
 def test_the_package_has_sources_to_check():
-    assert {"cli.py", "distiller.py", "export.py"} <= {path.name for path in SOURCES}
+    assert {"cli/config.py", "cli/runs.py", "distiller.py", "export.py"} <= {str(path.relative_to(PACKAGE)) for path in SOURCES}
 
 
 @pytest.mark.parametrize("pattern", UNSAFE, ids=list(UNSAFE))
 def test_no_unsafe_loading_in_the_package(pattern):
     hits = [
-        f"{path.name}:{number}: {line.strip()}"
+        f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
         for path in SOURCES
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if re.search(UNSAFE[pattern], line)

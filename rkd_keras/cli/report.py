@@ -50,23 +50,36 @@ def plot_report(path, results, histories):
     plt.close(figure)
 
 
-def plot_embedding_map(path, embeddings, labels, class_names=None):
-    """2-D PCA maps of several models' embeddings of the same items, side by side."""
+def plot_embedding_map(path, embeddings, labels, class_names=None, max_points=2_000, seed=0):
+    """t-SNE maps of several models' embeddings of the same items, side by side, a legend on each.
+
+    t-SNE keeps each point's near neighbours near, which is what Recall@K
+    measures (a linear projection of a 128-d embedding shows one overlapping
+    cloud). It costs O(N log N) per iteration, so at most `max_points` items,
+    drawn at random with `seed`, are mapped; the title says how many.
+    """
+    from sklearn.manifold import TSNE
+
     plt = _pyplot()
+    labels = np.asarray(labels)
+    chosen = np.arange(len(labels))
+    if len(labels) > max_points:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(labels), max_points, replace=False))
+    classes = np.unique(labels[chosen])
     figure, axes = plt.subplots(1, len(embeddings), figsize=(6 * len(embeddings), 5.5), squeeze=False)
-    classes = np.unique(labels)
     for ax, (name, values) in zip(axes[0], embeddings.items()):
-        centred = values - values.mean(axis=0)
-        _, _, components = np.linalg.svd(centred, full_matrices=False)
-        points = centred @ components[:2].T
+        points = TSNE(2, init="pca", perplexity=min(30.0, len(chosen) - 1), random_state=seed).fit_transform(
+            np.asarray(values, np.float64)[chosen]
+        )
         for c in classes:
-            chosen = labels == c
+            members = labels[chosen] == c
             label = class_names[c] if class_names is not None else str(c)
-            ax.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.6, label=label)
-        ax.set_title(f"{name}: first two principal components")
+            ax.scatter(points[members, 0], points[members, 1], s=4, alpha=0.6, label=label)
+        shown = f"{len(chosen):,} of {len(labels):,}" if len(chosen) < len(labels) else f"{len(labels):,}"
+        ax.set_title(f"{name}: t-SNE of {shown} test images")
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0][-1].legend(markerscale=4, fontsize=8, loc="best")
+        ax.legend(markerscale=4, fontsize=8, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

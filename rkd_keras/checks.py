@@ -1,0 +1,141 @@
+"""Checks of argument values, shared by the library and the command line.
+
+One message format everywhere: what the value must be, with its allowed range,
+and what was received. Every value check raises `ValueError` (a value of the
+wrong type is a value outside the allowed ones: `True` is not an integer here,
+and 1.5 is not rounded to a K); `check_writable_folder` raises
+`PermissionError`. Plain Python, no TensorFlow, so the command line checks its
+flags before it loads the library.
+"""
+
+import math
+import numbers
+import os
+import tempfile
+from pathlib import Path
+
+
+def _bounds(low, high, low_open, high_open):
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high}"
+    return ""
+
+
+def _outside(value, low, high, low_open, high_open):
+    return (
+        (low is not None and (value <= low if low_open else value < low))
+        or (high is not None and (value >= high if high_open else value > high))
+    )
+
+
+def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """`value` as an `int` if it is an integer in `[low, high]` (`None`: no bound).
+
+    Example:
+    >>> check_int("epochs", 3, low=1)
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or _outside(value, low, high, False, False):
+        raise ValueError(f"{name} must be an integer{_bounds(low, high, False, False)}, received {value!r}.")
+    return int(value)
+
+
+def check_number(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """`value` as a `float` if it is a finite real number within the bounds.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check; integers are accepted, booleans are not.
+        low, high: Bounds, `None` for none.
+        low_open, high_open: Exclude the bound itself.
+
+    Example:
+    >>> check_number("learning_rate", 1e-3, low=0, low_open=True)
+    0.001
+    """
+    bounds = _bounds(low, high, low_open, high_open)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or _outside(value, low, high, low_open, high_open)
+    ):
+        raise ValueError(f"{name} must be a finite number{bounds}, received {value!r}.")
+    return float(value)
+
+
+def check_choice(name: str, value, choices):
+    """`value` if it is one of `choices`.
+
+    Example:
+    >>> check_choice("metric", "cosine", ("euclidean", "cosine"))
+    'cosine'
+    """
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; received {value!r}.")
+    return value
+
+
+def check_writable_folder(folder) -> None:
+    """Raises an `OSError` naming `folder` unless a file can be created in it.
+
+    Tries for real (a temporary file, removed at once): permission bits do
+    not tell about read-only file systems, or about root.
+
+    Raises:
+        FileNotFoundError: `folder` is not an existing folder.
+        PermissionError: no file can be created in it.
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the folder {folder} does not exist; create it first.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".rkd-keras-write-check-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"cannot write in {folder}: {error.strerror or error}.") from error
+
+
+def check_savedmodel_destination(path, *, overwrite: bool = False) -> Path:
+    """Checks that a SavedModel can be written at `path`, before any work is spent.
+
+    The parent folder must exist and be writable. An existing `path` is
+    replaced only with `overwrite=True` and only if it is a SavedModel folder
+    (it holds `saved_model.pb`): anything else there is kept.
+
+    Args:
+        path: Folder to create.
+        overwrite: Allow replacing an existing SavedModel at `path`.
+
+    Returns:
+        `path` as a `Path`.
+
+    Raises:
+        FileExistsError: something is at `path` and may not be replaced.
+        FileNotFoundError: the parent folder does not exist.
+        PermissionError: the parent folder is not writable.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+        if not (path.is_dir() and (path / "saved_model.pb").is_file()):
+            raise FileExistsError(
+                f"{path} exists and is not a SavedModel folder (no saved_model.pb), so it is not replaced "
+                "even with overwrite; choose another path, or remove it yourself."
+            )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot export to {path}: the folder {path.parent} does not exist; create it first.")
+    check_writable_folder(path.parent)
+    return path

@@ -1,0 +1,92 @@
+"""`rkd-keras`: train a teacher, distil a student, evaluate, tune, export, and the demo.
+
+The command line is apart from the library: it uses all of it, and nothing in
+the library imports it. It parses its flags and checks its settings and files
+before TensorFlow is imported, so `--help` and mistakes return at once:
+
+- `parser`: the flags; `config`: the run settings and their checks;
+  `inputs`: each command's inputs, checked before the library loads;
+- `runs`: run folders (start, restart, resume) and the best checkpoint;
+- `training`: one run's data, models, training and evaluation;
+- `commands`: the six commands; `report`: tables and pictures.
+
+Every training run writes a folder `runs/<name>/` (see `rkd_keras.cli.runs`).
+"""
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+
+from rkd_keras.cli.inputs import check_inputs
+from rkd_keras.cli.parser import PROG, build_parser
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Keras wraps an error inside a layer call in this frame; the cause is its second paragraph.
+_KERAS_CALL = re.compile(r"Exception encountered when calling [^\n]*\n\n(.*?)(\n\nArguments received by .*)?$", re.S)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line, without terminal colour codes or Keras's call frame."""
+    text = _KERAS_CALL.sub(r"\1", _ANSI.sub("", str(error)))
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def _tensorflow_start_up_hidden():
+    """Keeps TensorFlow's start-up logs off the terminal while the library is imported.
+
+    `TF_CPP_MIN_LOG_LEVEL=3` hides its C++ log lines (a CUDA "error" on a
+    machine without a GPU among them), but the lines printed while its
+    libraries load, before its logging starts, go straight to file
+    descriptor 2: those are held back, and shown only if the import fails.
+    TensorFlow's Python warnings (e.g. about retracing) are turned off too.
+    A user who sets TF_CPP_MIN_LOG_LEVEL sees everything.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        yield
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(terminal, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(terminal, 2)
+            os.close(terminal)
+
+
+def main(argv=None) -> int:
+    """Runs `rkd-keras` with `argv` (default: the process's arguments); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    command = f"{PROG} {args.command}"
+    try:
+        inputs = check_inputs(args)
+        with _tensorflow_start_up_hidden():
+            from rkd_keras.cli import commands
+    except (ValueError, OSError) as error:
+        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    try:
+        commands.run(args, inputs)
+    except commands.EXPECTED_ERRORS as error:
+        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\n{command}: interrupted; the run folder is marked incomplete. "
+            "Continue it with the same command and --resume.",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

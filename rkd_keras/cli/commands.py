@@ -1,0 +1,150 @@
+"""The six commands of `rkd-keras`, each from its checked inputs to its run folder and printed table."""
+
+import sys
+import time
+from pathlib import Path
+
+from rkd_keras import retrieval
+from rkd_keras.cli import report, training
+from rkd_keras.cli.runs import RunFolder, read_history, write_json
+from rkd_keras.data import DatasetNotAvailableError
+from rkd_keras.export import export_student
+from rkd_keras.models import WeightsNotAvailableError
+
+# Errors that mean a bad input or a missing resource: one line, exit status 2.
+# Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, OSError, DatasetNotAvailableError, WeightsNotAvailableError)
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+
+
+def _verbose(args):
+    """Keras progress bars on a terminal, one line per epoch in a log file, none with --quiet."""
+    return 0 if args.quiet else 1 if sys.stdout.isatty() else 2
+
+
+def _folder(args):
+    return RunFolder(Path(args.runs_dir) / args.name)
+
+
+def _train_teacher(args, inputs):
+    folder = _folder(args)
+    config = folder.prepare(inputs["config"], args.resume)
+    report.print_table({"teacher": training.train(config, folder, verbose=_verbose(args))})
+
+
+def _distill(args, inputs):
+    folder = _folder(args)
+    config = folder.prepare(inputs["config"], args.resume)
+    teacher = training.load_model_file(inputs["teacher"], "teacher")
+    report.print_table({"student": training.train(config, folder, teacher, verbose=_verbose(args))})
+
+
+def _tune(args, inputs):
+    folder = _folder(args)
+    config = folder.prepare(inputs["config"], args.resume)
+    teacher = training.load_model_file(inputs["teacher"], "teacher")
+    result = training.tune(config, folder, teacher, args.tuner, args.max_trials, verbose=int(not args.quiet))
+    report.print_table({"tuned": result})
+
+
+def _evaluate(args, inputs):
+    model = training.load_model_file(inputs["model"], "model")
+    model = getattr(model, "student", model)
+    training.check_fits_data(model, inputs["config"], "model")
+    metrics = training.evaluate(model, inputs["config"], args.split)
+    report.print_table({Path(args.model).stem: metrics})
+    if args.output:
+        write_json(args.output, metrics)
+
+
+def _export(args, inputs):
+    model = training.load_model_file(inputs["model"], "model")
+    export_student(model, inputs["output"], overwrite=args.overwrite)
+    print(f"exported the student to {args.output}; serve it with loaded = tf.saved_model.load(path); loaded.serve(images)")
+
+
+def _what_it_learns(name, config):
+    if name == "teacher":
+        return "the teacher, triplet loss"
+    if not (config.distance_weight or config.angle_weight):
+        return f"{name} student, triplet loss alone (the baseline)"
+    terms = {(True, False): "RKD-D", (False, True): "RKD-A", (True, True): "RKD-DA"}
+    return f"{name} student, {terms[bool(config.distance_weight), bool(config.angle_weight)]} from the teacher"
+
+
+def _count(number, noun):
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _minutes(seconds):
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def _demo(args, inputs):
+    """Teacher, triplet-only student and RKD students on Fashion-MNIST, side by side."""
+    configs = dict(inputs["configs"])
+    top = _folder(args)
+    root = top.path
+    top.prepare(None, args.resume)
+    stages = {name: RunFolder(root / name) for name in configs}
+    if not top.restart:
+        # Every stage decides now, so a refused resume stops before anything trains.
+        for name, stage in stages.items():
+            configs[name] = stage.prepare(configs[name], resume=stage.path.exists())
+    results, teacher, start = {}, None, time.monotonic()
+    with top.running():
+        for index, (name, config) in enumerate(configs.items(), 1):
+            place = f"[{index}/{len(configs)}]"
+            print(
+                f"\n{place} {_what_it_learns(name, config)}: {_count(config.epochs, 'epoch')} of "
+                f"{_count(config.steps_per_epoch, 'step')} ({_minutes(time.monotonic() - start)} elapsed)",
+                flush=True,
+            )
+            if name != "teacher" and teacher is None:
+                teacher = training.load_model_file(root / "teacher" / "best.keras", "teacher")
+            stage_start = time.monotonic()
+            results[name] = training.train(config, stages[name], teacher if name != "teacher" else None, _verbose(args))
+            print(
+                f"{place} {name} done in {time.monotonic() - stage_start:.0f} s: test R@1 "
+                f"{100 * results[name]['recall_at_1']:.2f} (best epoch {results[name]['epoch']})",
+                flush=True,
+            )
+        report.print_table(results)
+        write_json(root / "metrics.json", results)
+        report.plot_report(root / "report.png", results, {name: read_history(root / name) for name in results})
+        # The best student by validation Recall@1: never select on the test classes.
+        best = max((name for name in results if name != "teacher"), key=lambda name: results[name]["val_recall_at_1"])
+        student = training.load_model_file(root / best / "best.keras", "student")
+        embeddings = {
+            "teacher": retrieval.embed(teacher, training.data(configs["teacher"], "test")),
+            f"student ({best})": retrieval.embed(student, training.data(configs[best], "test")),
+        }
+        labels = embeddings["teacher"][1]
+        names = FASHION_MNIST_CLASSES if configs["teacher"].dataset == "fashion_mnist" else None
+        report.plot_embedding_map(
+            root / "embedding_map.png", {name: values for name, (values, _) in embeddings.items()}, labels, names
+        )
+        export_student(student, root / "student_savedmodel", overwrite=True)
+    top.set_status("complete", best_student=best)
+    print(
+        f"\nreport: {root / 'report.png'}, map: {root / 'embedding_map.png'}, best student ({best}) "
+        f"exported to {root / 'student_savedmodel'}; {_minutes(time.monotonic() - start)} in all"
+    )
+
+
+_COMMANDS = {
+    "demo": _demo,
+    "train-teacher": _train_teacher,
+    "distill": _distill,
+    "evaluate": _evaluate,
+    "tune": _tune,
+    "export": _export,
+}
+
+
+def run(args, inputs) -> None:
+    """Runs the parsed command on its checked inputs (see `rkd_keras.cli.inputs`)."""
+    _COMMANDS[args.command](args, inputs)

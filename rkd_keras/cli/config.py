@@ -1,0 +1,251 @@
+"""The configuration of a run: its settings, where they come from, and the checks they pass.
+
+Settings resolve as: the demo's teacher or student (`presets.DEMO`) ←
+`--preset` ← `--config` file ← flags. Every value is checked where it enters,
+with its allowed range in the message, and the settings that depend on each
+other are checked before anything is trained or written. No TensorFlow here:
+a mistake is reported before the library loads.
+"""
+
+import dataclasses
+import typing
+from pathlib import Path
+
+from rkd_keras import presets
+from rkd_keras.checks import check_choice, check_int, check_number
+from rkd_keras.choices import BACKBONE_MIN_IMAGE_SIZE, BACKBONES, DATASET_CLASSES, DATASETS, TRIPLET_SAMPLINGS
+
+
+class ConfigError(ValueError):
+    """A flag, config-file value or setting is unknown, of the wrong type, or out of range."""
+
+
+def _setting(default, help, **rule):
+    """A RunConfig field: its default, its `--help` text and its allowed values."""
+    metadata = {"help": help, **rule}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_DEMO = presets.DEMO["teacher"]
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a `train-teacher`, `distill`, `evaluate` or `tune` run depends on; saved as config.json.
+
+    Defaults: the demo's teacher (`presets.DEMO["teacher"]`).
+    """
+
+    dataset: str = _setting(_DEMO["dataset"], "dataset, split into disjoint training and test classes", choices=DATASETS)
+    image_size: int = _setting(_DEMO["image_size"], "side of the square input images", low=1)
+    resize_size: int | None = _setting(
+        _DEMO["resize_size"], "side images are resized to before cropping; none: image_size · 256/224", low=1
+    )
+    augment: bool = _setting(_DEMO["augment"], "random crops and flips of the training images")
+    channels: int = _setting(_DEMO["channels"], "1 (grey) or 3 (colour; grey images are repeated)", choices=(1, 3))
+    backbone: str = _setting(_DEMO["backbone"], "network under the embedding layer", choices=BACKBONES)
+    width: int = _setting(_DEMO["width"], "channels of small_cnn's first block", low=1)
+    embedding_dim: int = _setting(_DEMO["embedding_dim"], "width of the embedding", low=1)
+    l2_normalize: bool = _setting(_DEMO["l2_normalize"], "project embeddings onto the unit sphere")
+    weights: str | None = _setting(
+        _DEMO["weights"], "initial backbone weights: none, imagenet (needs --download unless cached) or a file"
+    )
+    epochs: int = _setting(_DEMO["epochs"], "training epochs", low=1)
+    steps_per_epoch: int = _setting(_DEMO["steps_per_epoch"], "P×K batches per epoch", low=1)
+    classes_per_batch: int = _setting(_DEMO["classes_per_batch"], "P: classes in each batch", low=1)
+    samples_per_class: int = _setting(_DEMO["samples_per_class"], "K: images of each class in each batch", low=1)
+    learning_rate: float = _setting(_DEMO["learning_rate"], "Adam's learning rate", low=0, low_open=True)
+    lr_decay_epochs: list = _setting(
+        _DEMO["lr_decay_epochs"], "epochs after which the learning rate is multiplied by lr_decay_factor"
+    )
+    lr_decay_factor: float = _setting(_DEMO["lr_decay_factor"], "learning-rate step factor", low=0, high=1, low_open=True)
+    weight_decay: float = _setting(_DEMO["weight_decay"], "Adam's decoupled weight decay", low=0)
+    triplet_weight: float = _setting(_DEMO["triplet_weight"], "weight of the triplet loss (0: none)", low=0)
+    margin: float = _setting(_DEMO["margin"], "triplet margin", low=0)
+    sampling: str = _setting(_DEMO["sampling"], "triplet negative sampling", choices=TRIPLET_SAMPLINGS)
+    distance_weight: float = _setting(_DEMO["distance_weight"], "λ_D, weight of RKD-D (0: off)", low=0)
+    angle_weight: float = _setting(_DEMO["angle_weight"], "λ_A, weight of RKD-A (0: off)", low=0)
+    validation_fraction: float = _setting(
+        0.1, "share of the training classes' images held out to select the best epoch", low=0, high=0.5, low_open=True
+    )
+    max_train_items: int | None = _setting(_DEMO["max_train_items"], "training images read (none: all)", low=1)
+    # Recall@8 needs 8 others for each query.
+    max_eval_items: int | None = _setting(
+        _DEMO["max_eval_items"], "validation and test images read (none: all)", low=9
+    )
+    seed: int = _setting(0, "seed of the weights, batches and sampling", low=0, high=2**32 - 1)
+    jit_compile: bool = _setting(False, "compile training steps with XLA")
+    # Distillation without augmentation runs the teacher once, not every epoch.
+    cache_teacher: bool = _setting(True, "distill: compute the teacher's embeddings once")
+    data_dir: str | None = _setting(None, "tensorflow-datasets data folder")
+    manual_dir: str | None = _setting(None, "folder holding a dataset's original archive (offline)")
+    download: bool = _setting(False, "let tensorflow-datasets and Keras download data and ImageNet weights")
+
+    def __post_init__(self):
+        try:
+            for field in dataclasses.fields(self):
+                setattr(self, field.name, _checked(field, getattr(self, field.name)))
+            self._check_combination()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    def _check_combination(self):
+        smallest = BACKBONE_MIN_IMAGE_SIZE[self.backbone]
+        if self.image_size < smallest:
+            raise ValueError(f"backbone {self.backbone} needs image_size >= {smallest}, received {self.image_size}.")
+        if self.resize_size is not None and self.resize_size < self.image_size:
+            raise ValueError(f"resize_size ({self.resize_size}) must be >= image_size ({self.image_size}).")
+        if self.backbone != "small_cnn" and self.channels != 3:
+            raise ValueError(f"backbone {self.backbone} needs channels=3 (grey images are repeated).")
+        if self.weights == "imagenet" and self.backbone in ("small_cnn", "resnet18"):
+            raise ValueError(f"backbone {self.backbone} has no ImageNet weights; use --weights none or a file.")
+
+
+def field_kind(field) -> tuple:
+    """A RunConfig field's type without `None`, and whether `None` is allowed."""
+    kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] or [field.type]
+    return kinds[0], type(None) in typing.get_args(field.type)
+
+
+def _checked(field, value):
+    """`value` checked against the field's type and range; ints pass as floats, and so do
+    strings that read as numbers (PyYAML reads `1e-3` as a string)."""
+    kind, optional = field_kind(field)
+    name, rule = field.name, {k: v for k, v in field.metadata.items() if k != "help"}
+    if value is None and optional:
+        return None
+    if "choices" in rule:
+        return check_choice(name, value, rule["choices"])
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, received {value!r}.")
+        return value
+    if kind is int:
+        return check_int(name, value, low=rule.get("low"), high=rule.get("high"))
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, received {value!r}.") from None
+        return check_number(name, value, **rule)
+    if kind is list:
+        return _checked_decay_epochs(name, value)
+    if name == "weights":
+        return _checked_weights(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a folder path or null, received {value!r}.")
+    if name == "manual_dir" and not Path(value).is_dir():
+        raise ValueError(f"manual_dir {value} is not a folder; give the folder that holds the dataset's archive.")
+    return value
+
+
+def _checked_decay_epochs(name, value):
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list of integers, received {value!r}.")
+    epochs = [check_int(f"each of {name}", epoch, low=1) for epoch in value]
+    if epochs != sorted(set(epochs)):
+        raise ValueError(f"{name} must be increasing epochs, received {value!r}.")
+    return epochs
+
+
+def _checked_weights(value):
+    if not isinstance(value, str):
+        raise ValueError(f"weights must be none, imagenet or the path of a weights file, received {value!r}.")
+    if value != "imagenet" and not Path(value).is_file():
+        raise ValueError(f"weights must be none, imagenet or the path of a weights file; {value} is not a file.")
+    return value
+
+
+def check_training(config: RunConfig, role: str) -> None:
+    """Checks between settings that a training run needs, before anything trains or is written.
+
+    Args:
+        config: The resolved settings.
+        role: `"teacher"` (trained by the triplet loss) or `"student"`
+            (distilled from a teacher, and/or trained by the triplet loss).
+
+    Raises:
+        ConfigError: the settings cannot train what was asked.
+    """
+    if role == "teacher":
+        if config.distance_weight or config.angle_weight:
+            raise ConfigError(
+                "a teacher trains with the triplet loss alone: distance_weight and angle_weight must be 0, "
+                f"received {config.distance_weight} and {config.angle_weight} (RKD is for distill)."
+            )
+        if not config.triplet_weight:
+            raise ConfigError("a teacher trains with the triplet loss: triplet_weight must be > 0, received 0.")
+    elif not (config.triplet_weight or config.distance_weight or config.angle_weight):
+        raise ConfigError("nothing to train: triplet_weight, distance_weight and angle_weight are all 0.")
+    if config.triplet_weight:
+        # A class alone in its batch has no positive; one class has no negatives:
+        # the triplet loss would be exactly 0 at every step.
+        if config.samples_per_class < 2:
+            raise ConfigError(
+                "the triplet loss needs samples_per_class >= 2 (an anchor and a positive of each class), "
+                f"received {config.samples_per_class}."
+            )
+        if config.classes_per_batch < 2:
+            raise ConfigError(
+                f"the triplet loss needs classes_per_batch >= 2 (negatives), received {config.classes_per_batch}."
+            )
+    if config.classes_per_batch * config.samples_per_class < 2:
+        raise ConfigError("a batch of one image has no relations to learn: classes_per_batch × samples_per_class must be >= 2.")
+    available = DATASET_CLASSES[config.dataset][0]
+    if config.classes_per_batch > available:
+        raise ConfigError(
+            f"classes_per_batch must be <= {available}, the classes of {config.dataset}'s training split, "
+            f"received {config.classes_per_batch}."
+        )
+
+
+def resolve_config(role: str, preset: str | None = None, config_file=None, overrides: dict | None = None) -> RunConfig:
+    """The demo's settings of the role ← preset ← config file ← flags, checked into a `RunConfig`.
+
+    Raises:
+        ConfigError: an unknown key, or a value of the wrong type or range;
+            the message names the config file when the value came from it.
+    """
+    values = presets.get("demo", role)
+    if preset:
+        values.update(presets.get(preset, role))
+    if config_file:
+        values.update(read_config_file(config_file))
+        try:
+            _config(values)
+        except ConfigError as error:
+            raise ConfigError(f"config file {config_file}: {error}") from None
+    return _config({**values, **(overrides or {})})
+
+
+def _config(values):
+    known = [field.name for field in dataclasses.fields(RunConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config keys {', '.join(unknown)}; known keys: {', '.join(known)}.")
+    return RunConfig(**values)
+
+
+def read_config_file(path) -> dict:
+    """The mapping of settings in a JSON or YAML file (JSON is YAML too)."""
+    import yaml  # here: only a run with --config pays for it
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    try:
+        # safe_load: plain data only, never Python objects.
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid JSON or YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values.")
+    return values
+
+
+def differences(saved: dict, given: dict) -> dict:
+    """`{key: (saved value, given value)}` for every key whose values differ."""
+    return {key: (saved.get(key), value) for key, value in given.items() if saved.get(key) != value}

@@ -1,0 +1,140 @@
+"""The flags of `rkd-keras` and its subcommands. No TensorFlow here: `--help` and typos return at once."""
+
+import argparse
+import dataclasses
+import json
+
+from rkd_keras import presets
+from rkd_keras.checks import check_int
+from rkd_keras.cli.config import RunConfig, field_kind
+
+PROG = "rkd-keras"
+TUNERS = ("random", "bayesian", "hyperband")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, not the usage block: what is wrong and where to look.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _ranged_int(low, high=None):
+    def parse(text):
+        try:
+            return check_int("the value", int(text), low=low, high=high)
+        except ValueError:
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, received {text!r}") from None
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _run_name(text):
+    """A run folder's name: one folder, inside --runs-dir."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"must be a folder name without '/', received {text!r}")
+    return text
+
+
+def _or_none(kind):
+    def parse(text):
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _shown(value):
+    return "none" if value is None else json.dumps(value) if isinstance(value, (list, bool)) else str(value)
+
+
+def _add_run_flags(parser, role, folder_name=None):
+    """A flag per RunConfig setting, whose help shows the role's default and choices.
+
+    With `folder_name`, also the run-folder flags (the command writes a run folder).
+    """
+    defaults = presets.get("demo", role)
+    flags = parser.add_argument_group(
+        f"run settings (defaults: the demo's {role}; --preset, then --config, then these flags override them)"
+    )
+    flags.add_argument("--preset", choices=sorted(presets.PRESETS), help=f"the paper's {role} recipe for a dataset")
+    flags.add_argument("--config", metavar="FILE", help="JSON or YAML file of the settings below (same names, with _)")
+    for field in dataclasses.fields(RunConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = defaults.get(field.name, field.default)
+        text = f"{field.metadata['help']} (default: {_shown(default)})"
+        kind, optional = field_kind(field)
+        # SUPPRESS: only flags given on the command line override the preset and config file.
+        if kind is bool:
+            flags.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        elif kind is list:
+            flags.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, metavar="EPOCH", help=text)
+        elif "choices" in field.metadata:
+            flags.add_argument(
+                flag, type=kind, choices=field.metadata["choices"], default=argparse.SUPPRESS, help=text
+            )
+        else:
+            parse = _or_none(kind) if optional else kind
+            metavar = {int: "N", float: "X"}.get(kind, "NONE|IMAGENET|FILE" if field.name == "weights" else "PATH")
+            flags.add_argument(flag, type=parse, default=argparse.SUPPRESS, metavar=metavar, help=text)
+    if folder_name:
+        _add_folder_flags(parser, folder_name)
+
+
+def _add_folder_flags(parser, default_name):
+    folder = parser.add_argument_group("run folder")
+    folder.add_argument("--name", type=_run_name, default=default_name, help=f"run folder name (default: {default_name})")
+    folder.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
+    folder.add_argument("--resume", action="store_true", help="continue the interrupted run of this name")
+    folder.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `rkd-keras` parser with its six subcommands."""
+    parser = _Parser(
+        prog=PROG,
+        description="Relational Knowledge Distillation (Park et al., CVPR 2019): train, distil, evaluate, export.",
+        epilog="TensorFlow's start-up logs are hidden; TF_CPP_MIN_LOG_LEVEL=0 shows them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="offline demo on Fashion-MNIST: teacher, triplet student, RKD students")
+    demo.add_argument("--quick", action="store_true", help="a few steps of each model (about 2 minutes)")
+    demo.add_argument("--seed", type=_ranged_int(0, 2**32 - 1), default=0, help="seed of every model (default: 0)")
+    demo.add_argument(
+        "--epochs", type=_ranged_int(1), help=f"epochs of every model (default: {presets.DEMO['teacher']['epochs']})"
+    )
+    _add_folder_flags(demo, "demo")
+
+    teacher = commands.add_parser("train-teacher", help="train an embedding teacher with the triplet loss")
+    _add_run_flags(teacher, "teacher", folder_name="teacher")
+
+    distill = commands.add_parser("distill", help="train a student from a frozen teacher with RKD")
+    distill.add_argument("--teacher", required=True, help="teacher .keras file (e.g. runs/NAME/best.keras)")
+    _add_run_flags(distill, "student", folder_name="student")
+
+    evaluate = commands.add_parser("evaluate", help="Recall@K, MAP@R and R-precision of a model")
+    evaluate.add_argument("--model", required=True, help=".keras file of an embedding model or a Distiller")
+    evaluate.add_argument("--split", default="test", choices=["test", "validation"], help="(default: test)")
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    _add_run_flags(evaluate, "student")
+
+    tune = commands.add_parser(
+        "tune", help="search the RKD loss weights and learning rate with keras-tuner (weights flags are searched)"
+    )
+    tune.add_argument("--teacher", required=True, help="teacher .keras file (e.g. runs/NAME/best.keras)")
+    tune.add_argument("--tuner", default="random", choices=TUNERS, help="(default: random)")
+    tune.add_argument("--max-trials", type=_ranged_int(1), default=10, help="trials, random and bayesian (default: 10)")
+    _add_run_flags(tune, "student", folder_name="tune")
+
+    export = commands.add_parser("export", help="export a student as a TensorFlow SavedModel")
+    export.add_argument("--model", required=True, help=".keras file of a student or a Distiller")
+    export.add_argument("--output", required=True, help="SavedModel folder to create (its parent must exist)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing SavedModel folder (only those)")
+    return parser
+
+
+def run_overrides(args) -> dict:
+    """The settings given as flags."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(RunConfig) if hasattr(args, field.name)}

@@ -1,0 +1,285 @@
+"""Every bad input gets one clear error, and nothing is written or deleted.
+
+Command line: exit status 2, exactly one line on stderr (`rkd-keras COMMAND: error: ...`) with the
+message's key words, and the working folder unchanged. API: the exact exception type and key words.
+"""
+
+import dataclasses
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import listing
+from rkd_keras import data, embedding_model, export_student, map_at_r, presets, r_precision, recall_at_k
+from rkd_keras.cli import main
+from rkd_keras.cli.config import ConfigError, RunConfig
+from rkd_keras.models import WeightsNotAvailableError
+from rkd_keras.retrieval import RetrievalRecall
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    """Overrides conftest's: the inputs here are refused before any training, so there is no Keras state
+    to reset, and clearing it (a garbage collection) would cost ~0.4 s a case."""
+    yield
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The bad (and a few good) files the cases below are given."""
+    folder = tmp_path_factory.mktemp("inputs")
+    inputs = keras.Input((16, 16, 3))
+    rgb = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    rgb.save(folder / "rgb.keras")
+    whole = (folder / "rgb.keras").read_bytes()
+    (folder / "truncated.keras").write_bytes(whole[: len(whole) // 2])
+    (folder / "empty.keras").write_bytes(b"")
+    (folder / "folder.keras").mkdir()
+    rgb.save_weights(folder / "weights.weights.h5")
+    with zipfile.ZipFile(folder / "no_config.keras", "w") as archive:
+        archive.writestr("readme.txt", "not a model")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "keep.txt").write_text("mine")
+    configs = {
+        "unknown_key.json": '{"epochs": 2, "learning_rat": 0.1}',
+        "word.yaml": "epochs: two\n",
+        "broken.yaml": "epochs: [1, 2\n",
+        "float_epochs.yaml": "lr_decay_epochs: [1.5]\n",
+        "unsafe.yaml": "!!python/object/apply:os.system ['echo unsafe']\n",
+        "list.yaml": "- epochs\n- 3\n",
+        "negative_rate.yaml": "learning_rate: -1e-3\n",
+        "quoted_bool.yaml": 'augment: "yes"\n',
+    }
+    for name, text in configs.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.fixture
+def workdir(files, tmp_path, monkeypatch):
+    """A working folder holding the input files (copied as links), where runs/ would be written."""
+    for path in files.iterdir():
+        (tmp_path / path.name).symlink_to(path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _cli_error(argv, workdir, capsys):
+    """Runs the command line; returns its one error line, after checking the exit status and the folder."""
+    before = listing(workdir)
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse
+        code = exit.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("rkd-keras"), err
+    assert "\x1b[" not in err
+    assert listing(workdir) == before  # nothing written or deleted
+    return err
+
+
+CLI_CASES = {
+    # Flags and their values, refused by the parser.
+    "unknown command": (["frobnicate"], ["invalid choice: 'frobnicate'"]),
+    "flag with a typo": (["train-teacher", "--epohcs", "3"], ["unrecognized arguments: --epohcs"]),
+    "word for a number": (["train-teacher", "--epochs", "many"], ["--epochs: invalid int value: 'many'"]),
+    "unknown dataset": (["train-teacher", "--dataset", "imagenet"], ["--dataset: invalid choice: 'imagenet'", "fashion_mnist"]),
+    "demo of 0 epochs": (["demo", "--epochs", "0"], ["--epochs: must be an integer >= 1, received '0'"]),
+    "negative seed": (["demo", "--seed", "-1"], ["--seed: must be an integer in [0, 4294967295], received '-1'"]),
+    "no trials": (["tune", "--teacher", "rgb.keras", "--max-trials", "0"], ["--max-trials: must be an integer >= 1"]),
+    "name outside runs": (["train-teacher", "--name", "../elsewhere"], ["--name: must be a folder name without '/'"]),
+    # Settings out of range, from flags.
+    "negative learning rate": (["train-teacher", "--learning-rate", "-0.001"], ["learning_rate must be a finite number > 0, received -0.001"]),
+    "NaN learning rate": (["train-teacher", "--learning-rate", "nan"], ["learning_rate must be a finite number > 0, received nan"]),
+    "0 steps per epoch": (["train-teacher", "--steps-per-epoch", "0"], ["steps_per_epoch must be an integer >= 1, received 0"]),
+    "validation fraction": (["train-teacher", "--validation-fraction", "0.9"], ["validation_fraction must be a finite number in (0, 0.5], received 0.9"]),
+    "growing learning rate": (["train-teacher", "--lr-decay-factor", "2"], ["lr_decay_factor must be a finite number in (0, 1], received 2.0"]),
+    "too few items for R@8": (["train-teacher", "--max-eval-items", "5"], ["max_eval_items must be an integer >= 9, received 5"]),
+    "decay epochs backwards": (["train-teacher", "--lr-decay-epochs", "30", "20"], ["lr_decay_epochs must be increasing epochs"]),
+    "grey images for resnet50": (["train-teacher", "--backbone", "resnet50", "--image-size", "32"], ["backbone resnet50 needs channels=3"]),
+    "images too small": (["train-teacher", "--backbone", "resnet50", "--channels", "3"], ["backbone resnet50 needs image_size >= 32, received 28"]),
+    "resize below crop": (["train-teacher", "--resize-size", "20"], ["resize_size (20) must be >= image_size (28)"]),
+    "missing weights file": (["train-teacher", "--weights", "missing.weights.h5"], ["weights must be none, imagenet or the path of a weights file", "missing.weights.h5 is not a file"]),
+    "missing manual_dir": (["train-teacher", "--manual-dir", "no-such-folder"], ["manual_dir no-such-folder is not a folder"]),
+    "small_cnn has no ImageNet weights": (["train-teacher", "--weights", "imagenet"], ["backbone small_cnn has no ImageNet weights"]),
+    # Settings that do not fit together.
+    "triplet teacher with one image per class": (["train-teacher", "--samples-per-class", "1"], ["the triplet loss needs samples_per_class >= 2"]),
+    "more classes per batch than the split has": (["train-teacher", "--classes-per-batch", "6"], ["classes_per_batch must be <= 5", "fashion_mnist's training split"]),
+    "teacher with RKD": (["train-teacher", "--distance-weight", "1"], ["a teacher trains with the triplet loss alone", "RKD is for distill"]),
+    "teacher without its loss": (["train-teacher", "--triplet-weight", "0"], ["triplet_weight must be > 0"]),
+    "student with nothing to learn": (["distill", "--teacher", "rgb.keras", "--distance-weight", "0", "--angle-weight", "0"], ["nothing to train"]),
+    # Config files.
+    "unknown config key": (["train-teacher", "--config", "unknown_key.json"], ["config file unknown_key.json: unknown config keys learning_rat; known keys: dataset"]),
+    "word in a config file": (["train-teacher", "--config", "word.yaml"], ["config file word.yaml: epochs must be an integer >= 1, received 'two'"]),
+    "broken YAML": (["train-teacher", "--config", "broken.yaml"], ["config file broken.yaml is not valid JSON or YAML"]),
+    "fractional decay epoch": (["train-teacher", "--config", "float_epochs.yaml"], ["each of lr_decay_epochs must be an integer >= 1, received 1.5"]),
+    "YAML that would run code": (["train-teacher", "--config", "unsafe.yaml"], ["config file unsafe.yaml is not valid JSON or YAML"]),
+    "config file of a list": (["train-teacher", "--config", "list.yaml"], ["config file list.yaml must hold a mapping"]),
+    "missing config file": (["train-teacher", "--config", "missing.yaml"], ["config file missing.yaml does not exist"]),
+    "negative rate written 1e-3": (["train-teacher", "--config", "negative_rate.yaml"], ["learning_rate must be a finite number > 0, received -0.001"]),
+    "quoted boolean": (["train-teacher", "--config", "quoted_bool.yaml"], ["augment must be true or false, received 'yes'"]),
+    # Model files.
+    "missing teacher": (["distill", "--teacher", "missing.keras"], ["teacher file missing.keras does not exist"]),
+    "empty teacher": (["distill", "--teacher", "empty.keras"], ["teacher file empty.keras is empty"]),
+    "truncated teacher": (["distill", "--teacher", "truncated.keras"], ["teacher file truncated.keras is not a .keras archive", "truncated?"]),
+    "teacher of another format": (["distill", "--teacher", "weights.weights.h5"], ["teacher file weights.weights.h5 is not a .keras archive"]),
+    "folder as teacher": (["distill", "--teacher", "folder.keras"], ["teacher folder.keras is a folder, not a .keras model file"]),
+    "zip that is no model": (["evaluate", "--model", "no_config.keras"], ["model file no_config.keras is a zip file but not a .keras model"]),
+    "missing model to export": (["export", "--model", "missing.keras", "--output", "out"], ["model file missing.keras does not exist"]),
+    "truncated model to export": (["export", "--model", "truncated.keras", "--output", "out"], ["model file truncated.keras is not a .keras archive"]),
+    "teacher of other images": (["distill", "--teacher", "rgb.keras"], ["the teacher takes images of shape (16, 16, 3) but the data gives (28, 28, 1)"]),
+    "model of other images": (["evaluate", "--model", "rgb.keras", "--image-size", "16"], ["the model takes images of shape (16, 16, 3) but the data gives (16, 16, 1)", "--channels 1"]),
+    # Output paths, checked before the work.
+    "output is a folder": (["evaluate", "--model", "rgb.keras", "--output", "notes"], ["--output notes is a folder"]),
+    "output in a missing folder": (["evaluate", "--model", "rgb.keras", "--output", "no/such/m.json"], ["the folder no/such does not exist"]),
+    "output where nothing can be written": (["evaluate", "--model", "rgb.keras", "--output", "/sys/metrics.json"], ["cannot write in /sys"]),
+    "export into a missing folder": (["export", "--model", "rgb.keras", "--output", "no/such/student"], ["cannot export to no/such/student", "no/such does not exist"]),
+    "export where nothing can be written": (["export", "--model", "rgb.keras", "--output", "/sys/student"], ["cannot write in /sys: Permission denied"]),
+    "export over an existing folder": (["export", "--model", "rgb.keras", "--output", "notes"], ["notes exists; pass overwrite=True (CLI: --overwrite)"]),
+    "overwrite of what is not a SavedModel": (["export", "--model", "rgb.keras", "--output", "notes", "--overwrite"], ["notes exists and is not a SavedModel folder (no saved_model.pb)", "not replaced"]),
+    # Run folders.
+    "resume of no run": (["train-teacher", "--resume"], ["cannot resume runs/teacher: there is no such run"]),
+    "runs-dir is a file": (["train-teacher", "--runs-dir", "rgb.keras"], ["--runs-dir rgb.keras is a file, not a folder"]),
+}
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_command_line_refuses_with_one_line_and_writes_nothing(case, workdir, capsys):
+    argv, words = CLI_CASES[case]
+    err = _cli_error(argv, workdir, capsys)
+    for word in words:
+        assert word in err, err
+
+
+def test_imagenet_weights_need_download_unless_cached(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(workdir / "keras-home"))  # an empty cache
+    argv = ["train-teacher", "--backbone", "resnet50", "--channels", "3", "--image-size", "32", "--weights", "imagenet"]
+    err = _cli_error(argv, workdir, capsys)
+    assert "the ImageNet weights of resnet50 are not in Keras's cache" in err
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in err
+    assert "--download" in err and "--weights PATH" in err
+
+
+def test_presets_that_use_imagenet_weights_need_download(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(workdir / "keras-home"))
+    err = _cli_error(["train-teacher", "--preset", "cub200", "--image-size", "32"], workdir, capsys)
+    assert "ImageNet weights of resnet50 are not in Keras's cache" in err and "--download" in err
+
+
+ROWS = np.arange(40, dtype=np.float32).reshape(10, 4)
+LABELS = np.repeat(np.arange(5), 2)
+
+
+def _with_nan(rows):
+    embeddings = ROWS.copy()
+    embeddings[rows] = np.nan
+    return embeddings
+
+
+def _with_inf(row):
+    embeddings = ROWS.copy()
+    embeddings[row, 0] = np.inf
+    return embeddings
+
+
+def _batches(**kwargs):
+    images = tf.data.Dataset.from_tensor_slices((ROWS, LABELS))
+    return data.pk_batches(images, **{"classes_per_batch": 2, "samples_per_class": 2, **kwargs})
+
+
+API_CASES = {
+    # Metrics: non-finite embeddings and K.
+    "recall of NaN embeddings": (lambda: recall_at_k(_with_nan(slice(None)), LABELS), ValueError, ["10 of 10 embedding rows hold NaN or Inf"]),
+    "recall with one Inf row": (lambda: recall_at_k(_with_inf(3), LABELS), ValueError, ["1 of 10 embedding rows hold NaN or Inf"]),
+    "MAP@R of NaN embeddings": (lambda: map_at_r(_with_nan([0, 1]), LABELS), ValueError, ["2 of 10 embedding rows"]),
+    "R-precision of NaN embeddings": (lambda: r_precision(_with_nan([5]), LABELS), ValueError, ["1 of 10 embedding rows"]),
+    "fractional K": (lambda: recall_at_k(ROWS, LABELS, ks=(1.5,)), ValueError, ["Every K must be an integer in [1, N - 1] = [1, 9]", "[1.5]"]),
+    "boolean K": (lambda: recall_at_k(ROWS, LABELS, ks=(True,)), ValueError, ["Every K must be an integer", "[True]"]),
+    "K of N": (lambda: recall_at_k(ROWS, LABELS, ks=(1, 10)), ValueError, ["[1, N - 1] = [1, 9]"]),
+    "no K": (lambda: recall_at_k(ROWS, LABELS, ks=()), ValueError, ["ks must hold at least one K"]),
+    "fractional K of the callback": (lambda: RetrievalRecall((ROWS, LABELS), ks=(2.5,)), ValueError, ["Every K must be an integer"]),
+    "unknown metric": (lambda: RetrievalRecall((ROWS, LABELS), metric="manhattan"), ValueError, ["metric must be one of euclidean, cosine; received 'manhattan'"]),
+    "zero chunk size": (lambda: map_at_r(ROWS, LABELS, batch_size=0), ValueError, ["batch_size must be an integer >= 1, received 0"]),
+    # Data.
+    "0 batches an epoch": (lambda: _batches(num_batches=0), ValueError, ["num_batches must be an integer >= 1, received 0"]),
+    "fractional P": (lambda: _batches(classes_per_batch=2.5), ValueError, ["classes_per_batch must be an integer >= 1, received 2.5"]),
+    "negative seed": (lambda: _batches(seed=-1), ValueError, ["seed must be an integer >= 0, received -1"]),
+    "P above the classes": (lambda: _batches(classes_per_batch=6), ValueError, ["pk_batches needs at least classes_per_batch=6 classes, but the dataset has 5"]),
+    "image size 0": (lambda: data.load_dataset("fashion_mnist", "train", image_size=0), ValueError, ["image_size must be an integer >= 1, received 0"]),
+    "no classes": (lambda: data.load_dataset("fashion_mnist", "train", classes=[]), ValueError, ["classes must hold at least one label"]),
+    "resize below crop": (lambda: data.load_dataset("fashion_mnist", "test", image_size=28, resize_size=20), ValueError, ["resize_size must be an integer >= 28, received 20"]),
+    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist; received 'imagenet'"]),
+    # Models.
+    "images too small for resnet50": (lambda: embedding_model("resnet50", 8, input_shape=(16, 16, 3)), ValueError, ["resnet50 needs images of at least 32×32 pixels"]),
+    "missing weights file": (lambda: embedding_model("small_cnn", 8, input_shape=(8, 8, 1), weights="missing.weights.h5"), FileNotFoundError, ["weights file missing.weights.h5 does not exist"]),
+    "embedding of width 0": (lambda: embedding_model("small_cnn", 0, input_shape=(8, 8, 1)), ValueError, ["embedding_dim must be an integer >= 1, received 0"]),
+    # Presets and settings.
+    "unknown preset": (lambda: presets.get("imagenet", "teacher"), ValueError, ["Unknown preset 'imagenet'; choose one of cub200, cars196, sop, demo"]),
+    "negative learning rate in RunConfig": (lambda: RunConfig(learning_rate=-1.0), ConfigError, ["learning_rate must be a finite number > 0, received -1.0"]),
+}
+
+
+@pytest.mark.parametrize("case", API_CASES)
+def test_api_refuses_with_the_exact_error(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    call, error, words = API_CASES[case]
+    with pytest.raises(error) as raised:
+        call()
+    assert type(raised.value) is error
+    for word in words:
+        assert word in str(raised.value), str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_imagenet_weights_in_the_api_need_download_unless_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotAvailableError, match="not in Keras's cache .* Pass download=True"):
+        embedding_model("mobilenet_v2", 8, input_shape=(96, 96, 3), weights="imagenet")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def student():
+    return embedding_model("small_cnn", 4, input_shape=(8, 8, 1), width=2)
+
+
+def test_export_into_a_missing_folder_leaves_nothing(student, tmp_path):
+    with pytest.raises(FileNotFoundError, match="the folder .*missing does not exist; create it first"):
+        export_student(student, tmp_path / "missing" / "student")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_where_nothing_can_be_written_is_refused_before_the_work(student, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the export started")
+
+    monkeypatch.setattr(keras.Model, "export", never)
+    with pytest.raises(PermissionError, match="cannot write in /sys: Permission denied"):
+        export_student(student, "/sys/student")
+
+
+def test_overwrite_replaces_only_a_savedmodel(student, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (tmp_path / "file.txt").write_text("keep me too")
+    before = listing(tmp_path)
+    for path in (mine, tmp_path / "file.txt"):
+        with pytest.raises(FileExistsError, match="is not a SavedModel folder .* not replaced even with overwrite"):
+            export_student(student, path, overwrite=True)
+    assert listing(tmp_path) == before
+    export_student(student, tmp_path / "student")
+    export_student(student, tmp_path / "student", overwrite=True)  # a SavedModel: replaced
+    assert (tmp_path / "student" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "mine", "student"]
+
+
+def test_settings_from_a_saved_config_are_checked_too(tmp_path):
+    saved = {**json.loads(json.dumps(dataclasses.asdict(RunConfig()))), "epochs": 0}
+    with pytest.raises(ConfigError, match="epochs must be an integer >= 1, received 0"):
+        RunConfig(**saved)
