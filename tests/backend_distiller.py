@@ -8,8 +8,9 @@ weights of a run from weights drawn by NumPy (the same on every backend), the
 teacher before and after, two runs from the same Keras seed, a `.keras` round
 trip, a file saved on TensorFlow (`DIR/tensorflow.keras`, if there) loaded
 here, mixed precision, `RetrievalRecall`, `cache_teacher_embeddings`, a
-non-finite teacher and `export_student`. The TensorFlow suite calls `run()`
-in its own process to make the reference.
+teacher trained with the triplet loss, a non-finite teacher and
+`export_student`. The TensorFlow suite calls `run()` in its own process to
+make the reference.
 """
 
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from rkd_keras import Distiller, RetrievalRecall, Term, export_student, recall_at_k
+from rkd_keras import Distiller, RetrievalRecall, Term, TripletLoss, export_student, recall_at_k
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(96, 12)).astype("float32")
@@ -128,6 +129,13 @@ def _export(out, folder):
     out["export/max_difference"] = np.array(float(np.max(np.abs(served - keras.ops.convert_to_numpy(student(X))))))
 
 
+def _teacher_with_the_triplet_loss(out):
+    """The paper's teacher loss (distance-weighted sampling, unseeded) inside a compiled training step."""
+    teacher = classifier(32, 16, "teacher", seed=1)
+    teacher.compile(keras.optimizers.Adam(1e-2), loss=TripletLoss())
+    out["triplet/loss"] = fit(teacher)["loss"]
+
+
 def run(folder):
     """Everything the tests read, as `{key: array}`; writes `<backend>.keras` into `folder`."""
     folder = Path(folder)
@@ -172,6 +180,7 @@ def run(folder):
     cached = distiller(classifier(32, 16, "teacher", seed=1), classifier(16, 8, "student", seed=2))
     out["cache/loss"] = fit(cached, cached.cache_teacher_embeddings(X))["loss"]
 
+    _teacher_with_the_triplet_loss(out)
     _non_finite_teacher(out)
     _export(out, folder)
     return out

@@ -158,6 +158,12 @@ def test_cached_teacher_tensors_train_like_the_teacher_pass(runs, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_teacher_trains_with_the_distance_weighted_triplet_loss(runs, backend):
+    loss = runs[backend]["distiller"]["triplet/loss"]
+    assert np.all(np.isfinite(loss)) and loss[-1] < loss[0], loss
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_non_finite_teacher_is_an_error_or_a_nan_loss(runs, backend):
     """PyTorch and eager JAX check the teacher's tensors; a compiled JAX step cannot, and the loss is NaN."""
     ours = runs[backend]["distiller"]

@@ -37,16 +37,20 @@ def _distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff):
     return ops.divide_no_nan(weights, ops.sum(weights, axis=1, keepdims=True))
 
 
-def _draw_negatives(log_weights, seed):
+def _draw_negatives(log_weights, embeddings, seed):
     """One negative index per (anchor, positive) pair, `(N, N)`, drawn from each anchor's row of weights.
 
-    On TensorFlow with `tf.random.categorical`, as rkd_keras 0.1.0 (TensorFlow's
-    global generator when `seed` is None); elsewhere with `keras.random`, whose
-    `seed` may also be a `keras.random.SeedGenerator` (needed for an unseeded
-    draw inside a compiled JAX function).
+    TensorFlow: `tf.random.categorical`, as rkd_keras 0.1.0 (TensorFlow's
+    global generator when `seed` is None). PyTorch: `keras.random` (its global
+    generator when `seed` is None). JAX has no random state inside a compiled
+    step (Keras refuses unseeded draws there, and a loss holds no state), so
+    the key is `seed` (0 if None) folded with the bits of the batch's
+    embeddings: another batch, or the same one a step later, draws anew, and
+    the same run draws the same.
     """
     # An empty batch needs one class to draw (nothing) from.
-    if keras.backend.backend() == "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
         n = tf.shape(log_weights)[0]
@@ -54,7 +58,14 @@ def _draw_negatives(log_weights, seed):
         return tf.random.categorical(log_weights, n, dtype=tf.int32, seed=seed)
     n = log_weights.shape[0]
     log_weights = keras.ops.pad(log_weights, [[0, 0], [0, 1]]) if n == 0 else log_weights
-    return keras.random.categorical(log_weights, n, dtype="int32", seed=seed)
+    if backend != "jax":
+        return keras.random.categorical(log_weights, n, dtype="int32", seed=seed)
+    import jax
+
+    bits = jax.lax.bitcast_convert_type(jax.numpy.sum(embeddings), jax.numpy.uint32)
+    key = jax.random.fold_in(jax.random.key(0 if seed is None else seed), bits)
+    # Samples along the first axis: `[s, a]` is the s-th draw for anchor a.
+    return jax.random.categorical(key, log_weights, axis=1, shape=(n, n)).T.astype("int32")
 
 
 def triplet_loss(
@@ -87,7 +98,8 @@ def triplet_loss(
         sampling: `"distance_weighted"`, `"batch_hard"` or `"all"`.
         cutoff: Smallest distance used for the sampling weights.
         nonzero_loss_cutoff: Negatives farther than this are not sampled.
-        seed: Seed of the negative sampling.
+        seed: Seed of the negative sampling (see `_draw_negatives` for how
+            each backend draws).
 
     Returns:
         Scalar float32 loss; 0 for a batch without a valid triplet.
@@ -130,7 +142,7 @@ def triplet_loss(
         # Non-finite embeddings (the loss is NaN then) must not make the draw
         # return out-of-range indices.
         log_weights = ops.where(ops.isfinite(log_weights), log_weights, 0.0)
-        sampled = _draw_negatives(log_weights, seed)
+        sampled = _draw_negatives(log_weights, embeddings, seed)
         valid = ops.logical_and(positive, ops.any(negative, axis=1, keepdims=True))
         negative_distances = ops.take_along_axis(distances, sampled, axis=1)
         losses = ops.where(valid, ops.relu(distances - negative_distances + margin), 0.0)
