@@ -2,14 +2,19 @@
 
 import functools
 import operator
+import sys
 
 import keras
-import tensorflow as tf
 
-from rkd_keras.data import materialize
 from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
 from rkd_keras.terms import Extractor, Term, cached_inputs, check_weight, split_cached
+
+if keras.backend.backend() == "tensorflow":
+    # Its train_step, tf.distribute and the graph-side NaN check. On JAX and
+    # PyTorch the Distiller imports nothing of TensorFlow (a GPU machine may
+    # have none); only tf.data inputs need it there.
+    import tensorflow as tf
 
 # `Distiller(teacher, student)`: the paper's metric-learning setting, λ_D = 1 and λ_A = 2.
 DEFAULT_WEIGHTS = {"distance_weight": 1.0, "angle_weight": 2.0}
@@ -327,10 +332,13 @@ class Distiller(keras.Model):
         """
         if self._teacher_extractor.model is None:
             raise ValueError("No term reads the teacher, so there is nothing to cache; fit on the data itself.")
-        if isinstance(data, tf.data.Dataset):
+        tensorflow = sys.modules.get("tensorflow")  # a tf.data.Dataset means TensorFlow is imported
+        if tensorflow is not None and isinstance(data, tensorflow.data.Dataset):
+            from rkd_keras.data import materialize
+
             inputs, labels = materialize(data, "cache_teacher_embeddings")
             cached = self.cache_teacher_embeddings(inputs, batch_size)
-            return tf.data.Dataset.from_tensor_slices((cached, labels))
+            return tensorflow.data.Dataset.from_tensor_slices((cached, labels))
         teacher = self._teacher_extractor
         return cached_inputs(data, teacher.predict(data, batch_size), teacher.output_key)
 

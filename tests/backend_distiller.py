@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from rkd_keras import Distiller, RetrievalRecall, Term, TripletLoss, export_student, recall_at_k
+from rkd_keras import Distiller, RetrievalRecall, Term, TripletLoss, embedding_model, export_student, recall_at_k
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(96, 12)).astype("float32")
@@ -136,6 +136,15 @@ def _teacher_with_the_triplet_loss(out):
     out["triplet/loss"] = fit(teacher)["loss"]
 
 
+def _models_leave_their_input_alone(out):
+    """A model of `embedding_model` normalizes its [0, 255] input without changing the caller's tensor."""
+    images = keras.ops.convert_to_tensor(np.random.default_rng(4).uniform(0, 255, size=(4, 28, 28, 1)).astype("float32"))
+    before = keras.ops.convert_to_numpy(images).copy()
+    model = embedding_model("small_cnn", 8, input_shape=(28, 28, 1), width=4)
+    model(images, training=False)
+    out["models/input_unchanged"] = np.array(np.array_equal(keras.ops.convert_to_numpy(images), before))
+
+
 def run(folder):
     """Everything the tests read, as `{key: array}`; writes `<backend>.keras` into `folder`."""
     folder = Path(folder)
@@ -181,6 +190,7 @@ def run(folder):
     out["cache/loss"] = fit(cached, cached.cache_teacher_embeddings(X))["loss"]
 
     _teacher_with_the_triplet_loss(out)
+    _models_leave_their_input_alone(out)
     _non_finite_teacher(out)
     _export(out, folder)
     return out
