@@ -32,7 +32,7 @@ CHILD = r"""
 import json, statistics, sys, time
 sys.path.insert(0, sys.argv[4])
 import keras, numpy as np
-from rkd_keras import Distiller, Term, embedding_model, pk_batches
+from rkd_keras import Distiller, Term, embedding_model
 
 pair, steps, rounds, cache = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5] == "1"
 shape, batch = {"small": ((28, 28, 1), 128), "resnet": ((32, 32, 3), 64)}[pair]
@@ -101,7 +101,9 @@ for jit in modes:
 if cache:
     labels = np.repeat(np.arange(64), 8)
     images = rng.uniform(0, 255, size=(len(labels), *shape)).astype(np.float32)
-    import tensorflow as tf
+    import tensorflow as tf  # tf.data: not needed above, so a machine without TensorFlow can run --no-cache
+
+    from rkd_keras import pk_batches
 
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     epochs = {}
