@@ -507,11 +507,14 @@ class Distiller(keras.Model):
     if keras.backend.backend() == "jax":
 
         def _stateless(self, mapping, fn, *args, variables=(), **kwargs):
-            """`fn(*args, **kwargs)` with `variables` read from `mapping`; returns `(result, their new values)`."""
+            """`(fn(*args, **kwargs), new values of variables)`, each variable read from `mapping` (its pairs).
+
+            `variables` must be in `mapping`: one that `fn` did not assign
+            keeps its value from there.
+            """
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
                 result = fn(*args, **kwargs)
-            updated = [scope.get_current_value(v) for v in variables]
-            return result, [v.value if new is None else new for v, new in zip(variables, updated)]
+            return result, [scope.get_current_value(v) for v in variables]
 
         def _jax_step(self, trainable, non_trainable, data, training, optimizer_variables=None):
             """The terms, and with `optimizer_variables` their gradient: `(output, total, values, non-trainable, grads)`."""

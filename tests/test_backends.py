@@ -67,6 +67,36 @@ def runs(tmp_path_factory):
     return found
 
 
+# A machine without TensorFlow (the GPU machine has none): `tensorflow` cannot be imported, and the
+# package is entered without its __init__, which imports the tf.data helpers.
+WITHOUT_TENSORFLOW = r"""
+import os, sys, types
+sys.modules["tensorflow"] = None
+package = types.ModuleType("rkd_keras")
+package.__path__ = [os.path.join(sys.argv[1], "rkd_keras")]
+sys.modules["rkd_keras"] = package
+import keras, numpy as np
+from rkd_keras.distiller import Distiller
+from rkd_keras.models import embedding_model
+from rkd_keras.terms import Term
+x = np.random.default_rng(0).uniform(0, 255, size=(16, 16, 16, 1)).astype("float32")
+teacher = embedding_model("small_cnn", 32, input_shape=(16, 16, 1), width=4)
+student = embedding_model("small_cnn", 8, input_shape=(16, 16, 1), width=2, l2_normalize=False)
+distiller = Distiller(teacher, student, terms=[Term("rkd_distance"), Term("rkd_angle", 2.0), Term("pkt")])
+distiller.compile("adam")
+history = distiller.fit(x, batch_size=8, epochs=2, verbose=0).history
+assert all(np.isfinite(history["loss"])), history
+print(sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow" and sys.modules[name]))
+"""
+
+
+def test_losses_terms_models_and_the_distiller_train_on_jax_without_tensorflow():
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(HERE.parent)], capture_output=True,
+                            text=True, timeout=TIMEOUT, env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_loss_gives_the_tensorflow_value_and_gradient(runs, backend):
     """Random inputs, near-duplicate rows for RKD, chunks, the triplet samplings: 1e-5 on values, 1e-4 on gradients."""
