@@ -99,7 +99,11 @@ def test_losses_terms_models_and_the_distiller_train_on_jax_without_tensorflow()
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_loss_gives_the_tensorflow_value_and_gradient(runs, backend):
-    """Random inputs, near-duplicate rows for RKD, chunks, the triplet samplings: 1e-5 on values, 1e-4 on gradients."""
+    """Random inputs, near-duplicate rows for RKD, chunks, the triplet samplings.
+
+    Values to 1e-5 relative; each gradient entry to 1e-4 relative or 1e-4 of
+    the gradient's largest entry (measured: 7e-7 and 5e-6 at worst).
+    """
     ours, reference = runs[backend]["losses"], runs["tensorflow"]["losses"]
     names = [key.split("/", 1)[1] for key in reference if key.startswith("value/")]
     assert len(names) == 20 and set(DISTILLATION) < set(names)
