@@ -116,6 +116,17 @@ def compute():
         rounded = (teacher.astype(np.float16).astype(np.float32), student.astype(np.float16).astype(np.float32))
         out[f"rule/{name}/float16_value"] = np.array([float(keras.ops.convert_to_numpy(half)), float(
             keras.ops.convert_to_numpy(fn(*rounded)))])
+    embeddings = cases()["triplet_all"][2]
+    labels = np.repeat(np.arange(4), 4)
+    for sampling in losses.TRIPLET_SAMPLINGS:
+        out[f"rule/triplet_{sampling}/empty_value"] = np.array(
+            float(keras.ops.convert_to_numpy(losses.triplet_loss(labels[:0], embeddings[:0], sampling=sampling)))
+        )
+        bad = embeddings.copy()
+        bad[5, 1] = np.nan
+        out[f"rule/triplet_{sampling}/nan_input"] = np.array(
+            float(keras.ops.convert_to_numpy(losses.triplet_loss(labels, bad, sampling=sampling, seed=0)))
+        )
     return out
 
 

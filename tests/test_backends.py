@@ -120,7 +120,10 @@ def test_every_loss_gives_the_tensorflow_value_and_gradient(runs, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_loss_keeps_the_package_rules(runs, backend):
-    """NaN for a NaN input, 0 for an empty batch, finite gradients on degenerate batches, float32 from float16."""
+    """NaN for a NaN input, 0 for an empty batch, finite gradients on degenerate batches, float32 from float16.
+
+    The triplet loss's samplings: 0 for an empty batch, NaN for a NaN input.
+    """
     rules = runs[backend]["losses"]
     for name in DISTILLATION:
         assert np.isnan(rules[f"rule/{name}/nan_input"]), name
@@ -131,6 +134,9 @@ def test_every_loss_keeps_the_package_rules(runs, backend):
         assert str(rules[f"rule/{name}/float16_dtype"]) == "float32", name
         half, rounded = rules[f"rule/{name}/float16_value"]
         np.testing.assert_allclose(half, rounded, rtol=1e-5, err_msg=name)
+    for sampling in ("distance_weighted", "batch_hard", "all"):
+        assert float(rules[f"rule/triplet_{sampling}/empty_value"]) == 0.0, sampling
+        assert np.isnan(rules[f"rule/triplet_{sampling}/nan_input"]), sampling
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

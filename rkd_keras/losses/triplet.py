@@ -48,16 +48,17 @@ def _draw_negatives(log_weights, embeddings, seed):
     embeddings: another batch, or the same one a step later, draws anew, and
     the same run draws the same.
     """
-    # An empty batch needs one class to draw (nothing) from.
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
+        # An empty batch needs one class to draw (nothing) from.
         n = tf.shape(log_weights)[0]
         log_weights = tf.pad(log_weights, [[0, 0], [0, tf.cast(n == 0, tf.int32)]])
         return tf.random.categorical(log_weights, n, dtype=tf.int32, seed=seed)
     n = log_weights.shape[0]
-    log_weights = keras.ops.pad(log_weights, [[0, 0], [0, 1]]) if n == 0 else log_weights
+    if n == 0:
+        return keras.ops.zeros((0, 0), "int32")
     if backend != "jax":
         return keras.random.categorical(log_weights, n, dtype="int32", seed=seed)
     import jax
