@@ -2,14 +2,19 @@
 
 import functools
 import operator
+import sys
 
 import keras
-import tensorflow as tf
 
-from rkd_keras.data import materialize
 from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
 from rkd_keras.terms import Extractor, Term, cached_inputs, check_weight, split_cached
+
+if keras.backend.backend() == "tensorflow":
+    # Its train_step, tf.distribute and the graph-side NaN check. On JAX and
+    # PyTorch the Distiller imports nothing of TensorFlow (a GPU machine may
+    # have none); only tf.data inputs need it there.
+    import tensorflow as tf
 
 # `Distiller(teacher, student)`: the paper's metric-learning setting, λ_D = 1 and λ_A = 2.
 DEFAULT_WEIGHTS = {"distance_weight": 1.0, "angle_weight": 2.0}
@@ -132,6 +137,27 @@ def _global_batch(tensor):
     gathered = gathered[:, :-1]
     rows = tf.concat([gathered[:start], rows, gathered[end:]], axis=0)
     return tf.reshape(rows, tf.concat([[-1], shape[1:]], axis=0))
+
+
+def _checked_finite(tensor, message):
+    """`tensor`, or an error with `message` if it holds NaN or ±inf.
+
+    TensorFlow checks in the graph (XLA drops the check). JAX checks when the
+    step runs eagerly (`run_eagerly=True`); in a compiled JAX step the values
+    are not known, and a non-finite tensor gives NaN losses instead (every
+    loss's rule), which `keras.callbacks.TerminateOnNaN` stops on. PyTorch
+    checks at every step.
+    """
+    if keras.backend.backend() == "tensorflow":
+        return tf.debugging.assert_all_finite(tensor, message)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if isinstance(tensor, jax.core.Tracer):
+            return tensor
+    if not bool(keras.ops.all(keras.ops.isfinite(tensor))):
+        raise ValueError(message)
+    return tensor
 
 
 class _FunctionLoss(keras.losses.Loss):
@@ -306,10 +332,13 @@ class Distiller(keras.Model):
         """
         if self._teacher_extractor.model is None:
             raise ValueError("No term reads the teacher, so there is nothing to cache; fit on the data itself.")
-        if isinstance(data, tf.data.Dataset):
+        tensorflow = sys.modules.get("tensorflow")  # a tf.data.Dataset means TensorFlow is imported
+        if tensorflow is not None and isinstance(data, tensorflow.data.Dataset):
+            from rkd_keras.data import materialize
+
             inputs, labels = materialize(data, "cache_teacher_embeddings")
             cached = self.cache_teacher_embeddings(inputs, batch_size)
-            return tf.data.Dataset.from_tensor_slices((cached, labels))
+            return tensorflow.data.Dataset.from_tensor_slices((cached, labels))
         teacher = self._teacher_extractor
         return cached_inputs(data, teacher.predict(data, batch_size), teacher.output_key)
 
@@ -435,31 +464,30 @@ class Distiller(keras.Model):
         return x, y, sample_weight
 
     def _teacher_tensors(self, inputs, cached):
+        """The teacher's tensors the terms read (run now, or cached), without gradient, checked finite."""
+        teacher = self._teacher_extractor
         if cached is None:
-            cached = self._teacher_extractor(inputs, training=False)
+            cached = teacher(inputs, training=False)
         # Cheap (one reduction each) and caught here, not as a NaN student later.
         return {
-            key: tf.stop_gradient(
-                tf.debugging.assert_all_finite(
+            key: keras.ops.stop_gradient(
+                _checked_finite(
                     tensor,
-                    "The teacher produced NaN/Inf embeddings for this batch; check its "
-                    "weights (was it trained to NaN?) and the inputs (NaN pixels?). "
-                    f"Tensor: {self._teacher_extractor.sources[key]}.",
+                    "The teacher produced NaN/Inf embeddings for this batch; check its weights (was it "
+                    "trained to NaN?) and the inputs (NaN pixels?). "
+                    f"Tensor: {teacher.sources[key]}.",
                 )
             )
             for key, tensor in cached.items()
         }
 
-    def _tf_compute_terms(self, x, y, sample_weight, training):
-        """`compute_terms` on a TensorFlow batch, under `tf.distribute` when there is one."""
-        inputs, cached = split_cached(x, self._teacher_extractor.computed, self._teacher_extractor.output_key)
-        teacher = self._teacher_tensors(inputs, cached)
+    def _split(self, x):
+        return split_cached(x, self._teacher_extractor.computed, self._teacher_extractor.output_key)
+
+    def _student_terms(self, teacher, inputs, y, sample_weight, training, **distribution):
+        """Runs the student once and adds up the terms: `(student output, total, share, values)`."""
         student = self._student_extractor(inputs, training=training)
-        total, share, values = self.compute_terms(
-            teacher, student, y, sample_weight,
-            replicas=tf.distribute.get_strategy().num_replicas_in_sync,
-            gather=_global_batch if self.global_batch_relations else None,
-        )
+        total, share, values = self.compute_terms(teacher, student, y, sample_weight, **distribution)
         return student.get(self._student_extractor.output_key), total, share, values
 
     def _update_metrics(self, x, y, sample_weight, output, total, values):
@@ -472,21 +500,128 @@ class Distiller(keras.Model):
             return self.get_metrics_result()
         return self.compute_metrics(split_cached(x)[0], y, output, sample_weight=sample_weight)
 
-    def train_step(self, data):
-        x, y, sample_weight = self._unpack(data)
-        with tf.GradientTape() as tape:
-            output, total, share, values = self._tf_compute_terms(x, y, sample_weight, training=True)
-            # Mixed precision: LossScaleOptimizer scales here, unscales in apply.
-            scaled = self.optimizer.scale_loss(share)
-        variables = self.trainable_variables  # the student's and the FitNet regressors'
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(x, y, sample_weight, output, total, values)
+    # One train_step and test_step per backend, each as Keras documents custom
+    # training for it ("Customizing what happens in fit()"); all three run each
+    # model once and add the terms up in `compute_terms`.
 
-    def test_step(self, data):
-        x, y, sample_weight = self._unpack(data)
-        output, total, _, values = self._tf_compute_terms(x, y, sample_weight, training=False)
-        return self._update_metrics(x, y, sample_weight, output, total, values)
+    if keras.backend.backend() == "jax":
+
+        def _stateless(self, mapping, fn, *args, variables=(), **kwargs):
+            """`(fn(*args, **kwargs), new values of variables)`, each variable read from `mapping` (its pairs).
+
+            `variables` must be in `mapping`: one that `fn` did not assign
+            keeps its value from there.
+            """
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                result = fn(*args, **kwargs)
+            return result, [scope.get_current_value(v) for v in variables]
+
+        def _jax_step(self, trainable, non_trainable, data, training, optimizer_variables=None):
+            """The terms, and with `optimizer_variables` their gradient: `(output, total, values, non-trainable, grads)`."""
+            import jax
+
+            x, y, sample_weight = self._unpack(data)
+            inputs, cached = self._split(x)
+            frozen = list(zip(self.non_trainable_variables, non_trainable))
+            # The teacher needs no gradient: run it outside the differentiated function.
+            teacher, _ = self._stateless(frozen, self._teacher_tensors, inputs, cached)
+
+            def objective(trainable):
+                mapping = list(zip(self.trainable_variables, trainable)) + frozen
+                # Non-trainable variables (the student's BatchNorm statistics) flow through the state.
+                (output, total, share, values), updated = self._stateless(
+                    mapping, self._student_terms, teacher, inputs, y, sample_weight, training,
+                    variables=self.non_trainable_variables,
+                )
+                if optimizer_variables is not None:  # mixed precision: the loss scale is an optimizer variable
+                    share, _ = self._stateless(
+                        list(zip(self.optimizer.variables, optimizer_variables)), self.optimizer.scale_loss, share
+                    )
+                return share, (output, total, values, updated)
+
+            if optimizer_variables is None:
+                return (*objective(trainable)[1], None)
+            (_, aux), gradients = jax.value_and_grad(objective, has_aux=True)(trainable)
+            return (*aux, gradients)
+
+        def _jax_metrics(self, metrics_variables, data, output, total, values):
+            x, y, sample_weight = self._unpack(data)
+            return self._stateless(
+                list(zip(self.metrics_variables, metrics_variables)), self._update_metrics,
+                x, y, sample_weight, output, total, values, variables=self.metrics_variables,
+            )
+
+        def train_step(self, state, data):
+            trainable, non_trainable, optimizer_variables, metrics_variables = state
+            output, total, values, non_trainable, gradients = self._jax_step(
+                trainable, non_trainable, data, True, optimizer_variables
+            )
+            trainable, optimizer_variables = self.optimizer.stateless_apply(optimizer_variables, gradients, trainable)
+            logs, metrics_variables = self._jax_metrics(metrics_variables, data, output, total, values)
+            return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+        def test_step(self, state, data):
+            trainable, non_trainable, metrics_variables = state
+            output, total, values, non_trainable, _ = self._jax_step(trainable, non_trainable, data, False)
+            logs, metrics_variables = self._jax_metrics(metrics_variables, data, output, total, values)
+            return logs, (trainable, non_trainable, metrics_variables)
+
+    elif keras.backend.backend() == "torch":
+
+        def _torch_step(self, data, training):
+            import torch
+
+            x, y, sample_weight = self._unpack(data)
+            inputs, cached = self._split(x)
+            with torch.no_grad():
+                teacher = self._teacher_tensors(inputs, cached)
+            return (x, y, sample_weight), self._student_terms(teacher, inputs, y, sample_weight, training)
+
+        def train_step(self, data):
+            import torch
+
+            self.zero_grad()
+            (x, y, sample_weight), (output, total, share, values) = self._torch_step(data, training=True)
+            # Mixed precision: LossScaleOptimizer scales here, unscales in apply.
+            self.optimizer.scale_loss(share).backward()
+            variables = self.trainable_variables  # the student's and the FitNet regressors'
+            with torch.no_grad():
+                self.optimizer.apply([v.value.grad for v in variables], variables)
+            return self._update_metrics(x, y, sample_weight, output, total, values)
+
+        def test_step(self, data):
+            import torch
+
+            with torch.no_grad():
+                (x, y, sample_weight), (output, total, _, values) = self._torch_step(data, training=False)
+                return self._update_metrics(x, y, sample_weight, output, total, values)
+
+    else:
+
+        def _tf_step(self, data, training):
+            """The terms on a TensorFlow batch, under `tf.distribute` when there is one."""
+            x, y, sample_weight = self._unpack(data)
+            inputs, cached = self._split(x)
+            terms = self._student_terms(
+                self._teacher_tensors(inputs, cached), inputs, y, sample_weight, training,
+                replicas=tf.distribute.get_strategy().num_replicas_in_sync,
+                gather=_global_batch if self.global_batch_relations else None,
+            )
+            return (x, y, sample_weight), terms
+
+        def train_step(self, data):
+            with tf.GradientTape() as tape:
+                (x, y, sample_weight), (output, total, share, values) = self._tf_step(data, training=True)
+                # Mixed precision: LossScaleOptimizer scales here, unscales in apply.
+                scaled = self.optimizer.scale_loss(share)
+            variables = self.trainable_variables  # the student's and the FitNet regressors'
+            gradients = tape.gradient(scaled, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            return self._update_metrics(x, y, sample_weight, output, total, values)
+
+        def test_step(self, data):
+            (x, y, sample_weight), (output, total, _, values) = self._tf_step(data, training=False)
+            return self._update_metrics(x, y, sample_weight, output, total, values)
 
     def get_config(self):
         config = {

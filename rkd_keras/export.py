@@ -39,6 +39,14 @@ def export_student(model_or_distiller, path, *, input_signature=None, overwrite:
     ```
     """
     model = getattr(model_or_distiller, "student", model_or_distiller)
+    if keras.backend.backend() == "torch":
+        # Keras exports a PyTorch model to a SavedModel only through torch_xla.
+        raise NotImplementedError(
+            "export_student writes a TensorFlow SavedModel, which Keras cannot make from the PyTorch backend "
+            "here. Save the model (`model.save('student.keras')`; a saved Distiller works too) and export it "
+            "in a TensorFlow-backend process: KERAS_BACKEND=tensorflow python -c \"import keras, rkd_keras; "
+            "rkd_keras.export_student(keras.models.load_model('student.keras'), 'student_savedmodel')\"."
+        )
     path = check_savedmodel_destination(path, overwrite=overwrite)
     if input_signature is None:
         inputs = getattr(model, "inputs", None)
@@ -75,4 +83,10 @@ def load_student(path) -> keras.layers.Layer:
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{path} is not a SavedModel folder (no saved_model.pb).")
+    if keras.backend.backend() != "tensorflow":
+        raise NotImplementedError(
+            f"load_student gives a keras.layers.TFSMLayer, which runs on the TensorFlow backend only (this "
+            f"process runs {keras.backend.backend()}). Serve it with TensorFlow directly: "
+            f"loaded = tf.saved_model.load({str(path)!r}); loaded.serve(images)."
+        )
     return keras.layers.TFSMLayer(str(path), call_endpoint="serve")

@@ -67,7 +67,9 @@ class ImagePreprocessing(keras.layers.Layer):
         self.mode = mode
 
     def call(self, images):
-        return keras.applications.imagenet_utils.preprocess_input(images, mode=self.mode)
+        # A copy: on PyTorch preprocess_input divides and subtracts in place, which changed the
+        # caller's batch (a Distiller's teacher then left the student preprocessed inputs).
+        return keras.applications.imagenet_utils.preprocess_input(keras.ops.copy(images), mode=self.mode)
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}

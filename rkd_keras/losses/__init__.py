@@ -34,9 +34,12 @@ Rules every loss keeps:
   with a `ValueError`; integer tensors with a `TypeError` that says how to
   cast them.
 
-`dark_rank`, `similarity_preserving`, `pkt`, `correlation_congruence`,
-`hinton_kd`, `dist_kd`, `attention_transfer` and `fitnet` are written with
-`keras.ops` only; `rkd_distance`, `rkd_angle` and `triplet_loss` with TensorFlow.
+Every loss is written with `keras.ops` and gives the same value and gradient
+on TensorFlow, JAX and PyTorch. `rkd_distance`, `rkd_angle` and
+`triplet_loss` take the batch's Gram matrix in float64 on every backend
+(`base.in_float64`); RKD-A's loop over chunks of vertices has a TensorFlow
+version of its own (`angle_sum_tensorflow`: XLA-fused chunks, batches of
+unknown size), and the triplet loss draws its negatives per backend.
 """
 
 import keras

@@ -1,16 +1,13 @@
 """What every loss of `rkd_keras.losses` shares: input checks, the rules for non-finite inputs and
-empty batches, norms with finite gradients, and the batch's Gram matrix.
+empty batches, norms with finite gradients, and the batch's Gram matrix in float64.
 
-The `keras.ops` helpers serve the losses written for every backend; the
-TensorFlow ones (`float32_matrix`, `check_same_batch`, `centered_gram`,
-`squared_distances`) serve RKD and the triplet loss, which are TensorFlow code.
+Written with `keras.ops`, so every loss runs on TensorFlow, JAX and PyTorch.
 """
 
 import math
 import numbers
 
 import keras
-import tensorflow as tf
 
 
 def as_float32(x, name: str, min_rank: int = 2):
@@ -41,21 +38,45 @@ def check_number(value, name: str, *, minimum: float = 0.0, strict: bool = True,
     return int(value) if integer else float(value)
 
 
+_BATCH_MISMATCH = "Teacher and student tensors must come from the same batch"
+
+
 def check_batch(teacher, student) -> None:
     """Raises when the batch sizes of `teacher` and `student` are known and differ."""
     t, s = teacher.shape[0], student.shape[0]
     if t is not None and s is not None and t != s:
         raise ValueError(
-            "Teacher and student tensors must come from the same batch: "
-            f"received {t} teacher rows and {s} student rows. Feed both "
-            "models the same inputs."
+            f"{_BATCH_MISMATCH}: received {t} teacher rows and {s} student rows. Feed both models the same inputs."
         )
 
 
+def same_batch(teacher, student):
+    """`(teacher, student)` after `check_batch`; in a TensorFlow graph whose batch size is unknown, checked at run time.
+
+    Only TensorFlow traces with unknown batch sizes (JAX and PyTorch see
+    concrete shapes, which `check_batch` checks).
+    """
+    check_batch(teacher, student)
+    if keras.backend.backend() != "tensorflow" or None not in (teacher.shape[0], student.shape[0]):
+        return teacher, student
+    import tensorflow as tf
+
+    with tf.control_dependencies([
+        tf.debugging.assert_equal(
+            tf.shape(teacher)[0], tf.shape(student)[0],
+            message=f"{_BATCH_MISMATCH}; the teacher's and the student's batch sizes differ. Feed both models "
+            "the same inputs.",
+        )
+    ]):
+        return tf.identity(teacher), tf.identity(student)
+
+
 def flatten(x):
-    """`(N, ...)` → `(N, D)`; the feature axes must have known sizes (they do in a Keras model)."""
-    if any(size is None for size in x.shape[1:]):
-        raise ValueError(f"The feature axes must have known sizes, received shape {tuple(x.shape)}.")
+    """`(N, ...)` → `(N, D)`. Feature axes of unknown size (only in a TensorFlow graph) need a known rank."""
+    if len(x.shape) == 2:
+        return x
+    if None in x.shape[1:]:
+        return keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))
     return keras.ops.reshape(x, (-1, math.prod(x.shape[1:])))
 
 
@@ -91,60 +112,54 @@ def guard(loss, teacher, student):
     return keras.ops.where(finite, loss, float("nan"))
 
 
-def float32_matrix(x, name):
-    """Returns `x` as a float32 `(N, D)` matrix; rank > 2 is flattened."""
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        raise TypeError(
-            f"{name} embeddings must be floating point, received dtype "
-            f"{x.dtype.name}. Cast them with `tf.cast(x, 'float32')`."
-        )
-    if x.shape.rank is not None and x.shape.rank < 2:
-        raise ValueError(
-            f"{name} embeddings must have shape (batch, features...), "
-            f"received shape {x.shape}."
-        )
-    # Half-precision squared distances underflow (1e-12 is 0 in float16), so
-    # the losses always run in float32, also under a mixed-precision policy.
-    x = tf.cast(x, tf.float32)
-    return tf.reshape(x, [tf.shape(x)[0], -1])
+def in_float64(fn, *arrays):
+    """`fn(*arrays)`, with its float64 operations computed in float64 on every backend, gradient included.
 
+    TensorFlow and PyTorch always compute float64 in float64. JAX runs without
+    64-bit types unless `jax_enable_x64` is set; here `jax.enable_x64` switches
+    them on while `fn` is traced and while its gradient is, the rest of the
+    program staying in 32 bits. `fn` takes and returns float32 (or integer)
+    arrays; what it does in float64 stays inside it.
+    """
+    if keras.backend.backend() != "jax":
+        return fn(*arrays)
+    import jax
 
-def check_same_batch(teacher, student):
-    """Returns `(teacher, student)`, raising if their batch sizes differ."""
-    t, s = teacher.shape[0], student.shape[0]
-    if t is not None and s is not None and t != s:
-        raise ValueError(
-            "Teacher and student embeddings must come from the same batch: "
-            f"received {t} teacher rows and {s} student rows. Feed both "
-            "models the same inputs."
-        )
-    with tf.control_dependencies(
-        [
-            tf.debugging.assert_equal(
-                tf.shape(teacher)[0],
-                tf.shape(student)[0],
-                message="Teacher and student embeddings have different "
-                "batch sizes; feed both models the same inputs.",
-            )
-        ]
-    ):
-        return tf.identity(teacher), tf.identity(student)
+    # JAX transposes a function where its gradient is taken, outside any
+    # scope entered in the forward pass: the backward pass enters it again.
+    @jax.custom_vjp
+    def call(*arrays):
+        with jax.enable_x64(True):
+            return fn(*arrays)
+
+    def forward(*arrays):
+        with jax.enable_x64(True):
+            return jax.vjp(fn, *arrays)
+
+    def backward(vjp, cotangent):
+        with jax.enable_x64(True):
+            return vjp(cotangent)
+
+    call.defvjp(forward, backward)
+    return call(*arrays)
 
 
 def centered_gram(x):
-    """The float64 Gram matrix of the batch, centred at its mean.
+    """The float64 Gram matrix of the batch, centred at its mean (call it inside `in_float64`).
 
     Relations are translation invariant; centring removes the cancellation
     that large-norm embeddings would otherwise cause in `‖a‖² + ‖b‖² − 2a·b`.
     """
-    x = tf.cast(x, tf.float64)
-    x = x - tf.reduce_mean(x, axis=0, keepdims=True)
-    return tf.matmul(x, x, transpose_b=True)
+    x = keras.ops.cast(x, "float64")
+    x = x - keras.ops.mean(x, axis=0, keepdims=True)
+    # Not `keras.ops.matmul`: on PyTorch it returns float32 for float64 inputs
+    # (Keras promotes 64-bit types to 32 bits except on TensorFlow).
+    return keras.ops.einsum("id,jd->ij", x, x)
 
 
 def squared_distances(gram):
     """`‖x_i − x_j‖²` as float32, computed in float64 from the Gram matrix."""
-    norms = tf.linalg.diag_part(gram)
+    norms = keras.ops.diagonal(gram)
     squared = norms[:, None] + norms[None, :] - 2.0 * gram
-    return tf.cast(tf.maximum(squared, 0.0), tf.float32)
+    # `where`, not `maximum(squared, 0.0)`, which gives float32 on PyTorch.
+    return keras.ops.cast(keras.ops.where(squared > 0.0, squared, 0.0), "float32")

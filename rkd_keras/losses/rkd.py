@@ -10,145 +10,50 @@ the official PyTorch code (github.com/lenscloth/RKD, `metric/loss.py`,
 - `rkd_angle` counts differences shorter than `sqrt(eps)` (1e-6) as zero,
   where the official `F.normalize` does so only below 1e-12.
 
-Every relation is derived from the batch's Gram matrix instead of the official
-N×N×D tensor of differences. The Gram matrix is accumulated in float64 (only
-N²·D work), and the inner products of differences,
-`⟨x_i − x_j, x_k − x_j⟩ = G_ik − G_jk − G_ji + G_jj`, are taken from it in
-float64 before the angles are formed in float32, so near-duplicate rows keep
-the accuracy of the direct form.
+Every relation is derived from the batch's Gram matrix, accumulated in float64
+on every backend (under `jax.enable_x64` on JAX, see `base.in_float64`), instead
+of the official N×N×D tensor of differences; `angle_sum` explains how the
+angles keep the direct form's accuracy for near-duplicate rows at O(chunk·N²)
+memory. Written with `keras.ops`; on TensorFlow the angle loop is
+`angle_sum_tensorflow`'s.
 """
 
 import keras
-import tensorflow as tf
 
-from rkd_keras.losses.base import centered_gram, check_same_batch, float32_matrix, guard, squared_distances
+from rkd_keras.losses import angle_sum
+from rkd_keras.losses.base import as_float32, centered_gram, flatten, guard, in_float64, same_batch, squared_distances
+
+
+def _embeddings(teacher, student):
+    """Both sides as float32 `(N, D)` matrices of the same batch."""
+    teacher = flatten(as_float32(teacher, "Teacher embeddings"))
+    student = flatten(as_float32(student, "Student embeddings"))
+    return same_batch(teacher, student)
 
 
 def _normalized_distances(x, eps):
     """ψ_D: pairwise distances divided by their mean over distinct pairs."""
     squared = squared_distances(centered_gram(x))
     # Clamp before the square root as the official `pdist` does: duplicate
-    # rows then have finite gradients (tf.norm of a zero vector does not).
-    distances = tf.sqrt(tf.maximum(squared, eps))
-    distances = tf.linalg.set_diag(distances, tf.zeros(tf.shape(distances)[:1]))
-    n = tf.cast(tf.shape(x)[0], tf.float32)
+    # rows then have finite gradients (the norm of a zero vector does not).
+    distances = keras.ops.sqrt(keras.ops.maximum(squared, eps))
+    rows = keras.ops.arange(keras.ops.shape(x)[0])
+    distances = keras.ops.where(rows[:, None] == rows[None, :], 0.0, distances)
+    n = keras.ops.cast(keras.ops.shape(x)[0], "float32")
     # Off the diagonal every distance is ≥ sqrt(eps) > 0, so the official
     # "mean over d > 0" is the mean over the N·(N−1) distinct pairs.
     num_pairs = n * (n - 1.0)
-    mean = tf.math.divide_no_nan(tf.reduce_sum(distances), num_pairs)
+    mean = keras.ops.divide_no_nan(keras.ops.sum(distances), num_pairs)
     # A batch of one has no pairs: ψ is 0 (the official code gives NaN).
-    return tf.math.divide_no_nan(distances, mean)
-
-
-# Angles in one `(chunk, N, N)` slab: 4M keeps a chunk's working set (about
-# ten such float32/float64 tensors) in the low hundreds of MB at any N.
-_ANGLE_CHUNK_ELEMENTS = 2**22
-
-
-def _angle_factors(x, eps):
-    """The centred float64 Gram matrix and the inverse lengths `1/‖x_i − x_j‖`."""
-    gram = centered_gram(x)
-    squared = squared_distances(gram)
-    # A zero difference has direction 0 (F.normalize in the official code).
-    inverse_norm = tf.where(squared > eps, tf.math.rsqrt(tf.maximum(squared, eps)), 0.0)
-    return gram, inverse_norm
-
-
-def _angle_cosines(gram, inverse_norm, vertices):
-    """ψ_A at the given vertices j: `[j, i, k] = ⟨e_ji, e_jk⟩`, shape `(c, N, N)`.
-
-    `e_ji = (x_i − x_j) / ‖x_i − x_j‖`, and the inner products are
-    `⟨x_i − x_j, x_k − x_j⟩ = G_ik − G_jk − (G_ji − G_jj)` taken in float64, so
-    near-duplicate rows lose no accuracy to cancellation. i = j, k = j and
-    duplicate rows give 0, i = k gives 1, as in the official code.
-    """
-    gram_j = tf.gather(gram, vertices)
-    offset = gram_j - tf.gather(tf.linalg.diag_part(gram), vertices)[:, None]
-    dot = tf.cast(gram[None] - gram_j[:, None, :] - offset[:, :, None], tf.float32)
-    norm_j = tf.gather(inverse_norm, vertices)
-    return dot * norm_j[:, :, None] * norm_j[:, None, :]
-
-
-@tf.function(jit_compile=True)
-def _angle_slopes(student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta):
-    """One chunk of vertices, fused by XLA: slopes, student cosines, loss row sums."""
-    student_cosines = _angle_cosines(student_gram, student_norm, vertices)
-    difference = student_cosines - _angle_cosines(teacher_gram, teacher_norm, vertices)
-    # huber(d) = r·(d − r/2) with r = clip(d, ±delta) = huber'(d): one
-    # quantity gives the loss (PyTorch's smooth_l1 at delta=1) and its slope.
-    slope = weight[:, None, None] * tf.clip_by_value(difference, -delta, delta)
-    return slope, student_cosines, tf.reduce_sum(slope * (difference - 0.5 * slope), axis=2)
-
-
-def _angle_chunk(student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta):
-    """One chunk's huber sum and its gradient with respect to the student's factors.
-
-    The reductions run outside XLA on the materialized slopes: XLA on CPU
-    would recompute the whole fused chain once per reduction.
-    """
-    slope, student_cosines, row_losses = _angle_slopes(
-        student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta
-    )
-    total = tf.cast(tf.reduce_sum(row_losses), tf.float64)
-    # cos_jik = dot_jik·a_ji·a_jk: the slope with respect to dot_jik.
-    norm_j = tf.gather(student_norm, vertices)
-    dot_gradient = slope * norm_j[:, :, None] * norm_j[:, None, :]
-    # cos is symmetric in (i, k), so both slots of a_j· give the same sum.
-    norm_gradient = 2.0 * tf.math.divide_no_nan(tf.reduce_sum(slope * student_cosines, axis=2), norm_j)
-    return total, tf.reduce_sum(dot_gradient, axis=0), tf.reduce_sum(dot_gradient, axis=2), norm_gradient
+    return keras.ops.divide_no_nan(distances, mean)
 
 
 def _angle_huber_sum(teacher, student, delta, eps, chunk_size):
-    """Σ over all N³ triples of huber(ψ_A(student) − ψ_A(teacher)), and its gradient.
+    if keras.backend.backend() == "tensorflow":
+        from rkd_keras.losses import angle_sum_tensorflow
 
-    Vertices are processed `chunk_size` at a time, so memory is O(chunk·N²)
-    instead of O(N³). The gradient with respect to the student's Gram matrix
-    and inverse lengths is accumulated in the same pass, in closed form, so
-    the backward pass neither keeps nor recomputes the angles. Every chunk
-    has the same shape (the last one repeats a vertex with weight 0), which
-    XLA needs.
-    """
-    teacher_gram, teacher_norm = (tf.stop_gradient(f) for f in _angle_factors(teacher, eps))
-    student_gram, student_norm = _angle_factors(student, eps)
-    n = tf.shape(student)[0]
-    if chunk_size is None:
-        chunk_size = tf.maximum(1, _ANGLE_CHUNK_ELEMENTS // tf.maximum(n * n, 1))
-    chunk_size = tf.minimum(tf.cast(chunk_size, tf.int32), tf.maximum(n, 1))
-    num_chunks = -(-n // chunk_size)
-
-    def chunk(index, total, dot_gradient_sum, row_sums, norm_gradients):
-        vertices = index * chunk_size + tf.range(chunk_size)
-        weight = tf.cast(vertices < n, tf.float32)
-        vertices = tf.minimum(vertices, n - 1)
-        terms = _angle_chunk(student_gram, student_norm, teacher_gram, teacher_norm, vertices, weight, delta)
-        return (
-            index + 1,
-            total + terms[0],
-            dot_gradient_sum + terms[1],
-            row_sums.write(index, terms[2]),
-            norm_gradients.write(index, terms[3]),
-        )
-
-    @tf.custom_gradient
-    def huber_sum(gram, norm):
-        row_sums, norm_gradients = (tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False) for _ in "ab")
-        _, total, dot_gradient_sum, row_sums, norm_gradients = tf.while_loop(
-            lambda index, *_: index < num_chunks,
-            chunk,
-            (tf.constant(0), tf.constant(0.0, tf.float64), tf.zeros_like(norm), row_sums, norm_gradients),
-        )
-        # dot_jik = G_ik − G_jk − G_ji + G_jj; the (j, k) and (j, i) terms give
-        # the same row sums by symmetry, and G_jj collects each row's total.
-        row_sums = row_sums.concat()[:n]
-        gram_gradient = dot_gradient_sum - 2.0 * row_sums + tf.linalg.diag(tf.reduce_sum(row_sums, axis=1))
-        norm_gradient = norm_gradients.concat()[:n]
-
-        def grad(upstream):
-            return upstream * tf.cast(gram_gradient, tf.float64), tf.cast(upstream, tf.float32) * norm_gradient
-
-        return total, grad
-
-    return huber_sum(student_gram, student_norm)
+        return angle_sum_tensorflow.huber_sum(teacher, student, delta, eps, chunk_size)
+    return angle_sum.huber_sum(teacher, student, delta, eps, chunk_size)
 
 
 def _smooth_l1(teacher_relations, student_relations, delta):
@@ -156,8 +61,8 @@ def _smooth_l1(teacher_relations, student_relations, delta):
     # the paper's setting.  The mean runs over every entry, the degenerate
     # ones included, as in the official code, so the paper's weights carry over.
     return keras.losses.huber(
-        tf.reshape(teacher_relations, [-1]),
-        tf.reshape(student_relations, [-1]),
+        keras.ops.reshape(teacher_relations, (-1,)),
+        keras.ops.reshape(student_relations, (-1,)),
         delta=delta,
     )
 
@@ -194,11 +99,13 @@ def rkd_distance(teacher, student, *, delta: float = 1.0, eps: float = 1e-12):
     >>> round(float(rkd_distance([[0.0], [1.0], [2.0]], [[0.0], [1.0], [3.0]])), 6)
     0.013889
     """
-    teacher = float32_matrix(teacher, "Teacher")
-    student = float32_matrix(student, "Student")
-    teacher, student = check_same_batch(teacher, student)
-    teacher_relations = tf.stop_gradient(_normalized_distances(teacher, eps))
-    return guard(_smooth_l1(teacher_relations, _normalized_distances(student, eps), delta), teacher, student)
+    teacher, student = _embeddings(teacher, student)
+
+    def loss(teacher, student):
+        teacher_relations = keras.ops.stop_gradient(_normalized_distances(teacher, eps))
+        return _smooth_l1(teacher_relations, _normalized_distances(student, eps), delta)
+
+    return guard(in_float64(loss, teacher, student), teacher, student)
 
 
 def rkd_angle(
@@ -239,14 +146,14 @@ def rkd_angle(
     >>> float(rkd_angle(teacher, 3.0 * teacher + 1.0)) < 1e-10  # a similar copy: the same angles
     True
     """
-    teacher = float32_matrix(teacher, "Teacher")
-    student = float32_matrix(student, "Student")
-    teacher, student = check_same_batch(teacher, student)
+    teacher, student = _embeddings(teacher, student)
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive number of vertices or None, received {chunk_size}.")
-    # An empty batch has no angles, but the chunk loop needs a vertex: one
-    # zero row (only then) gives it one and adds nothing (its angles are 0).
-    empty = [[0, tf.cast(tf.equal(tf.shape(student)[0], 0), tf.int32)], [0, 0]]
-    total = _angle_huber_sum(tf.pad(teacher, empty), tf.pad(student, empty), delta, eps, chunk_size)
-    n = tf.cast(tf.shape(student)[0], tf.float64)
-    return guard(tf.cast(tf.math.divide_no_nan(total, n * n * n), tf.float32), teacher, student)
+
+    def loss(teacher, student):
+        total = _angle_huber_sum(teacher, student, delta, eps, chunk_size)
+        # An empty batch sums to 0. (Not `divide_no_nan`: it gives float32 on PyTorch.)
+        n = keras.ops.cast(keras.ops.maximum(keras.ops.shape(student)[0], 1), "float64")
+        return keras.ops.cast(total / (n * n * n), "float32")
+
+    return guard(in_float64(loss, teacher, student), teacher, student)

@@ -1,9 +1,11 @@
-"""Triplet margin loss with distance-weighted, batch-hard or all-triplet sampling: the teacher's loss."""
+"""Triplet margin loss with distance-weighted, batch-hard or all-triplet sampling: the teacher's loss.
 
-import numpy as np
-import tensorflow as tf
+Written with `keras.ops`; distances come from the float64 Gram matrix (`base.in_float64`).
+"""
 
-from rkd_keras.losses.base import centered_gram, float32_matrix, guard, squared_distances
+import keras
+
+from rkd_keras.losses.base import as_float32, centered_gram, flatten, guard, in_float64, squared_distances
 
 TRIPLET_SAMPLINGS = ("distance_weighted", "batch_hard", "all")
 
@@ -19,19 +21,52 @@ def _distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff):
     log of `1 − d²/4` is clipped at 1e-8 as in Wu et al.'s code (the RKD code
     gives NaN at d = 2).
     """
-    embeddings = tf.math.l2_normalize(embeddings, axis=1)
-    n = tf.shape(embeddings)[0]
-    dim = tf.cast(tf.shape(embeddings)[1], tf.float32)
+    ops = keras.ops
+    # tf.math.l2_normalize's formula, so TensorFlow samples as rkd_keras 0.1.0 did.
+    embeddings = embeddings * ops.rsqrt(ops.maximum(ops.sum(ops.square(embeddings), axis=1, keepdims=True), 1e-12))
+    dim = float(embeddings.shape[1])
     squared = squared_distances(centered_gram(embeddings))
-    distances = tf.maximum(tf.sqrt(squared + tf.eye(n)), cutoff)
-    log_weights = (2.0 - dim) * tf.math.log(distances) - ((dim - 3.0) / 2.0) * tf.math.log(
-        tf.maximum(1.0 - 0.25 * distances * distances, 1e-8)
+    distances = ops.maximum(ops.sqrt(squared + ops.eye(ops.shape(embeddings)[0])), cutoff)
+    log_weights = (2.0 - dim) * ops.log(distances) - ((dim - 3.0) / 2.0) * ops.log(
+        ops.maximum(1.0 - 0.25 * distances * distances, 1e-8)
     )
-    weights = tf.exp(log_weights - tf.reduce_max(log_weights, axis=1, keepdims=True))
-    negatives = tf.cast(labels[:, None] != labels[None, :], tf.float32)
-    weights = weights * negatives * tf.cast(distances < nonzero_loss_cutoff, tf.float32)
-    weights += tf.cast(tf.reduce_sum(weights, axis=1, keepdims=True) == 0, tf.float32) * negatives
-    return tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=1, keepdims=True))
+    weights = ops.exp(log_weights - ops.max(log_weights, axis=1, keepdims=True, initial=float("-inf")))
+    negatives = ops.cast(labels[:, None] != labels[None, :], "float32")
+    weights = weights * negatives * ops.cast(distances < nonzero_loss_cutoff, "float32")
+    weights += ops.cast(ops.sum(weights, axis=1, keepdims=True) == 0, "float32") * negatives
+    return ops.divide_no_nan(weights, ops.sum(weights, axis=1, keepdims=True))
+
+
+def _draw_negatives(log_weights, embeddings, seed):
+    """One negative index per (anchor, positive) pair, `(N, N)`, drawn from each anchor's row of weights.
+
+    TensorFlow: `tf.random.categorical`, as rkd_keras 0.1.0 (TensorFlow's
+    global generator when `seed` is None). PyTorch: `keras.random` (its global
+    generator when `seed` is None). JAX has no random state inside a compiled
+    step (Keras refuses unseeded draws there, and a loss holds no state), so
+    the key is `seed` (0 if None) folded with the bits of the batch's
+    embeddings: another batch, or the same one a step later, draws anew, and
+    the same run draws the same.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # An empty batch needs one class to draw (nothing) from.
+        n = tf.shape(log_weights)[0]
+        log_weights = tf.pad(log_weights, [[0, 0], [0, tf.cast(n == 0, tf.int32)]])
+        return tf.random.categorical(log_weights, n, dtype=tf.int32, seed=seed)
+    n = log_weights.shape[0]
+    if n == 0:
+        return keras.ops.zeros((0, 0), "int32")
+    if backend != "jax":
+        return keras.random.categorical(log_weights, n, dtype="int32", seed=seed)
+    import jax
+
+    bits = jax.lax.bitcast_convert_type(jax.numpy.sum(embeddings), jax.numpy.uint32)
+    key = jax.random.fold_in(jax.random.key(0 if seed is None else seed), bits)
+    # Samples along the first axis: `[s, a]` is the s-th draw for anchor a.
+    return jax.random.categorical(key, log_weights, axis=1, shape=(n, n)).T.astype("int32")
 
 
 def triplet_loss(
@@ -64,7 +99,8 @@ def triplet_loss(
         sampling: `"distance_weighted"`, `"batch_hard"` or `"all"`.
         cutoff: Smallest distance used for the sampling weights.
         nonzero_loss_cutoff: Negatives farther than this are not sampled.
-        seed: Seed of the negative sampling.
+        seed: Seed of the negative sampling (see `_draw_negatives` for how
+            each backend draws).
 
     Returns:
         Scalar float32 loss; 0 for a batch without a valid triplet.
@@ -78,34 +114,38 @@ def triplet_loss(
     """
     if sampling not in TRIPLET_SAMPLINGS:
         raise ValueError(f"Unknown sampling {sampling!r}; choose one of {', '.join(TRIPLET_SAMPLINGS)}.")
-    embeddings = float32_matrix(embeddings, "Triplet")
-    labels = tf.reshape(tf.convert_to_tensor(labels), [-1])
-    n = tf.shape(embeddings)[0]
-    distances = tf.sqrt(tf.maximum(squared_distances(centered_gram(embeddings)), 1e-12))
+    ops = keras.ops
+    embeddings = flatten(as_float32(embeddings, "Triplet embeddings"))
+    labels = ops.reshape(ops.convert_to_tensor(labels), (-1,))
+    distances = in_float64(lambda x: ops.sqrt(ops.maximum(squared_distances(centered_gram(x)), 1e-12)), embeddings)
+    n = ops.shape(embeddings)[0]
     same = labels[:, None] == labels[None, :]
-    positive = same & ~tf.eye(n, dtype=tf.bool)
-    negative = ~same
+    positive = ops.logical_and(same, ops.logical_not(ops.eye(n, dtype="bool")))
+    negative = ops.logical_not(same)
 
     if sampling == "batch_hard":
-        hardest_positive = tf.reduce_max(tf.where(positive, distances, -np.inf), axis=1)
-        hardest_negative = tf.reduce_min(tf.where(negative, distances, np.inf), axis=1)
-        valid = tf.reduce_any(positive, axis=1) & tf.reduce_any(negative, axis=1)
-        losses = tf.nn.relu(tf.where(valid, hardest_positive - hardest_negative + margin, 0.0))
+        # `initial` only matters for an empty batch (Keras refuses an empty max without it).
+        hardest_positive = ops.max(ops.where(positive, distances, float("-inf")), axis=1, initial=float("-inf"))
+        hardest_negative = ops.min(ops.where(negative, distances, float("inf")), axis=1, initial=float("inf"))
+        valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+        losses = ops.relu(ops.where(valid, hardest_positive - hardest_negative + margin, 0.0))
     elif sampling == "all":
-        valid = positive[:, :, None] & negative[:, None, :]
-        losses = tf.nn.relu(distances[:, :, None] - distances[:, None, :] + margin)
-        losses = tf.where(valid, losses, 0.0)
+        valid = ops.logical_and(positive[:, :, None], negative[:, None, :])
+        losses = ops.relu(distances[:, :, None] - distances[:, None, :] + margin)
+        losses = ops.where(valid, losses, 0.0)
     else:
-        weights = tf.stop_gradient(_distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff))
+        weights = in_float64(
+            lambda labels, x: ops.stop_gradient(_distance_weights(labels, x, cutoff, nonzero_loss_cutoff)),
+            labels, embeddings,
+        )
         # One negative per positive pair (a, p): draw N per anchor, use the p-th.
-        log_weights = tf.math.log(tf.maximum(weights, 1e-30))
+        log_weights = ops.log(ops.maximum(weights, 1e-30))
         # Non-finite embeddings (the loss is NaN then) must not make the draw
-        # return out-of-range indices; an empty batch needs one class to draw from.
-        log_weights = tf.where(tf.math.is_finite(log_weights), log_weights, 0.0)
-        log_weights = tf.pad(log_weights, [[0, 0], [0, tf.cast(n == 0, tf.int32)]])
-        sampled = tf.random.categorical(log_weights, n, dtype=tf.int32, seed=seed)
-        valid = positive & tf.reduce_any(negative, axis=1, keepdims=True)
-        negative_distances = tf.gather(distances, sampled, batch_dims=1)
-        losses = tf.where(valid, tf.nn.relu(distances - negative_distances + margin), 0.0)
-    loss = tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(tf.cast(valid, tf.float32)))
+        # return out-of-range indices.
+        log_weights = ops.where(ops.isfinite(log_weights), log_weights, 0.0)
+        sampled = _draw_negatives(log_weights, embeddings, seed)
+        valid = ops.logical_and(positive, ops.any(negative, axis=1, keepdims=True))
+        negative_distances = ops.take_along_axis(distances, sampled, axis=1)
+        losses = ops.where(valid, ops.relu(distances - negative_distances + margin), 0.0)
+    loss = ops.divide_no_nan(ops.sum(losses), ops.sum(ops.cast(valid, "float32")))
     return guard(loss, embeddings, embeddings)

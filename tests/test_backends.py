@@ -1,0 +1,230 @@
+"""The losses and the Distiller on JAX and PyTorch give what they give on TensorFlow.
+
+The suite runs on TensorFlow (the default backend); Keras fixes its backend
+when it is imported, so `backend_losses.py` and `backend_distiller.py` run
+once per other backend in a subprocess with `KERAS_BACKEND` set, while this
+process computes the TensorFlow reference with the same code. All four
+subprocesses run at once, beside the reference.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import backend_distiller
+import backend_losses
+from loss_cases import DISTILLATION
+
+HERE = Path(__file__).parent
+BACKENDS = ("jax", "torch")
+TIMEOUT = 300  # seconds for each subprocess (they take 10–40 s on 2 cores)
+
+pytestmark = pytest.mark.xdist_group("backends")  # one worker computes the reference once
+
+
+def _start(script, backend, *args):
+    # One OpenMP thread: PyTorch's threads spin-wait when the cores are shared (as here, beside the
+    # other pytest worker), which made its run 2.5× slower.
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(HERE / script), *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process, what):
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"{what} did not finish within {TIMEOUT} s; its last output:\n{output[-3000:]}")
+    assert process.returncode == 0, f"{what} failed (exit {process.returncode}):\n{output[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """`{backend: {"losses": npz, "distiller": npz}}` for TensorFlow (here) and each other backend."""
+    folder = tmp_path_factory.mktemp("backends")
+    losses = {b: _start("backend_losses.py", b, folder / f"losses_{b}.npz") for b in BACKENDS}
+    reference = {"losses": backend_losses.compute(), "distiller": backend_distiller.run(folder)}
+    keras.mixed_precision.set_global_policy("float32")
+    # After the reference: they load the .keras file it saved.
+    distillers = {b: _start("backend_distiller.py", b, folder) for b in BACKENDS}
+    for backend in BACKENDS:
+        _finish(losses[backend], f"The loss run on {backend}")
+        _finish(distillers[backend], f"The Distiller run on {backend}")
+    found = {"tensorflow": reference}
+    for backend in BACKENDS:
+        found[backend] = {"losses": dict(np.load(folder / f"losses_{backend}.npz")),
+                          "distiller": dict(np.load(folder / f"{backend}.npz"))}
+        assert str(found[backend]["losses"]["backend"]) == backend
+    found["folder"] = folder
+    return found
+
+
+# A machine without TensorFlow (the GPU machine has none): `tensorflow` cannot be imported, and the
+# package is entered without its __init__, which imports the tf.data helpers.
+WITHOUT_TENSORFLOW = r"""
+import os, sys, types
+sys.modules["tensorflow"] = None
+package = types.ModuleType("rkd_keras")
+package.__path__ = [os.path.join(sys.argv[1], "rkd_keras")]
+sys.modules["rkd_keras"] = package
+import keras, numpy as np
+from rkd_keras.distiller import Distiller
+from rkd_keras.models import embedding_model
+from rkd_keras.terms import Term
+x = np.random.default_rng(0).uniform(0, 255, size=(16, 16, 16, 1)).astype("float32")
+teacher = embedding_model("small_cnn", 32, input_shape=(16, 16, 1), width=4)
+student = embedding_model("small_cnn", 8, input_shape=(16, 16, 1), width=2, l2_normalize=False)
+distiller = Distiller(teacher, student, terms=[Term("rkd_distance"), Term("rkd_angle", 2.0), Term("pkt")])
+distiller.compile("adam")
+history = distiller.fit(x, batch_size=8, epochs=2, verbose=0).history
+assert all(np.isfinite(history["loss"])), history
+print(sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow" and sys.modules[name]))
+"""
+
+
+def test_losses_terms_models_and_the_distiller_train_on_jax_without_tensorflow():
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(HERE.parent)], capture_output=True,
+                            text=True, timeout=TIMEOUT, env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_loss_gives_the_tensorflow_value_and_gradient(runs, backend):
+    """Random inputs, near-duplicate rows for RKD, chunks, the triplet samplings.
+
+    Values to 1e-5 relative; each gradient entry to 1e-4 relative or 1e-4 of
+    the gradient's largest entry (measured: 7e-7 and 5e-6 at worst).
+    """
+    ours, reference = runs[backend]["losses"], runs["tensorflow"]["losses"]
+    names = [key.split("/", 1)[1] for key in reference if key.startswith("value/")]
+    assert len(names) == 20 and set(DISTILLATION) < set(names)
+    for name in names:
+        expected = float(reference[f"value/{name}"])
+        assert expected > 1e-3, name  # every case has a loss to get right
+        np.testing.assert_allclose(float(ours[f"value/{name}"]), expected, rtol=1e-5, err_msg=f"{backend} {name}")
+        gradient, expected_gradient = ours[f"gradient/{name}"], reference[f"gradient/{name}"]
+        scale = float(np.max(np.abs(expected_gradient)))
+        assert scale > 0 or name.startswith("triplet"), name
+        np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-4 * scale,
+                                   err_msg=f"{backend} {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_loss_keeps_the_package_rules(runs, backend):
+    """NaN for a NaN input, 0 for an empty batch, finite gradients on degenerate batches, float32 from float16.
+
+    The triplet loss's samplings: 0 for an empty batch, NaN for a NaN input.
+    """
+    rules = runs[backend]["losses"]
+    for name in DISTILLATION:
+        assert np.isnan(rules[f"rule/{name}/nan_input"]), name
+        assert float(rules[f"rule/{name}/empty_value"]) == 0.0, name
+        assert rules[f"rule/{name}/empty_gradient_shape"][0] == 0, name
+        for case in ("duplicate_rows", "all_equal_rows", "zero_rows", "n1", "n2"):
+            assert bool(rules[f"rule/{name}/finite_{case}"]), (name, case)
+        assert str(rules[f"rule/{name}/float16_dtype"]) == "float32", name
+        half, rounded = rules[f"rule/{name}/float16_value"]
+        np.testing.assert_allclose(half, rounded, rtol=1e-5, err_msg=name)
+    for sampling in ("distance_weighted", "batch_hard", "all"):
+        assert float(rules[f"rule/triplet_{sampling}/empty_value"]) == 0.0, sampling
+        assert np.isnan(rules[f"rule/triplet_{sampling}/nan_input"]), sampling
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_distiller_trains_as_on_tensorflow_and_leaves_the_teacher_untouched(runs, backend):
+    """RKD-D and RKD-A on the embeddings, KD on the logits, FitNet on the hidden layers, cross-entropy: 3 epochs."""
+    ours, reference = runs[backend]["distiller"], runs["tensorflow"]["distiller"]
+    keys = {"loss", "task_loss", "rkd_distance", "rkd_angle", "hinton_kd", "fitnet", "accuracy", "val_recall_at_1"}
+    assert {key.split("/")[1] for key in ours if key.startswith("fit/") and ours[key].shape == (3,)} == keys
+    assert ours["fit/loss"][-1] < 0.8 * ours["fit/loss"][0]
+    for key in keys:
+        np.testing.assert_allclose(ours[f"fit/{key}"], reference[f"fit/{key}"], rtol=1e-5, err_msg=key)
+    assert bool(ours["fit/teacher_unchanged"]) and not bool(ours["fit/teacher_trainable"])
+    assert float(ours["fit/norm_statistics_change"]) > 0.05  # the student's BatchNorm statistics moved
+    weights = sorted(key for key in ours if key.startswith("fit/weight_"))
+    assert len(weights) == 11  # the student's 10 (BatchNorm's 4 included) and the FitNet regressor's kernel
+    for key in weights:
+        np.testing.assert_allclose(ours[key], reference[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_same_seed_gives_the_same_result_twice(runs, backend):
+    ours = runs[backend]["distiller"]
+    np.testing.assert_array_equal(ours["seed/loss"][0], ours["seed/loss"][1])
+    assert ours["seed/loss"][0][-1] < ours["seed/loss"][0][0]
+    assert float(ours["seed/max_weight_difference"]) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keras_files_round_trip_and_load_on_another_backend(runs, backend):
+    ours, reference = runs[backend]["distiller"], runs["tensorflow"]["distiller"]
+    assert float(ours["roundtrip/max_prediction_difference"]) == 0.0 and not bool(ours["roundtrip/teacher_trainable"])
+    assert float(ours["roundtrip/max_difference_after_a_step"]) == 0.0  # the optimizer state came back
+    # Saved on TensorFlow, loaded there; saved there, loaded here on TensorFlow.
+    np.testing.assert_allclose(ours["from_tensorflow/predictions"], reference["fit/predictions"], atol=1e-5)
+    restored = keras.models.load_model(runs["folder"] / f"{backend}.keras")
+    np.testing.assert_allclose(restored.predict(backend_distiller.X, verbose=0), ours["fit/predictions"], atol=1e-5)
+    assert not restored.teacher.trainable
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_float32_losses(runs, backend, policy):
+    ours = runs[backend]["distiller"]
+    assert bool(ours[f"{policy}/loss_scaled"]) == (policy == "mixed_float16")
+    assert str(ours[f"{policy}/compute_dtype"]) == policy.split("_")[1]
+    for term in ("loss", "rkd_distance", "rkd_angle", "hinton_kd", "fitnet"):
+        assert np.all(np.isfinite(ours[f"{policy}/{term}"])), term
+        assert ours[f"{policy}/{term}"][-1] < ours[f"{policy}/{term}"][0], term
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retrieval_recall_logs_the_recall_of_the_student(runs, backend):
+    ours = runs[backend]["distiller"]
+    assert ours["fit/val_recall_at_1"].shape == (3,)
+    assert float(ours["fit/val_recall_at_1"][-1]) == float(ours["recall/direct"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cached_teacher_tensors_train_like_the_teacher_pass(runs, backend):
+    ours = runs[backend]["distiller"]
+    np.testing.assert_allclose(ours["cache/loss"], ours["fit/loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_teacher_trains_with_the_distance_weighted_triplet_loss(runs, backend):
+    loss = runs[backend]["distiller"]["triplet/loss"]
+    assert np.all(np.isfinite(loss)) and loss[-1] < loss[0], loss
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_embedding_models_leave_the_callers_images_unchanged(runs, backend):
+    """PyTorch's in-place preprocess_input once gave a Distiller's student the teacher's preprocessed batch."""
+    assert bool(runs[backend]["distiller"]["models/input_unchanged"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_non_finite_teacher_is_an_error_or_a_nan_loss(runs, backend):
+    """PyTorch and eager JAX check the teacher's tensors; a compiled JAX step cannot, and the loss is NaN."""
+    ours = runs[backend]["distiller"]
+    message = "ValueError: The teacher produced NaN/Inf embeddings for this batch"
+    assert str(ours["nan_teacher/eager=True"]).startswith(message)
+    compiled = str(ours["nan_teacher/eager=False"])
+    assert compiled == "loss nan" if backend == "jax" else compiled.startswith(message)
+
+
+def test_export_student_from_jax_serves_the_same_embeddings_and_is_refused_with_a_route_on_torch(runs):
+    assert float(runs["jax"]["distiller"]["export/max_difference"]) <= 1e-5
+    error = str(runs["torch"]["distiller"]["export/error"])
+    assert error.startswith("NotImplementedError: export_student writes a TensorFlow SavedModel")
+    assert "KERAS_BACKEND=tensorflow" in error
+    assert not (runs["folder"] / "torch_savedmodel").exists()
