@@ -44,7 +44,8 @@ def plot_report(path, results, histories):
     """Test metrics per model (bars) beside the validation score and training loss per epoch (curves)."""
     plt = _pyplot()
     figure, (bars, score, loss) = plt.subplots(1, 3, figsize=(16, 4.5))
-    keys = [key for key in _shown(next(iter(results.values()))) if COLUMNS[key][2] == "%"]
+    # The headline scores: Recall@K, or accuracy (MAP@R's scale would hide the bars).
+    keys = [key for key in _shown(next(iter(results.values()))) if key.startswith("recall_at_") or key == "accuracy"]
     width = 0.8 / len(results)
     for i, (name, metrics) in enumerate(results.items()):
         bars.bar(np.arange(len(keys)) + i * width, [100 * metrics[key] for key in keys], width, label=name)
@@ -154,7 +155,7 @@ def plot_comparison(path, summary, keys, curves, task):
             ax.legend(fontsize=8, loc="lower right")
         ax.set_xticks(np.arange(len(students)), students, rotation=45, ha="right", fontsize=8)
         spread = np.concatenate([means - sds, means + sds, teacher])
-        margin = max(0.5, 0.15 * (spread.max() - spread.min()))
+        margin = max(0.15 * (spread.max() - spread.min()), 0.005 * abs(spread.max()))
         ax.set_ylim(spread.min() - margin, spread.max() + margin)
         lower = "lower is better" if key == "cross_entropy" else "higher is better"
         ax.set_title(f"{header} ({unit}; mean ± sd over seeds, {lower})", fontsize=10)

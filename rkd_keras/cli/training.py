@@ -111,10 +111,13 @@ def _cache_fits(distiller, train):
     teacher = distiller.teacher
     shapes = [teacher.outputs[0].shape if layer is None else teacher.get_layer(layer).output.shape for layer in layers]
     per_image = sum(4 * math.prod(shape[1:]) for shape in shapes)
-    images = int(train.cardinality())
-    if images < 0:  # unknown after the validation split's filter: count them
-        images = int(train.reduce(0, lambda count, *_: count + 1))
-    return per_image * images <= TEACHER_CACHE_BYTES
+    return per_image * _length(train) <= TEACHER_CACHE_BYTES
+
+
+def _length(dataset) -> int:
+    """The number of elements of a finite dataset, counted if its cardinality is unknown (after a filter)."""
+    known = int(dataset.cardinality())
+    return known if known >= 0 else int(dataset.reduce(0, lambda count, *_: count + 1))
 
 
 def _network(config):
@@ -205,10 +208,11 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True):
             # Kept after fit: a run stopped while evaluating resumes there, not at epoch 0.
             keras.callbacks.BackupAndRestore(str(folder.path / "backup"), delete_checkpoint=False),
         ]
-        # Classification: fit evaluates the loss and accuracy on validation after each epoch (val_accuracy).
+        # Classification: fit evaluates the loss and accuracy on validation after each epoch (val_accuracy);
+        # its number of batches given, as Keras warns of "running out of data" on a dataset of unknown length.
         model.fit(
             batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False,
-            validation_data=None if scores else validation,
+            validation_data=None if scores else validation, validation_steps=None if scores else _length(validation),
         )
         best = keras.models.load_model(folder.path / "best.keras")
         metrics = {**evaluate(best, config), **read_json(folder.path / "best.json")}
