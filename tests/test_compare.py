@@ -123,8 +123,35 @@ def test_a_config_file_may_not_set_what_each_method_sets(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [config]
 
 
-def test_train_teacher_refuses_a_classification_run(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "command, settings, message",
+    [
+        (["train-teacher"], "task: classification\ntriplet_weight: 0\n", "train-teacher is for metric learning (task: metric)"),
+        (["tune", "--teacher", "t.keras"], "terms: [{loss: pkt}]\n", "tune searches distance_weight and angle_weight"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt, weight: -1}]\n", "terms[0] weight must be a finite number >= 0"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: rkd}]\n", "terms[0] loss must be one of rkd_distance, rkd_angle"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt, layer: pool}]\n", "terms[0] has unknown keys layer"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}, {loss: pkt}]\n", "two terms are named pkt"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}]\nangle_weight: 2\n", "give terms or distance_weight/angle_weight, not both"),
+    ],
+    ids=["classification teacher", "tune with terms", "negative weight", "unknown loss", "unknown key", "same name", "both"],
+)
+def test_run_settings_that_cannot_train_are_refused_before_anything_loads(command, settings, message, tmp_path, capsys):
     config = tmp_path / "c.yaml"
-    config.write_text("task: classification\ntriplet_weight: 0\n")
-    assert main(["train-teacher", "--config", str(config), "--runs-dir", str(tmp_path)]) == 2
-    assert "train-teacher is for metric learning (task: metric)" in capsys.readouterr().err
+    config.write_text(settings)
+    assert main([command[0], "--config", str(config), "--runs-dir", str(tmp_path), *command[1:]]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [config]
+
+
+def test_terms_in_a_config_file_replace_the_default_rkd_terms(tmp_path):
+    from rkd_keras.cli.config import resolve_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("terms: [{loss: rkd_angle, weight: 50, teacher_layer: pool, student_layer: pool, options: {l2_normalize: true}}]\n")
+    student = resolve_config("student", config_file=config)
+    assert (student.distance_weight, student.angle_weight) == (0.0, 0.0)  # the demo student's 1 and 2 are replaced
+    assert student.terms == [{"loss": "rkd_angle", "weight": 50.0, "teacher_layer": "pool", "student_layer": "pool",
+                              "name": "rkd_angle", "options": {"l2_normalize": True}}]  # fmt: skip
+    (term,) = presets.build_terms(student.terms)
+    assert (term.weight, term.teacher_layer, term.loss.l2_normalize, term.relational) == (50.0, "pool", True, True)

@@ -293,6 +293,10 @@ def resolve_config(
 ) -> RunConfig:
     """The demo's settings of the role (or `base`) ← preset ← config file ← flags, checked into a `RunConfig`.
 
+    Terms given in the config file or the flags replace the default RKD
+    terms: `distance_weight` and `angle_weight` become 0 unless given there too
+    (then the combination is refused).
+
     Raises:
         ConfigError: an unknown key, or a value of the wrong type or range;
             the message names the config file when the value came from it.
@@ -300,8 +304,12 @@ def resolve_config(
     values = dict(base) if base is not None else presets.get("demo", role)
     if preset:
         values.update(presets.get(preset, role))
+    from_file = read_config_file(config_file) if config_file else {}
+    given = {**from_file, **(overrides or {})}
+    if given.get("terms") and not {"distance_weight", "angle_weight"} & set(given):
+        values.update(distance_weight=0.0, angle_weight=0.0)
     if config_file:
-        values.update(read_config_file(config_file))
+        values.update(from_file)
         try:
             _config(values)
         except ConfigError as error:

@@ -85,7 +85,10 @@ def _distill(args):
 
 
 def _tune(args):
-    return {**_training(args, "student"), "teacher": check_keras_file(args.teacher, "teacher")}
+    inputs = _training(args, "student")
+    if inputs["config"].terms:
+        raise ConfigError("tune searches distance_weight and angle_weight (RKD-D and RKD-A); leave terms out of its settings.")
+    return {**inputs, "teacher": check_keras_file(args.teacher, "teacher")}
 
 
 def _evaluate(args):
