@@ -41,6 +41,7 @@ _PUBLIC = {
     "pk_batches": "rkd_keras.data",
     "DatasetNotAvailableError": "rkd_keras.data",
     "embedding_model": "rkd_keras.models",
+    "classifier_model": "rkd_keras.models",
     "WeightsNotAvailableError": "rkd_keras.models",
     "embed": "rkd_keras.retrieval",
     "recall_at_k": "rkd_keras.retrieval",

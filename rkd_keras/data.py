@@ -1,13 +1,21 @@
-"""Datasets of the paper, class-disjoint, and class-balanced P×K batches.
+"""Datasets of the paper for metric learning and classification, and class-balanced P×K batches.
 
 Every loader returns a `tf.data.Dataset` of `(image, label)` with float32
-images in [0, 255] (the embedding model normalizes them, see `models.py`) and
-int64 labels that keep their dataset identity.  Training and evaluation use
-disjoint classes, as in the paper: CUB-200-2011 classes 0–99 / 100–199,
-Cars196 0–97 / 98–195, Stanford Online Products Ebay_train / Ebay_test,
-Fashion-MNIST (the offline default) classes 0–4 / 5–9.
+images in [0, 255] (the models normalize them, see `models.py`) and int64
+labels that keep their dataset identity.
+
+- Metric learning (`task="metric"`, the default): training and evaluation use
+  disjoint classes, as in the paper: CUB-200-2011 classes 0–99 / 100–199,
+  Cars196 0–97 / 98–195, Stanford Online Products Ebay_train / Ebay_test,
+  Fashion-MNIST (the offline default) classes 0–4 / 5–9.
+- Classification (`task="classification"`): every class in train and test,
+  the dataset's own split by image: CIFAR-10, CIFAR-100, Fashion-MNIST
+  (60,000 training images, the 10,000 of its t10k files for test).
+
+`choices.DATASET_TASKS` says which tasks each dataset serves.
 """
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -15,18 +23,20 @@ import numpy as np
 import tensorflow as tf
 
 from rkd_keras.checks import check_choice, check_int, check_number
-from rkd_keras.choices import DATASET_CLASSES, DATASETS
+from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES, DATASET_TASKS, DATASETS, TASKS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "validation", "test")
 
 # name → (tfds builder, label feature, whether its tfds splits are by image
-# (the paper then splits by class over both), archives users put in
-# `manual_dir` to prepare it offline).
+# (for metric learning the paper then splits by class over both), archives
+# users put in `manual_dir` to prepare it offline).
 _TFDS = {
     "cub200": ("caltech_birds2011", "label", True, "CUB_200_2011.tgz"),
     "cars196": ("cars196", "label", True, "car_ims.tgz, cars_annos.mat"),
     "sop": ("stanford_online_products", "class_id", False, "Stanford_Online_Products.zip"),
+    "cifar10": ("cifar10", "label", True, "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar100", "label", True, "cifar-100-python.tar.gz"),
 }
 
 
@@ -40,27 +50,65 @@ def _default_classes(name, split):
     return range(train, train + test) if split == "test" else range(train)
 
 
-def num_classes(name: str, split: str, classes=None) -> int:
-    """Number of classes in `load_dataset(name, split, classes=classes)`.
+def check_task(name: str, task: str) -> str:
+    """`task` if dataset `name` serves it; else a `ValueError` naming the datasets that do.
+
+    Example:
+    >>> check_task("cifar10", "classification")
+    'classification'
+    """
+    check_choice("dataset", name, DATASETS)
+    check_choice("task", task, TASKS)
+    if task not in DATASET_TASKS[name]:
+        serving = [other for other in DATASETS if task in DATASET_TASKS[other]]
+        raise ValueError(
+            f"{name} serves {' and '.join(DATASET_TASKS[name])} only, not {task}; for {task} choose one of "
+            f"{', '.join(serving)}."
+        )
+    return task
+
+
+def num_classes(name: str, split: str, classes=None, *, task: str = "metric") -> int:
+    """Number of classes in `load_dataset(name, split, classes=classes, task=task)`.
 
     The `"validation"` split holds images of the training classes.
 
     Example:
     >>> num_classes("fashion_mnist", "train"), num_classes("sop", "test")
     (5, 11316)
+    >>> num_classes("fashion_mnist", "test", task="classification")
+    10
     """
-    check_choice("dataset", name, DATASETS)
+    check_task(name, task)
     check_choice("split", split, SPLITS)
     if classes is not None:
         return len(set(_check_classes(classes)))
+    if task == "classification":
+        return CLASSIFICATION_CLASSES[name]
     train, test = DATASET_CLASSES[name]
     return test if split == "test" else train
+
+
+def default_resize_size(image_size: int, task: str = "metric") -> int:
+    """The side images are resized to before cropping to `image_size`.
+
+    Metric learning follows the paper (resize 256, crop 224: `image_size ·
+    256 / 224`); classification datasets come at their training size, so
+    their images are not resized (CIFAR and Fashion-MNIST are trained at
+    their own 32 and 28 pixels, without the paper's crop of the border).
+
+    Example:
+    >>> default_resize_size(224), default_resize_size(32, "classification")
+    (256, 32)
+    """
+    return image_size if task == "classification" else round(image_size * 256 / 224)
 
 
 def load_dataset(
     name: str,
     split: str,
     *,
+    task: str = "metric",
     image_size: int = 224,
     resize_size: int | None = None,
     augment: bool | None = None,
@@ -72,34 +120,46 @@ def load_dataset(
     path: str | None = None,
     validation_fraction: float = 0.0,
 ) -> tf.data.Dataset:
-    """Loads a class-disjoint split of one of the paper's datasets.
+    """Loads a split of one of the paper's datasets, for metric learning or classification.
+
+    Metric learning (`task="metric"`): class-disjoint splits, the unseen
+    classes for test. Classification (`task="classification"`): every class,
+    the dataset's own training images for train and validation and its test
+    images for test. `choices.DATASET_TASKS` lists the tasks of each dataset:
+    `cub200`, `cars196` and `sop` serve metric learning, `cifar10` and
+    `cifar100` classification, `fashion_mnist` both.
 
     Images are resized to `resize_size` (shorter side for nothing: the paper
     resizes to a square 256×256), then cropped to `image_size`: a random crop
     and horizontal flip when `augment`, a centre crop otherwise.
 
     Args:
-        name: One of `"cub200"`, `"cars196"`, `"sop"`, `"fashion_mnist"`.
-        split: `"train"` (training classes), `"validation"` (held-out images of
-            the training classes, see `validation_fraction`) or `"test"`
-            (the unseen classes).
+        name: One of `"cub200"`, `"cars196"`, `"sop"`, `"fashion_mnist"`,
+            `"cifar10"`, `"cifar100"`.
+        split: `"train"`, `"validation"` (held-out training images, see
+            `validation_fraction`) or `"test"`. For metric learning, train and
+            validation hold the training classes, test the unseen classes.
+        task: `"metric"` (the default) or `"classification"`.
         image_size: Side of the square output images (paper: 224).
         resize_size: Side images are resized to before cropping; defaults to
-            `image_size · 256 / 224`, the paper's ratio.
+            `default_resize_size(image_size, task)`: the paper's ratio
+            `image_size · 256 / 224` for metric learning, no resize for
+            classification.
         augment: Random crop + flip; defaults to `split == "train"`.
         channels: 3 for ImageNet backbones (grey images are repeated), or 1.
-        classes: Labels to keep instead of the paper's class split. For
-            Fashion-MNIST the default is 0–4 for train and 5–9 for test.
+        classes: Labels to keep. Metric learning: instead of the paper's class
+            split (for Fashion-MNIST the default is 0–4 for train and 5–9 for
+            test). Classification: default all.
         data_dir: tensorflow-datasets data directory.
         manual_dir: Folder holding the dataset's original archive, used by
             tensorflow-datasets instead of downloading (with `download=True`).
         download: Prepare the dataset with tensorflow-datasets if it is not
             prepared yet. Off by default: nothing is fetched unless asked.
         path: Fashion-MNIST only: folder of the `*-ubyte.gz` files.
-        validation_fraction: Share of the training classes' images held out
-            as the `"validation"` split (every `round(1 / fraction)`-th image,
+        validation_fraction: Share of the training images held out as the
+            `"validation"` split (every `round(1 / fraction)`-th image,
             deterministically) and removed from `"train"`. Select checkpoints
-            and hyperparameters on it, never on the test classes.
+            and hyperparameters on it, never on the test split.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, image float32
@@ -107,8 +167,16 @@ def load_dataset(
 
     Raises:
         DatasetNotAvailableError: the data is not on this machine.
+        ValueError: the dataset does not serve `task` (the message names those
+            that do), or another argument is out of range.
+
+    Example:
+    ```python
+    train = load_dataset("fashion_mnist", "train", task="classification", image_size=28, channels=1,
+                         validation_fraction=0.1)   # 54,000 images of all 10 classes
+    ```
     """
-    check_choice("dataset", name, DATASETS)
+    check_task(name, task)
     check_choice("split", split, SPLITS)
     check_number("validation_fraction", validation_fraction, low=0.0, high=1.0, high_open=True)
     if split == "validation" and not validation_fraction:
@@ -121,13 +189,20 @@ def load_dataset(
         classes = _check_classes(classes)
     source_split = "test" if split == "test" else "train"
     if name == "fashion_mnist":
-        images, labels = _fashion_mnist(path)
-        if classes is None:
-            classes = _default_classes(name, source_split)
-        keep = np.isin(labels, list(classes))
-        dataset = tf.data.Dataset.from_tensor_slices((images[keep][..., None], labels[keep]))
+        parts = _fashion_mnist(path)
+        if task == "classification":
+            images, labels = parts[source_split]
+        else:
+            # The paper's split is by class: both files' images of a class.
+            images, labels = (np.concatenate(arrays) for arrays in zip(parts["train"], parts["test"]))
+            if classes is None:
+                classes = _default_classes(name, source_split)
+        if classes is not None:
+            keep = np.isin(labels, list(classes))
+            images, labels = images[keep], labels[keep]
+        dataset = tf.data.Dataset.from_tensor_slices((images[..., None], labels))
     else:
-        dataset = _tfds_split(name, source_split, classes, data_dir, manual_dir, download)
+        dataset = _tfds_split(name, source_split, classes, data_dir, manual_dir, download, task)
     if source_split == "train" and validation_fraction:
         stride = max(2, round(1 / validation_fraction))
         held_out = split == "validation"
@@ -136,7 +211,7 @@ def load_dataset(
             .filter(lambda index, item: tf.equal(index % stride == 0, held_out))
             .map(lambda index, item: item)
         )
-    resize_size = resize_size or round(image_size * 256 / 224)
+    resize_size = resize_size or default_resize_size(image_size, task)
     augment = split == "train" if augment is None else augment
     return dataset.map(
         lambda image, label: (
@@ -187,15 +262,26 @@ def preprocess_image(image, *, image_size: int, resize_size: int, augment: bool,
     return image
 
 
+@functools.lru_cache(maxsize=2)
 def _fashion_mnist(path):
-    """All 70,000 Fashion-MNIST images (uint8, 28×28) and labels, from disk or keras."""
+    """Fashion-MNIST's 60,000 training and 10,000 test images (uint8, 28×28) and labels, from disk or keras.
+
+    Returns `{"train": (images, labels), "test": (images, labels)}`, read-only
+    arrays kept for the next call: a run reads its train, validation and test
+    splits, and `rkd-keras compare` dozens of runs (decompressing the files
+    took ~1 s each time).
+    """
     folders = [Path(path)] if path else [FASHION_MNIST_DIR]
     for folder in folders:
-        files = [folder / f"{part}-{kind}-ubyte.gz" for part in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
-        if all(f.exists() for f in files):
-            images = [_read_idx(files[0], 16), _read_idx(files[2], 16)]
-            labels = [_read_idx(files[1], 8), _read_idx(files[3], 8)]
-            return np.concatenate(images).reshape(-1, 28, 28), np.concatenate(labels).astype(np.int64)
+        files = {
+            split: [folder / f"{part}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1")]
+            for split, part in (("train", "train"), ("test", "t10k"))
+        }
+        if all(f.exists() for pair in files.values() for f in pair):
+            return {
+                split: _read_only(_read_idx(images, 16).reshape(-1, 28, 28), _read_idx(labels, 8).astype(np.int64))
+                for split, (images, labels) in files.items()
+            }
     if path:
         raise DatasetNotAvailableError(
             f"Fashion-MNIST: no train/t10k *-ubyte.gz files in {path}. Point `path` to the folder "
@@ -212,7 +298,13 @@ def _fashion_mnist(path):
             "Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or pass "
             "`path=` a folder holding the four *-ubyte.gz files."
         ) from error
-    return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]).astype(np.int64)
+    return {"train": _read_only(x_train, y_train.astype(np.int64)), "test": _read_only(x_test, y_test.astype(np.int64))}
+
+
+def _read_only(*arrays):
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
 
 
 def _read_idx(file, header_bytes):
@@ -220,7 +312,7 @@ def _read_idx(file, header_bytes):
         return np.frombuffer(f.read(), np.uint8, offset=header_bytes)
 
 
-def _tfds_split(name, split, classes, data_dir, manual_dir, download):
+def _tfds_split(name, split, classes, data_dir, manual_dir, download, task):
     import tensorflow_datasets as tfds
 
     builder_name, label_key, split_by_image, archives = _TFDS[name]
@@ -242,8 +334,9 @@ def _tfds_split(name, split, classes, data_dir, manual_dir, download):
                 f"{archives} in a folder and pass `manual_dir=` that folder."
             ) from error
     decoders = {key: tfds.decode.SkipDecoding() for key in ("segmentation_mask",) if key in builder.info.features}
-    if not split_by_image:
-        # Stanford Online Products' own split is already class-disjoint.
+    if not split_by_image or task == "classification":
+        # Classification keeps the dataset's own split by image; Stanford
+        # Online Products' own split is already class-disjoint.
         dataset = builder.as_dataset(split=split, decoders=decoders or None)
     else:
         # The tfds splits are by image; the paper splits by class over both.

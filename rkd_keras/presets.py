@@ -13,8 +13,16 @@ Their keys are the command line's run settings (`rkd-keras train-teacher
 | `learning_rate`, `weight_decay`, `lr_decay_epochs`, `lr_decay_factor` | Adam and a step decay of its rate |
 | `margin`, `sampling`, `triplet_weight` | `TripletLoss(...)` and its weight |
 | `distance_weight`, `angle_weight` | `Distiller(distance_weight=..., angle_weight=...)` |
+| `task`, `train_classes` | `load_dataset(task=..., classes=...)`; classification builds `classifier_model(...)` |
+| `terms` | `Distiller(terms=build_terms(...))`: a list of term specs (see `term`) |
 
-No TensorFlow is imported here.
+Beside the metric-learning recipes (`PRESETS`) and the demo (`DEMO`):
+`CLASSIFICATION_RECIPE`, the paper's classification recipe as terms, and
+`COMPARE`, the methods that `rkd-keras compare` trains side by side, each a
+description, its terms with their weights and layers, and whether its
+student has the teacher's architecture.
+
+No TensorFlow is imported here (`build_terms` imports the library when called).
 
 Example:
 >>> from rkd_keras import presets
@@ -24,6 +32,9 @@ Example:
 """
 
 import copy
+
+from rkd_keras.checks import check_choice, check_number
+from rkd_keras.choices import DISTILLATION_LOSSES
 
 # Park et al. (CVPR 2019) §4.1 and the official code's defaults: a ResNet50
 # teacher, 512-d and L2-normalized, trained with the triplet loss and
@@ -150,6 +161,232 @@ DEMO = {
 }
 
 ROLES = ("teacher", "student")
+
+TERM_KEYS = ("loss", "weight", "teacher_layer", "student_layer", "name", "options")
+
+
+def term(loss: str, weight: float = 1.0, layer: str | None = None, *, name: str | None = None, **options) -> dict:
+    """A term as data: `weight · loss(teacher tensor, student tensor)` on `layer` of both models.
+
+    `layer=None` reads the models' outputs. Teacher and student built by
+    `embedding_model` or `classifier_model` share layer names (`pool`,
+    `stage1`, ...), so one name selects both. `options` are the loss
+    wrapper's arguments (e.g. `l2_normalize=True`, `temperature=4.0`).
+
+    Example:
+    >>> term("rkd_angle", 50.0, "pool", l2_normalize=True)["options"]
+    {'l2_normalize': True}
+    """
+    return {
+        "loss": loss, "weight": float(weight), "teacher_layer": layer, "student_layer": layer,
+        "name": name or (loss if layer is None else f"{loss}_{layer}"), "options": options,
+    }
+
+
+def check_terms(name: str, specs) -> list:
+    """Term specs checked and completed: known keys and losses, weights >= 0, distinct names.
+
+    Plain Python: the command line checks a config file's `terms` with it
+    before TensorFlow loads. A spec may leave out everything but `loss`.
+
+    Args:
+        name: How messages name the list (e.g. `"terms"`).
+        specs: A list of mappings with the keys of `TERM_KEYS`.
+
+    Returns:
+        The specs with every key, `name` defaulting to the loss's name.
+
+    Raises:
+        ValueError: naming the spec and what is wrong with it.
+    """
+    if not isinstance(specs, list):
+        raise ValueError(f"{name} must be a list of term specs, received {specs!r}.")
+    checked = []
+    for index, spec in enumerate(specs):
+        where = f"{name}[{index}]"
+        if not isinstance(spec, dict) or "loss" not in spec:
+            raise ValueError(f"{where} must be a mapping with a loss (keys {', '.join(TERM_KEYS)}), received {spec!r}.")
+        unknown = sorted(set(spec) - set(TERM_KEYS))
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {', '.join(unknown)}; known keys: {', '.join(TERM_KEYS)}.")
+        check_choice(f"{where} loss", spec["loss"], DISTILLATION_LOSSES)
+        weight = check_number(f"{where} weight", spec.get("weight", 1.0), low=0)
+        layers = {key: spec.get(key) for key in ("teacher_layer", "student_layer")}
+        for key, layer in layers.items():
+            if layer is not None and (not isinstance(layer, str) or not layer):
+                raise ValueError(f"{where} {key} must be a layer name or null (the output), received {layer!r}.")
+        options = spec.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"{where} options must be a mapping of the loss's arguments, received {options!r}.")
+        term_name = spec.get("name") or spec["loss"]
+        if not isinstance(term_name, str):
+            raise ValueError(f"{where} name must be a string, received {term_name!r}.")
+        checked.append({"loss": spec["loss"], "weight": weight, **layers, "name": term_name, "options": dict(options)})
+    names = [spec["name"] for spec in checked]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{name}: two terms are named {', '.join(repeated)}; give each term its own name.")
+    return checked
+
+
+def build_terms(specs) -> list:
+    """`rkd_keras.Term`s from term specs (as `term` writes them, or read from a config file).
+
+    Raises:
+        ValueError: a spec is refused by `check_terms`, or its options do not
+            fit its loss's wrapper.
+
+    Example:
+    ```python
+    terms = build_terms(CLASSIFICATION_RECIPE["terms"])
+    distiller = rkd_keras.Distiller(teacher, student, terms=terms)
+    ```
+    """
+    from rkd_keras import losses
+    from rkd_keras.terms import Term
+
+    built = []
+    for spec in check_terms("terms", specs):
+        try:
+            loss = losses.LOSSES[spec["loss"]](**spec["options"])
+        except TypeError as error:
+            raise ValueError(f"term {spec['name']!r}: options {spec['options']} do not fit {spec['loss']}: {error}") from None
+        built.append(Term(loss, spec["weight"], spec["teacher_layer"], spec["student_layer"], spec["name"]))
+    return built
+
+
+# The paper's classification recipe (Park et al. §4.2: RKD on the last pooling
+# layer with cross-entropy; its best setting HKD + RKD-DA) as the official
+# `classification` branch writes it (lenscloth/RKD, `run_distill_classification.py`
+# with `metric/loss_classification.py`): cross-entropy (weight 1); KD at T = 4
+# with `kd_ratio = 16`, which is T² — `hinton_kd` already multiplies by T², so
+# its weight is 1; `DistillRelativeDistanceV2` (= RKD-D) with `dist_ratio = 25`
+# and `DistillAngle` (= RKD-A) with `angle_ratio = 50`, both on
+# `F.normalize`d penultimate features: `pool` with `l2_normalize=True`.
+CLASSIFICATION_RECIPE = {
+    "description": "cross-entropy + Hinton's KD (T = 4) on the logits + RKD-D (25) and RKD-A (50) on the "
+    "L2-normalised pooled features: the official classification branch of lenscloth/RKD",
+    "terms": [
+        term("hinton_kd", 1.0, temperature=4.0),
+        term("rkd_distance", 25.0, "pool", l2_normalize=True),
+        term("rkd_angle", 50.0, "pool", l2_normalize=True),
+    ],
+}
+
+
+def _method(description, terms=(), *, triplet_weight=0.0, architecture="student"):
+    return {"description": description, "terms": list(terms), "triplet_weight": triplet_weight, "architecture": architecture}
+
+
+# `rkd-keras compare`: every method's student trains from the same teacher (one
+# per seed). Our losses are ports of the reference files named in the README
+# (Distillation losses), so the weights those files' scripts use carry over;
+# where no source gives one, the comment says it was chosen here.
+#
+# Metric learning: the demo's teacher and student (Fashion-MNIST classes 0–4
+# train, 5–9 test). As the official `run_distill.py` (its `triplet_ratio`
+# defaults to 0), the distilled students train without the triplet loss,
+# except Attention (below). Relational losses read the embedding, as RKD does.
+_METRIC_RKD_D = term("rkd_distance", 1.0)  # examples/cub200.sh: --dist_ratio 1
+_METRIC_RKD_A = term("rkd_angle", 2.0)  # examples/cub200.sh: --angle_ratio 2
+_METRIC_METHODS = {
+    "triplet": _method("triplet loss alone, no teacher (the baseline student)", triplet_weight=1.0),
+    "rkd_d": _method("RKD-D on the embeddings", [_METRIC_RKD_D]),
+    "rkd_a": _method("RKD-A on the embeddings", [_METRIC_RKD_A]),
+    "rkd_da": _method("RKD-D + RKD-A on the embeddings (the paper's student)", [_METRIC_RKD_D, _METRIC_RKD_A]),
+    # HardDarkRank's own defaults α = 3, β = 3, list of 4 (lenscloth/RKD metric/loss.py);
+    # run_distill.py leaves dark_ratio at 0, so the weight 1 is chosen here.
+    "dark_rank": _method("DarkRank on the embeddings", [term("dark_rank", 1.0)]),
+    # lenscloth/RKD run_distill.py puts attention on the stages after the first
+    # (b2–b4 of ResNet's four; here stage2–stage3 of small_cnn's three) and gives
+    # no weight: β = 1000 per stage is RepDistiller's (train_student.py -b 1000,
+    # the same loss). Attention maps do not reach the embedding layer, so the
+    # triplet loss (weight 1) trains it: chosen here.
+    "attention": _method(
+        "attention transfer on stage2 and stage3 + the triplet loss",
+        [term("attention_transfer", 1000.0, "stage2"), term("attention_transfer", 1000.0, "stage3")],
+        triplet_weight=1.0,
+    ),
+    # lenscloth/RKD run_distill_fitnet.py: hints (weight 1, --fitnet_ratio) on the
+    # stages after the first and on the embedding, each through a regressor, alone.
+    "fitnet": _method(
+        "FitNet hints on stage2, stage3 and the embedding",
+        [term("fitnet", 1.0, "stage2"), term("fitnet", 1.0, "stage3"), term("fitnet", 1.0)],
+    ),
+    # RepDistiller scripts/run_cifar_distill.sh weights (-b 3000, -b 30000) and
+    # torchdistill's CCKD sample config (weight 0.003); on the embedding, alone,
+    # where Adam makes a single loss's weight nearly irrelevant.
+    "sp": _method("similarity-preserving KD on the embeddings", [term("similarity_preserving", 3000.0)]),
+    "pkt": _method("probabilistic knowledge transfer on the embeddings", [term("pkt", 30000.0)]),
+    "cc": _method("correlation congruence on the embeddings", [term("correlation_congruence", 0.003)]),
+    # examples/cub200.sh "Self-Distillation": RKD-DA into the teacher's architecture, no L2 normalization.
+    "self_distillation": _method(
+        "RKD-D + RKD-A into a student of the teacher's architecture (not L2-normalised)",
+        [_METRIC_RKD_D, _METRIC_RKD_A],
+        architecture="teacher",
+    ),
+}
+
+# Classification: every student trains with cross-entropy (weight 1), as in
+# the paper's table and the sources below; the teacher with cross-entropy alone.
+_CLASSIFICATION_HKD, _CLASSIFICATION_RKD_D, _CLASSIFICATION_RKD_A = CLASSIFICATION_RECIPE["terms"]
+_CLASSIFICATION_METHODS = {
+    "ce": _method("cross-entropy alone, no teacher (the baseline student)"),
+    "hkd": _method("Hinton's KD on the logits, T = 4", [_CLASSIFICATION_HKD]),
+    "rkd_da": _method("RKD-D + RKD-A on the L2-normalised pooled features", [_CLASSIFICATION_RKD_D, _CLASSIFICATION_RKD_A]),
+    "hkd_rkd_da": _method("HKD + RKD-DA: the paper's best setting (CLASSIFICATION_RECIPE)", CLASSIFICATION_RECIPE["terms"]),
+    # RepDistiller train_student.py --distill hint: hint_layer 2 (the second
+    # stage's output), -b 100, MSE through a regressor.
+    "fitnet": _method("FitNet hint on stage2", [term("fitnet", 100.0, "stage2")]),
+    # RepDistiller --distill attention -b 1000 on every stage's output (feat[1:-1]).
+    "attention": _method(
+        "attention transfer on stage1, stage2 and stage3",
+        [term("attention_transfer", 1000.0, f"stage{i}") for i in (1, 2, 3)],
+    ),
+    # RepDistiller --distill similarity -b 3000 on the last stage's feature map (feat[-2]).
+    "sp": _method("similarity-preserving KD on stage3", [term("similarity_preserving", 3000.0, "stage3")]),
+    # RepDistiller --distill pkt -b 30000 on the pooled features (feat[-1]).
+    "pkt": _method("probabilistic knowledge transfer on the pooled features", [term("pkt", 30000.0, "pool")]),
+    # torchdistill configs/sample/ilsvrc2012/cckd: weight 0.003, γ = 0.4, order 2,
+    # on a learned 128-d projection of the pooled features there; here on the
+    # pooled features themselves (RepDistiller's CC is another formula, so its
+    # weight does not carry over).
+    "cc": _method("correlation congruence on the pooled features", [term("correlation_congruence", 0.003, "pool")]),
+    # hunto's DIST with its class defaults β = γ = τ = 1 and loss weight 1 (its
+    # ImageNet setting); no CIFAR setting was found in the sources read: chosen here.
+    "dist": _method("DIST on the logits", [term("dist_kd", 1.0)]),
+}
+
+_CLASSIFICATION_TEACHER = {
+    **_DEMO_TEACHER,
+    "task": "classification",
+    "resize_size": None,
+    # Every class in each batch, 6 images each: batches of 60 as the demo's, reproducible and resumable.
+    "classes_per_batch": 10,
+    "samples_per_class": 6,
+    "triplet_weight": 0.0,
+    "max_train_items": None,
+    "max_eval_items": None,
+}
+_COMPARE_QUICK = {"epochs": 1, "steps_per_epoch": 4, "max_train_items": 1_000, "max_eval_items": 400}
+COMPARE = {
+    "metric": {
+        "description": "Fashion-MNIST, classes 0–4 train, 5–9 test: Recall@K and MAP@R on the unseen classes.",
+        "teacher": {**_DEMO_TEACHER, "task": "metric"},
+        "student": {**DEMO["student"], "task": "metric", "distance_weight": 0.0, "angle_weight": 0.0},
+        "metrics": ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r"),
+        "methods": _METRIC_METHODS,
+        "quick": _COMPARE_QUICK,
+    },
+    "classification": {
+        "description": "Fashion-MNIST, all 10 classes: top-1 accuracy on the 10,000 test images.",
+        "teacher": _CLASSIFICATION_TEACHER,
+        "student": {**_CLASSIFICATION_TEACHER, "width": 8},
+        "metrics": ("accuracy", "cross_entropy"),
+        "methods": _CLASSIFICATION_METHODS,
+        "quick": _COMPARE_QUICK,
+    },
+}
 
 
 def get(name: str, role: str) -> dict:

@@ -110,11 +110,11 @@ CLI_CASES = {
     # Settings that do not fit together.
     "triplet teacher with one image per class": (["train-teacher", "--samples-per-class", "1"], ["the triplet loss needs samples_per_class >= 2"]),
     "more classes per batch than the split has": (["train-teacher", "--classes-per-batch", "6"], ["classes_per_batch must be <= 5", "fashion_mnist's training split"]),
-    "teacher with RKD": (["train-teacher", "--distance-weight", "1"], ["a teacher trains with the triplet loss alone", "RKD is for distill"]),
+    "teacher with RKD": (["train-teacher", "--distance-weight", "1"], ["a teacher trains with the triplet loss alone", "distillation is for distill"]),
     "teacher without its loss": (["train-teacher", "--triplet-weight", "0"], ["triplet_weight must be > 0"]),
     "student with nothing to learn": (["distill", "--teacher", "rgb.keras", "--distance-weight", "0", "--angle-weight", "0"], ["nothing to train"]),
     # Config files.
-    "unknown config key": (["train-teacher", "--config", "unknown_key.json"], ["config file unknown_key.json: unknown config keys learning_rat; known keys: dataset"]),
+    "unknown config key": (["train-teacher", "--config", "unknown_key.json"], ["config file unknown_key.json: unknown config keys learning_rat; known keys: task, dataset"]),
     "word in a config file": (["train-teacher", "--config", "word.yaml"], ["config file word.yaml: epochs must be an integer >= 1, received 'two'"]),
     "broken YAML": (["train-teacher", "--config", "broken.yaml"], ["config file broken.yaml is not valid JSON or YAML"]),
     "fractional decay epoch": (["train-teacher", "--config", "float_epochs.yaml"], ["each of lr_decay_epochs must be an integer >= 1, received 1.5"]),
@@ -213,7 +213,7 @@ API_CASES = {
     "image size 0": (lambda: data.load_dataset("fashion_mnist", "train", image_size=0), ValueError, ["image_size must be an integer >= 1, received 0"]),
     "no classes": (lambda: data.load_dataset("fashion_mnist", "train", classes=[]), ValueError, ["classes must hold at least one label"]),
     "resize below crop": (lambda: data.load_dataset("fashion_mnist", "test", image_size=28, resize_size=20), ValueError, ["resize_size must be an integer >= 28, received 20"]),
-    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist; received 'imagenet'"]),
+    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100; received 'imagenet'"]),
     # Models.
     "images too small for resnet50": (lambda: embedding_model("resnet50", 8, input_shape=(16, 16, 3)), ValueError, ["resnet50 needs images of at least 32×32 pixels"]),
     "missing weights file": (lambda: embedding_model("small_cnn", 8, input_shape=(8, 8, 1), weights="missing.weights.h5"), FileNotFoundError, ["weights file missing.weights.h5 does not exist"]),

@@ -51,7 +51,9 @@ def test_demo_quick_writes_the_table_metrics_report_and_export(tmp_path, capsys)
     assert not (root / "teacher" / "backup").exists()  # removed once the run is complete
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train-teacher"], ["distill"], ["evaluate"], ["tune"], ["export"]])
+@pytest.mark.parametrize(
+    "command", [[], ["demo"], ["compare"], ["train-teacher"], ["distill"], ["evaluate"], ["tune"], ["export"]]
+)
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit:
         build_parser().parse_args([*command, "--help"])
@@ -339,3 +341,5 @@ def test_the_command_lines_choices_are_the_librarys():
 
     assert choices.TRIPLET_SAMPLINGS == losses.TRIPLET_SAMPLINGS
     assert data.DATASETS is choices.DATASETS and models.BACKBONES is choices.BACKBONES
+    assert set(choices.DISTILLATION_LOSSES) == set(losses.LOSSES) - {"triplet_loss"}
+    assert set(choices.BACKBONE_STAGES) == set(choices.BACKBONES)

@@ -76,7 +76,7 @@ def test_failed_download_is_wrapped(tmp_path, monkeypatch):
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="dataset must be one of cub200, cars196, sop, fashion_mnist; received 'mnist'"):
+    with pytest.raises(ValueError, match="dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100; received .mnist."):
         load_dataset("mnist", "train")
     with pytest.raises(ValueError, match="split must be one of train, validation, test; received 'val'"):
         load_dataset("fashion_mnist", "val")
@@ -201,3 +201,81 @@ def test_validation_split_needs_a_fraction():
         load_dataset("fashion_mnist", "validation")
     with pytest.raises(ValueError, match="validation_fraction must be a finite number in \\[0.0, 1.0\\), received 1.0"):
         load_dataset("fashion_mnist", "train", validation_fraction=1.0)
+
+
+def _labelled_split(num_classes, per_class):
+    """An `as_dataset_fn` whose train and test splits hold `per_class[split]` images of each class, marked by split."""
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        marker = {"train": 1, "test": 2}[str(split)]
+        labels = np.repeat(np.arange(num_classes, dtype=np.int64), per_class[str(split)])  # class by class
+        return tf.data.Dataset.from_tensor_slices({
+            "image": np.full((len(labels), 32, 32, 3), marker, np.uint8),
+            "label": labels,
+            "coarse_label": labels // 5,
+        })
+
+    return as_dataset
+
+
+@pytest.mark.parametrize("name, num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_classification_uses_every_class_its_own_split_and_holds_out_validation(name, num_classes):
+    def collect(split):
+        return _collect(load_dataset(
+            name, split, task="classification", image_size=32, validation_fraction=0.25, download=True
+        ))
+
+    with tfds.testing.mock_data(as_dataset_fn=_labelled_split(num_classes, {"train": 8, "test": 3})):
+        (train_images, train), (_, validation), (test_images, test) = map(collect, ("train", "validation", "test"))
+    # 8 training images of each class, in a row: every 4th image held out for validation (2), 6 train; 3 test images each.
+    assert len(train) == 6 * num_classes and len(validation) == 2 * num_classes and len(test) == 3 * num_classes
+    assert Counter(train.tolist()) == {c: 6 for c in range(num_classes)}
+    assert Counter(validation.tolist()) == {c: 2 for c in range(num_classes)}
+    assert Counter(test.tolist()) == {c: 3 for c in range(num_classes)}
+    # Train from the training images, test from the test images, not resized or cropped.
+    assert set(train_images[:, 0, 0, 0].tolist()) == {1.0} and set(test_images[:, 0, 0, 0].tolist()) == {2.0}
+    assert train_images.shape[1:] == test_images.shape[1:] == (32, 32, 3)
+    assert data.num_classes(name, "test", task="classification") == num_classes
+
+
+def test_fashion_mnist_classification_reads_the_training_and_t10k_files():
+    def labels(split):
+        dataset = load_dataset(
+            "fashion_mnist", split, task="classification", image_size=28, channels=1, validation_fraction=0.1
+        )
+        images, labels = zip(*dataset.batch(8192).as_numpy_iterator())
+        return np.concatenate(images), np.concatenate(labels)
+
+    (train_images, train), (_, validation), (test_images, test) = map(labels, ("train", "validation", "test"))
+    # 60,000 training images minus every 10th; the 10,000 t10k images, 1,000 of each class.
+    assert (len(train), len(validation), len(test)) == (54_000, 6_000, 10_000)
+    assert Counter(test.tolist()) == {c: 1000 for c in range(10)}
+    assert set(train.tolist()) == set(validation.tolist()) == set(range(10))
+    assert train_images.shape[1:] == test_images.shape[1:] == (28, 28, 1)  # not resized: the whole image
+    assert (data.num_classes("fashion_mnist", "train", task="classification"), data.default_resize_size(28, "classification")) == (10, 28)
+
+
+@pytest.mark.parametrize(
+    "name, task, message",
+    [
+        ("cub200", "classification", "cub200 serves metric only, not classification; for classification choose one of "
+         "fashion_mnist, cifar10, cifar100"),
+        ("cifar10", "metric", "cifar10 serves classification only, not metric; for metric choose one of "
+         "cub200, cars196, sop, fashion_mnist"),
+    ],
+)
+def test_a_task_the_dataset_does_not_serve_is_refused(name, task, message):
+    with pytest.raises(ValueError) as error:
+        load_dataset(name, "train", task=task)
+    assert str(error.value) == message + "."
+
+
+def test_missing_cifar_raises_the_clear_error_at_once_without_downloading(tmp_path, monkeypatch):
+    def no_download(self, *args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
+    with pytest.raises(DatasetNotAvailableError) as error:
+        load_dataset("cifar100", "train", task="classification", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "cifar100 (cifar100) is not prepared" in message and "cifar-100-python.tar.gz" in message

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from rkd_keras import embedding_model
+from rkd_keras.choices import BACKBONE_STAGES
 from rkd_keras.models import BACKBONES, WeightsNotAvailableError, imagenet_weights_file
 
 
@@ -17,6 +18,10 @@ def test_backbone_builds_with_width_and_norm(backbone, l2_normalize, rng):
     images = rng.uniform(0, 255, size=(3, 32, 32, 3)).astype("float32")
     embeddings = model.predict(images, verbose=0)
     assert embeddings.shape == (3, 24)
+    # Flat: the stages a term reads are the model's own layers, at strides 4, 8, 16, 32 (small_cnn: 1, 2, 4).
+    strides = [32 // model.get_layer(name).output.shape[1] for name in BACKBONE_STAGES[backbone]]
+    assert strides == ([1, 2, 4] if backbone == "small_cnn" else [4, 8, 16, 32])
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     norms = np.linalg.norm(embeddings, axis=1)
     if l2_normalize:
         np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
@@ -32,8 +37,9 @@ def test_small_cnn_width_sets_the_size_and_accepts_grey_images():
 
 def test_resnet18_has_the_standard_size():
     model = embedding_model("resnet18", 128, input_shape=(64, 64, 3))
-    backbone = model.get_layer("resnet18")
-    assert backbone.count_params() == pytest.approx(11_176_512, rel=1e-3)  # torchvision's, without fc
+    backbone = model.count_params() - model.get_layer("embedding").count_params()
+    # torchvision's 11,176,512 without fc, plus BatchNorm's 9,600 moving means and variances (buffers there).
+    assert backbone == 11_176_512 + 9_600
 
 
 def test_saved_model_loads_without_unsafe_mode(tmp_path, rng):

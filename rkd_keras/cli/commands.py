@@ -1,10 +1,11 @@
-"""The six commands of `rkd-keras`, each from its checked inputs to its run folder and printed table."""
+"""The seven commands of `rkd-keras`, each from its checked inputs to its run folder and printed table."""
 
+import datetime
 import sys
 import time
 from pathlib import Path
 
-from rkd_keras import retrieval
+from rkd_keras import presets, retrieval
 from rkd_keras.cli import report, training
 from rkd_keras.cli.runs import RunFolder, read_history, write_json
 from rkd_keras.data import DatasetNotAvailableError
@@ -135,7 +136,88 @@ def _demo(args, inputs):
     )
 
 
+def _compare(args, inputs):
+    """Per seed, a teacher and every method's student from it; then table.md, metrics.json and report.png."""
+    configs, methods, task = inputs["configs"], inputs["methods"], args.task
+    recipe = presets.COMPARE[task]
+    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"))
+    root = top.path
+    top.prepare(None, args.resume)
+    stages = {seed: {name: RunFolder(root / f"seed{seed}" / name) for name in runs} for seed, runs in configs.items()}
+    if not top.restart:
+        # Every run decides now, so a refused resume stops before anything trains.
+        for seed, runs in configs.items():
+            for name, stage in stages[seed].items():
+                runs[name] = stage.prepare(runs[name], resume=stage.path.exists())
+    monitor = training.MONITOR[task]
+    shown = recipe["metrics"][0]
+    results = {name: {} for name in ["teacher", *methods]}
+    start = time.monotonic()
+    with top.running():
+        for seed_index, (seed, runs) in enumerate(configs.items(), 1):
+            teacher = None
+            for index, (name, config) in enumerate(runs.items(), 1):
+                place = f"[seed {seed_index}/{len(configs)}] [{index}/{len(runs)}]"
+                what = "teacher" if name == "teacher" else f"{name} student, {recipe['methods'][name]['description']}"
+                stage = stages[seed][name]
+                finished = stage.status() == "complete"
+                plan = "finished earlier" if finished else (
+                    f"{_count(config.epochs, 'epoch')} of {_count(config.steps_per_epoch, 'step')}"
+                )
+                print(f"\n{place} {what}: {plan} ({_minutes(time.monotonic() - start)} elapsed)", flush=True)
+                if name != "teacher" and teacher is None:
+                    teacher = training.load_model_file(root / f"seed{seed}" / "teacher" / "best.keras", "teacher")
+                stage_start = time.monotonic()
+                metrics = training.train(config, stage, teacher if name != "teacher" else None, _verbose(args), plot=False)
+                results[name][seed] = metrics
+                if not finished:
+                    print(
+                        f"{place} {name} done in {time.monotonic() - stage_start:.0f} s: test "
+                        f"{report.COLUMNS[shown][0]} {100 * metrics[shown]:.2f}, validation {monitor} "
+                        f"{100 * metrics[monitor]:.2f} (best epoch {metrics['epoch']})",
+                        flush=True,
+                    )
+        _write_comparison(root, args, task, results, stages, time.monotonic() - start)
+    top.set_status("complete")
+    print(f"\ntable: {root / 'table.md'}, report: {root / 'report.png'}; {_minutes(time.monotonic() - start)} in all")
+
+
+def _write_comparison(root, args, task, results, stages, seconds):
+    """table.md, metrics.json and report.png of a comparison's results (`{model: {seed: metrics}}`)."""
+    recipe = presets.COMPARE[task]
+    keys = list(recipe["metrics"])
+    summary = report.summarize(results, keys)
+    descriptions = {"teacher": "the teacher, " + ("triplet loss" if task == "metric" else "cross-entropy")}
+    descriptions.update({name: recipe["methods"][name]["description"] for name in results if name != "teacher"})
+    params = {name: next(iter(by_seed.values()))["params"] for name, by_seed in results.items()}
+    seeds = list(next(iter(results.values())))
+    monitor = training.MONITOR[task]
+    lines = [
+        recipe["description"] if not args.config else f"Settings from {args.config}.",
+        f"Seeds {', '.join(map(str, seeds))}; each model's best epoch by {monitor} on held-out training images, "
+        "never on the test split; sd is the sample standard deviation over seeds.",
+        f"{'Quick settings (a few steps each): not a measurement. ' if args.quick else ''}"
+        f"Written {datetime.date.today().isoformat()}; {_minutes(seconds)} (min:s) of this session's wall time.",
+    ]
+    title = f"rkd-keras compare --task {task}"
+    (root / "table.md").write_text(report.comparison_table(title, lines, results, summary, keys, descriptions, params))
+    write_json(root / "metrics.json", {
+        "task": task, "metrics": keys, "seeds": seeds,
+        "models": {
+            name: {"description": descriptions[name], "params": params[name], "summary": summary[name],
+                   "per_seed": {str(seed): metrics for seed, metrics in by_seed.items()}}
+            for name, by_seed in results.items()
+        },
+    })
+    curves = {
+        name: [read_history(stages[seed][name].path).get(monitor, []) for seed in seeds]
+        for name in results if name != "teacher"
+    }
+    report.plot_comparison(root / "report.png", summary, keys, curves, task)
+
+
 _COMMANDS = {
+    "compare": _compare,
     "demo": _demo,
     "train-teacher": _train_teacher,
     "distill": _distill,

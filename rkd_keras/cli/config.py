@@ -13,7 +13,17 @@ from pathlib import Path
 
 from rkd_keras import presets
 from rkd_keras.checks import check_choice, check_int, check_number
-from rkd_keras.choices import BACKBONE_MIN_IMAGE_SIZE, BACKBONES, DATASET_CLASSES, DATASETS, TRIPLET_SAMPLINGS
+from rkd_keras.choices import (
+    BACKBONE_MIN_IMAGE_SIZE,
+    BACKBONES,
+    CLASS_SPLIT_DATASETS,
+    CLASSIFICATION_CLASSES,
+    DATASET_CLASSES,
+    DATASET_TASKS,
+    DATASETS,
+    TASKS,
+    TRIPLET_SAMPLINGS,
+)
 
 
 class ConfigError(ValueError):
@@ -33,12 +43,17 @@ _DEMO = presets.DEMO["teacher"]
 
 @dataclasses.dataclass
 class RunConfig:
-    """Everything a `train-teacher`, `distill`, `evaluate` or `tune` run depends on; saved as config.json.
+    """Everything a `train-teacher`, `distill`, `evaluate`, `tune` or `compare` run depends on; saved as config.json.
 
-    Defaults: the demo's teacher (`presets.DEMO["teacher"]`).
+    Defaults: the demo's teacher (`presets.DEMO["teacher"]`). `task`, `terms`
+    (and the classification runs of `compare`) are config keys without a flag.
     """
 
-    dataset: str = _setting(_DEMO["dataset"], "dataset, split into disjoint training and test classes", choices=DATASETS)
+    task: str = _setting("metric", "metric (Recall@K on unseen classes) or classification (accuracy)", choices=TASKS, flag=False)
+    dataset: str = _setting(_DEMO["dataset"], "dataset (metric learning: split into disjoint training and test classes)", choices=DATASETS)
+    train_classes: list | None = _setting(
+        None, "metric learning: the labels that train, the others test (none: the paper's split)", metavar="CLASS"
+    )
     image_size: int = _setting(_DEMO["image_size"], "side of the square input images", low=1)
     resize_size: int | None = _setting(
         _DEMO["resize_size"], "side images are resized to before cropping; none: image_size · 256/224", low=1
@@ -67,8 +82,12 @@ class RunConfig:
     sampling: str = _setting(_DEMO["sampling"], "triplet negative sampling", choices=TRIPLET_SAMPLINGS)
     distance_weight: float = _setting(_DEMO["distance_weight"], "λ_D, weight of RKD-D (0: off)", low=0)
     angle_weight: float = _setting(_DEMO["angle_weight"], "λ_A, weight of RKD-A (0: off)", low=0)
+    terms: list = _setting(
+        [], "distillation terms instead of distance_weight/angle_weight: specs as rkd_keras.presets.term writes them",
+        flag=False,
+    )
     validation_fraction: float = _setting(
-        0.1, "share of the training classes' images held out to select the best epoch", low=0, high=0.5, low_open=True
+        0.1, "share of the training images held out to select the best epoch", low=0, high=0.5, low_open=True
     )
     max_train_items: int | None = _setting(_DEMO["max_train_items"], "training images read (none: all)", low=1)
     # Recall@8 needs 8 others for each query.
@@ -92,6 +111,19 @@ class RunConfig:
             raise ConfigError(str(error)) from None
 
     def _check_combination(self):
+        if self.task not in DATASET_TASKS[self.dataset]:
+            serving = [name for name in DATASETS if self.task in DATASET_TASKS[name]]
+            raise ValueError(
+                f"dataset {self.dataset} serves {' and '.join(DATASET_TASKS[self.dataset])} only, not {self.task}; "
+                f"for {self.task} choose one of {', '.join(serving)}."
+            )
+        if self.train_classes is not None:
+            self._check_train_classes()
+        if self.terms and (self.distance_weight or self.angle_weight):
+            raise ValueError(
+                "give terms or distance_weight/angle_weight, not both: the weights only set the default RKD terms "
+                f"(received distance_weight {self.distance_weight}, angle_weight {self.angle_weight} and {len(self.terms)} terms)."
+            )
         smallest = BACKBONE_MIN_IMAGE_SIZE[self.backbone]
         if self.image_size < smallest:
             raise ValueError(f"backbone {self.backbone} needs image_size >= {smallest}, received {self.image_size}.")
@@ -101,6 +133,39 @@ class RunConfig:
             raise ValueError(f"backbone {self.backbone} needs channels=3 (grey images are repeated).")
         if self.weights == "imagenet" and self.backbone in ("small_cnn", "resnet18"):
             raise ValueError(f"backbone {self.backbone} has no ImageNet weights; use --weights none or a file.")
+
+    def _check_train_classes(self):
+        if self.task != "metric":
+            raise ValueError(
+                "train_classes chooses the training and the unseen classes of metric learning; classification "
+                f"trains and tests on every class of {self.dataset}. Leave train_classes out."
+            )
+        if self.dataset not in CLASS_SPLIT_DATASETS:
+            raise ValueError(
+                f"train_classes needs a dataset whose other classes can be the test classes ({', '.join(CLASS_SPLIT_DATASETS)}); "
+                f"{self.dataset}'s own splits are separate sets of classes."
+            )
+        total = sum(DATASET_CLASSES[self.dataset])
+        unknown = [label for label in self.train_classes if label >= total]
+        if unknown:
+            raise ValueError(f"train_classes {unknown} are not classes of {self.dataset}, whose labels are 0–{total - 1}.")
+        if len(self.train_classes) < 2 or total - len(self.train_classes) < 2:
+            raise ValueError(
+                f"train_classes must leave at least 2 classes on each side (training and unseen test classes) of "
+                f"{self.dataset}'s {total}; received {len(self.train_classes)} training classes."
+            )
+
+    def training_classes(self) -> int:
+        """Classes in the training split: what P×K batches draw from."""
+        if self.task == "classification":
+            return CLASSIFICATION_CLASSES[self.dataset]
+        return len(self.train_classes) if self.train_classes is not None else DATASET_CLASSES[self.dataset][0]
+
+    def test_classes(self) -> list | None:
+        """The labels of the test split when train_classes chooses them (the others), else None (the default split)."""
+        if self.train_classes is None:
+            return None
+        return [label for label in range(sum(DATASET_CLASSES[self.dataset])) if label not in self.train_classes]
 
 
 def field_kind(field) -> tuple:
@@ -113,7 +178,7 @@ def _checked(field, value):
     """`value` checked against the field's type and range; ints pass as floats, and so do
     strings that read as numbers (PyYAML reads `1e-3` as a string)."""
     kind, optional = field_kind(field)
-    name, rule = field.name, {k: v for k, v in field.metadata.items() if k != "help"}
+    name, rule = field.name, {k: v for k, v in field.metadata.items() if k not in ("help", "flag", "metavar")}
     if value is None and optional:
         return None
     if "choices" in rule:
@@ -132,7 +197,9 @@ def _checked(field, value):
                 raise ValueError(f"{name} must be a number, received {value!r}.") from None
         return check_number(name, value, **rule)
     if kind is list:
-        return _checked_decay_epochs(name, value)
+        return {"lr_decay_epochs": _checked_decay_epochs, "train_classes": _checked_classes, "terms": presets.check_terms}[name](
+            name, value
+        )
     if name == "weights":
         return _checked_weights(value)
     if not isinstance(value, str):
@@ -149,6 +216,16 @@ def _checked_decay_epochs(name, value):
     if epochs != sorted(set(epochs)):
         raise ValueError(f"{name} must be increasing epochs, received {value!r}.")
     return epochs
+
+
+def _checked_classes(name, value):
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list of class labels, received {value!r}.")
+    labels = [check_int(f"each of {name}", label, low=0) for label in value]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"{name} lists {repeated} more than once; give each class once.")
+    return labels
 
 
 def _checked_weights(value):
@@ -170,16 +247,25 @@ def check_training(config: RunConfig, role: str) -> None:
     Raises:
         ConfigError: the settings cannot train what was asked.
     """
-    if role == "teacher":
-        if config.distance_weight or config.angle_weight:
+    distils = config.distance_weight or config.angle_weight or any(spec["weight"] for spec in config.terms)
+    if config.task == "classification":
+        if config.triplet_weight:
             raise ConfigError(
-                "a teacher trains with the triplet loss alone: distance_weight and angle_weight must be 0, "
-                f"received {config.distance_weight} and {config.angle_weight} (RKD is for distill)."
+                f"classification trains with cross-entropy: triplet_weight must be 0, received {config.triplet_weight}."
+            )
+        if role == "teacher" and distils:
+            raise ConfigError("a classification teacher trains with cross-entropy alone: give it no terms.")
+    elif role == "teacher":
+        if distils:
+            raise ConfigError(
+                "a teacher trains with the triplet loss alone: distance_weight and angle_weight must be 0 and "
+                f"terms empty, received {config.distance_weight}, {config.angle_weight} and {len(config.terms)} terms "
+                "(distillation is for distill)."
             )
         if not config.triplet_weight:
             raise ConfigError("a teacher trains with the triplet loss: triplet_weight must be > 0, received 0.")
-    elif not (config.triplet_weight or config.distance_weight or config.angle_weight):
-        raise ConfigError("nothing to train: triplet_weight, distance_weight and angle_weight are all 0.")
+    elif not (config.triplet_weight or distils):
+        raise ConfigError("nothing to train: triplet_weight, distance_weight, angle_weight and every term's weight are 0.")
     if config.triplet_weight:
         # A class alone in its batch has no positive; one class has no negatives:
         # the triplet loss would be exactly 0 at every step.
@@ -194,26 +280,36 @@ def check_training(config: RunConfig, role: str) -> None:
             )
     if config.classes_per_batch * config.samples_per_class < 2:
         raise ConfigError("a batch of one image has no relations to learn: classes_per_batch × samples_per_class must be >= 2.")
-    available = DATASET_CLASSES[config.dataset][0]
+    available = config.training_classes()
     if config.classes_per_batch > available:
+        which = "train_classes" if config.train_classes is not None else f"{config.dataset}'s training split"
         raise ConfigError(
-            f"classes_per_batch must be <= {available}, the classes of {config.dataset}'s training split, "
-            f"received {config.classes_per_batch}."
+            f"classes_per_batch must be <= {available}, the classes of {which}, received {config.classes_per_batch}."
         )
 
 
-def resolve_config(role: str, preset: str | None = None, config_file=None, overrides: dict | None = None) -> RunConfig:
-    """The demo's settings of the role ← preset ← config file ← flags, checked into a `RunConfig`.
+def resolve_config(
+    role: str, preset: str | None = None, config_file=None, overrides: dict | None = None, *, base: dict | None = None
+) -> RunConfig:
+    """The demo's settings of the role (or `base`) ← preset ← config file ← flags, checked into a `RunConfig`.
+
+    Terms given in the config file or the flags replace the default RKD
+    terms: `distance_weight` and `angle_weight` become 0 unless given there too
+    (then the combination is refused).
 
     Raises:
         ConfigError: an unknown key, or a value of the wrong type or range;
             the message names the config file when the value came from it.
     """
-    values = presets.get("demo", role)
+    values = dict(base) if base is not None else presets.get("demo", role)
     if preset:
         values.update(presets.get(preset, role))
+    from_file = read_config_file(config_file) if config_file else {}
+    given = {**from_file, **(overrides or {})}
+    if given.get("terms") and not {"distance_weight", "angle_weight"} & set(given):
+        values.update(distance_weight=0.0, angle_weight=0.0)
     if config_file:
-        values.update(read_config_file(config_file))
+        values.update(from_file)
         try:
             _config(values)
         except ConfigError as error:

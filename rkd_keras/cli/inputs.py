@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rkd_keras import presets
 from rkd_keras.checks import check_savedmodel_destination, check_writable_folder
-from rkd_keras.cli.config import check_training, resolve_config
+from rkd_keras.cli.config import ConfigError, check_training, read_config_file, resolve_config
 from rkd_keras.cli.parser import run_overrides
 
 
@@ -59,8 +59,18 @@ def _check_runs_dir(args):
         raise NotADirectoryError(f"--runs-dir {runs} is a file, not a folder.")
 
 
+def _metric_learning(config, command):
+    """`config`, unless it is a classification run, which this command does not train or evaluate."""
+    if config.task != "metric":
+        raise ConfigError(
+            f"{command} is for metric learning (task: metric); classification runs come from "
+            "`rkd-keras compare --task classification`."
+        )
+    return config
+
+
 def _training(args, role):
-    config = resolve_config(role, args.preset, args.config, run_overrides(args))
+    config = _metric_learning(resolve_config(role, args.preset, args.config, run_overrides(args)), args.command)
     check_training(config, role)
     _check_runs_dir(args)
     return {"config": config}
@@ -75,11 +85,14 @@ def _distill(args):
 
 
 def _tune(args):
-    return {**_training(args, "student"), "teacher": check_keras_file(args.teacher, "teacher")}
+    inputs = _training(args, "student")
+    if inputs["config"].terms:
+        raise ConfigError("tune searches distance_weight and angle_weight (RKD-D and RKD-A); leave terms out of its settings.")
+    return {**inputs, "teacher": check_keras_file(args.teacher, "teacher")}
 
 
 def _evaluate(args):
-    config = resolve_config("student", args.preset, args.config, run_overrides(args))
+    config = _metric_learning(resolve_config("student", args.preset, args.config, run_overrides(args)), "evaluate")
     if args.output:
         _check_output_file(args.output)
     return {"config": config, "model": check_keras_file(args.model, "model")}
@@ -103,7 +116,60 @@ def _demo(args):
     return {"configs": configs}
 
 
+# Settings each compare method sets itself: a --config file may not give them.
+_METHOD_SETTINGS = ("task", "terms", "triplet_weight", "distance_weight", "angle_weight", "seed")
+# Model settings a student of the teacher's architecture takes from the teacher.
+_ARCHITECTURE = ("backbone", "width", "embedding_dim")
+
+
+def _compare(args):
+    """Every run of the comparison: `{"configs": {seed: {"teacher": config, method: config, ...}}, ...}`.
+
+    Settings: the task's preset (`presets.COMPARE`) ← `--quick` ← `--config`
+    ← `--epochs`, `--train-classes` ← each method's terms and the seed.
+    """
+    recipe = presets.COMPARE[args.task]
+    methods = args.methods or list(recipe["methods"])
+    unknown = [name for name in methods if name not in recipe["methods"]]
+    if unknown:
+        raise ConfigError(
+            f"unknown {args.task} methods {', '.join(unknown)}; choose among {', '.join(recipe['methods'])}."
+        )
+    for what, values in (("methods", methods), ("seeds", args.seeds)):
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--{what} lists {sorted({v for v in values if values.count(v) > 1})} more than once.")
+    settings = {}
+    if args.config:
+        owned = sorted(set(read_config_file(args.config)) & set(_METHOD_SETTINGS))
+        if owned:
+            raise ConfigError(
+                f"config file {args.config}: {', '.join(owned)} are set by compare itself (--task, each method's "
+                "terms, --seeds); leave them out."
+            )
+    quick = recipe["quick"] if args.quick else {}
+    if args.epochs is not None:
+        settings["epochs"] = args.epochs
+    if args.train_classes is not None:
+        settings["train_classes"] = args.train_classes
+    configs = {}
+    for seed in args.seeds:
+        teacher = resolve_config("teacher", None, args.config, {**settings, "seed": seed}, base={**recipe["teacher"], **quick})
+        check_training(teacher, "teacher")
+        configs[seed] = {"teacher": teacher}
+        for name in methods:
+            method = recipe["methods"][name]
+            overrides = {**settings, "seed": seed, "terms": method["terms"], "triplet_weight": method["triplet_weight"]}
+            if method["architecture"] == "teacher":
+                overrides.update({key: getattr(teacher, key) for key in _ARCHITECTURE})
+            config = resolve_config("student", None, args.config, overrides, base={**recipe["student"], **quick})
+            check_training(config, "student")
+            configs[seed][name] = config
+    _check_runs_dir(args)
+    return {"configs": configs, "methods": methods}
+
+
 _CHECKS = {
+    "compare": _compare,
     "demo": _demo,
     "train-teacher": _train_teacher,
     "distill": _distill,

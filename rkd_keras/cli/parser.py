@@ -6,6 +6,7 @@ import json
 
 from rkd_keras import presets
 from rkd_keras.checks import check_int
+from rkd_keras.choices import TASKS
 from rkd_keras.cli.config import RunConfig, field_kind
 
 PROG = "rkd-keras"
@@ -61,6 +62,8 @@ def _add_run_flags(parser, role, folder_name=None):
     flags.add_argument("--preset", choices=sorted(presets.PRESETS), help=f"the paper's {role} recipe for a dataset")
     flags.add_argument("--config", metavar="FILE", help="JSON or YAML file of the settings below (same names, with _)")
     for field in dataclasses.fields(RunConfig):
+        if not field.metadata.get("flag", True):
+            continue  # config files only
         flag = "--" + field.name.replace("_", "-")
         default = defaults.get(field.name, field.default)
         text = f"{field.metadata['help']} (default: {_shown(default)})"
@@ -69,7 +72,8 @@ def _add_run_flags(parser, role, folder_name=None):
         if kind is bool:
             flags.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         elif kind is list:
-            flags.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, metavar="EPOCH", help=text)
+            metavar = field.metadata.get("metavar", "EPOCH")
+            flags.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, metavar=metavar, help=text)
         elif "choices" in field.metadata:
             flags.add_argument(
                 flag, type=kind, choices=field.metadata["choices"], default=argparse.SUPPRESS, help=text
@@ -83,15 +87,17 @@ def _add_run_flags(parser, role, folder_name=None):
 
 
 def _add_folder_flags(parser, default_name):
+    """--name (default `default_name`; None: set by the command), --runs-dir, --resume, --quiet."""
     folder = parser.add_argument_group("run folder")
-    folder.add_argument("--name", type=_run_name, default=default_name, help=f"run folder name (default: {default_name})")
+    shown = default_name or "compare-TASK"
+    folder.add_argument("--name", type=_run_name, default=default_name, help=f"run folder name (default: {shown})")
     folder.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
     folder.add_argument("--resume", action="store_true", help="continue the interrupted run of this name")
     folder.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `rkd-keras` parser with its six subcommands."""
+    """The `rkd-keras` parser with its seven subcommands."""
     parser = _Parser(
         prog=PROG,
         description="Relational Knowledge Distillation (Park et al., CVPR 2019): train, distil, evaluate, export.",
@@ -106,6 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=_ranged_int(1), help=f"epochs of every model (default: {presets.DEMO['teacher']['epochs']})"
     )
     _add_folder_flags(demo, "demo")
+
+    compare = commands.add_parser(
+        "compare",
+        help="train a teacher per seed and every distillation method's student from it; table and report",
+        description="The paper's comparison on the offline default (Fashion-MNIST, the demo's small CNNs): metric "
+        "learning (Recall@K, MAP@R on unseen classes) or classification (accuracy). Each seed trains one teacher "
+        "and, from it, one student per method, each in its own resumable run folder under runs/NAME/seedS/.",
+    )
+    compare.add_argument("--task", choices=TASKS, default="metric", help="(default: metric)")
+    compare.add_argument(
+        "--methods", nargs="+", metavar="METHOD",
+        help="methods to compare (default: all of the task's; metric: "
+        + ", ".join(presets.COMPARE["metric"]["methods"]) + "; classification: "
+        + ", ".join(presets.COMPARE["classification"]["methods"]) + ")",
+    )
+    compare.add_argument(
+        "--seeds", nargs="+", type=_ranged_int(0, 2**32 - 1), default=[0, 1, 2], metavar="SEED", help="(default: 0 1 2)"
+    )
+    compare.add_argument("--quick", action="store_true", help="every method for a few steps (checks that it all runs)")
+    compare.add_argument("--epochs", type=_ranged_int(1), help="epochs of every run (default: the task's preset)")
+    compare.add_argument(
+        "--train-classes", nargs="+", type=int, metavar="CLASS",
+        help="metric learning: the labels that train; the others are the unseen test classes (default: 0 1 2 3 4)",
+    )
+    compare.add_argument(
+        "--config", metavar="FILE", help="JSON or YAML file of run settings for every run (e.g. dataset, image_size)"
+    )
+    _add_folder_flags(compare, None)
 
     teacher = commands.add_parser("train-teacher", help="train an embedding teacher with the triplet loss")
     _add_run_flags(teacher, "teacher", folder_name="teacher")

@@ -1,16 +1,34 @@
-"""Tables and pictures of runs: what a person reads instead of logs."""
+"""Tables and pictures of runs and comparisons: what a person reads instead of logs."""
+
+import math
 
 import numpy as np
 
 KS = (1, 2, 4, 8)
+# Result key → (column header, factor shown, unit). Recall, MAP@R and accuracy
+# are shown in percent; the cross-entropy in nats.
+COLUMNS = {
+    **{f"recall_at_{k}": (f"R@{k}", 100, "%") for k in KS},
+    "map_at_r": ("MAP@R", 100, "%"),
+    "accuracy": ("top-1", 100, "%"),
+    "cross_entropy": ("CE", 1, "nats"),
+}
+# The validation score each task's runs are selected on, as in their history.csv.
+VALIDATION = {"metric": "val_recall_at_1", "classification": "val_accuracy"}
+
+
+def _shown(metrics):
+    """The result keys a table shows for these results, in COLUMNS's order."""
+    return [key for key in COLUMNS if key in metrics]
 
 
 def print_table(results):
-    """Prints Recall@K (percent) and parameter counts, one row per model."""
-    print(f"\n{'model':<10} {'params':>10} " + " ".join(f"{'R@' + str(k):>6}" for k in KS) + f" {'MAP@R':>6}")
+    """Prints each model's parameters and test metrics (Recall@K and MAP@R, or accuracy), one row per model."""
+    keys = _shown(next(iter(results.values())))
+    print(f"\n{'model':<18} {'params':>10} " + " ".join(f"{COLUMNS[key][0]:>6}" for key in keys))
     for name, metrics in results.items():
-        recalls = " ".join(f"{100 * metrics[f'recall_at_{k}']:6.2f}" for k in KS)
-        print(f"{name:<10} {metrics['params']:>10,} {recalls} {100 * metrics['map_at_r']:6.2f}")
+        values = " ".join(f"{COLUMNS[key][1] * metrics[key]:6.2f}" for key in keys)
+        print(f"{name:<18} {metrics['params']:>10,} {values}")
 
 
 def _pyplot():
@@ -23,28 +41,138 @@ def _pyplot():
 
 
 def plot_report(path, results, histories):
-    """Recall@K per model (bars) beside validation R@1 and loss per epoch (curves)."""
+    """Test metrics per model (bars) beside the validation score and training loss per epoch (curves)."""
     plt = _pyplot()
-    figure, (bars, recall, loss) = plt.subplots(1, 3, figsize=(16, 4.5))
+    figure, (bars, score, loss) = plt.subplots(1, 3, figsize=(16, 4.5))
+    # The headline scores: Recall@K, or accuracy (MAP@R's scale would hide the bars).
+    keys = [key for key in _shown(next(iter(results.values()))) if key.startswith("recall_at_") or key == "accuracy"]
     width = 0.8 / len(results)
     for i, (name, metrics) in enumerate(results.items()):
-        values = [100 * metrics[f"recall_at_{k}"] for k in KS]
-        bars.bar(np.arange(len(KS)) + i * width, values, width, label=name)
-    bars.set_xticks(np.arange(len(KS)) + 0.4 - width / 2, [f"R@{k}" for k in KS])
-    low = min(100 * m["recall_at_1"] for m in results.values())
+        bars.bar(np.arange(len(keys)) + i * width, [100 * metrics[key] for key in keys], width, label=name)
+    bars.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [COLUMNS[key][0] for key in keys])
+    low = min(100 * metrics[keys[0]] for metrics in results.values())
     bars.set_ylim(max(0, low - 10), 100)
-    bars.set_title("Recall@K on the unseen test classes (%)")
+    bars.set_title("Test split (%)" if "accuracy" in keys else "Recall@K on the unseen test classes (%)")
     bars.legend(fontsize=8)
     for name, history in histories.items():
         epochs = np.arange(1, len(history["loss"]) + 1)
-        if "val_recall_at_1" in history:
-            recall.plot(epochs, 100 * np.asarray(history["val_recall_at_1"]), marker="o", label=name)
+        for monitor in VALIDATION.values():
+            if monitor in history:
+                score.plot(epochs, 100 * np.asarray(history[monitor]), marker="o", label=name)
         loss.plot(epochs, history["loss"], marker="o", label=name)
-    recall.set(title="Validation Recall@1 (%, training classes)", xlabel="epoch")
+    score.set(title="Validation score (%, held-out training images)", xlabel="epoch")
     loss.set(title="Training loss", xlabel="epoch", yscale="log")
-    for axes in (recall, loss):
+    for axes in (score, loss):
         axes.legend(fontsize=8)
         axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def summarize(per_seed: dict, keys) -> dict:
+    """`{model: {key: {"mean", "sd", "n"}}}` over seeds; sd is the sample standard deviation (None for one seed).
+
+    Args:
+        per_seed: `{model: {seed: metrics}}`.
+        keys: The result keys to summarize.
+    """
+    summary = {}
+    for name, by_seed in per_seed.items():
+        summary[name] = {}
+        for key in keys:
+            values = np.array([metrics[key] for metrics in by_seed.values()], np.float64)
+            sd = float(values.std(ddof=1)) if len(values) > 1 else None
+            summary[name][key] = {"mean": float(values.mean()), "sd": sd, "n": int(len(values))}
+    return summary
+
+
+def _cell(key, stats):
+    factor = COLUMNS[key][1]
+    digits = 1 if factor == 100 else 3
+    mean = f"{factor * stats['mean']:.{digits}f}"
+    return mean if stats["sd"] is None else f"{mean} ± {factor * stats['sd']:.{digits}f}"
+
+
+def comparison_table(title, lines, per_seed, summary, keys, descriptions, params) -> str:
+    """The Markdown of `table.md`: mean ± sd over seeds for every model and metric, then every seed's numbers.
+
+    Args:
+        title: The heading (the command that made it).
+        lines: Sentences under the heading (data, seeds, selection).
+        per_seed: `{model: {seed: metrics}}`, the teacher first.
+        summary: `summarize(per_seed, keys)`.
+        keys: The result keys, columns in this order.
+        descriptions: `{model: what it trains with}`.
+        params: `{model: parameter count}`.
+    """
+    headers = [f"{COLUMNS[key][0]} ({COLUMNS[key][2]})" for key in keys]
+    seeds = sorted({seed for by_seed in per_seed.values() for seed in by_seed})
+    out = [f"# {title}", "", *lines, "", f"## Mean ± sd over {len(seeds)} seed{'s' * (len(seeds) > 1)}", ""]
+    out += ["| model | params | " + " | ".join(headers) + " | trained with |", "|---|---:|" + "---:|" * len(keys) + "---|"]
+    for name in per_seed:
+        cells = " | ".join(_cell(key, summary[name][key]) for key in keys)
+        out.append(f"| {name} | {params[name]:,} | {cells} | {descriptions[name]} |")
+    out += ["", "## Per seed", "", "| model | " + " | ".join(f"seed {seed}" for seed in seeds) + " |"]
+    out.append("|---|" + "---|" * len(seeds))
+    for name, by_seed in per_seed.items():
+        cells = [
+            " / ".join(f"{COLUMNS[key][1] * by_seed[seed][key]:.{1 if COLUMNS[key][1] == 100 else 3}f}" for key in keys)
+            if seed in by_seed else "" for seed in seeds
+        ]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "Per seed: " + " / ".join(COLUMNS[key][0] for key in keys) + "."]
+    return "\n".join(out) + "\n"
+
+
+def plot_comparison(path, summary, keys, curves, task):
+    """One panel per metric (mean over seeds, sd as error bars, the teacher dashed) and the students' validation curves.
+
+    Args:
+        path: The PNG to write.
+        summary: `summarize(...)`, the teacher first.
+        keys: The result keys, one panel each.
+        curves: `{model: [validation score per epoch, one list per seed]}`.
+        task: `"metric"` or `"classification"`, for the titles.
+    """
+    plt = _pyplot()
+    panels = len(keys) + 1
+    columns = min(3, panels)
+    rows = math.ceil(panels / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.2 * rows), squeeze=False)
+    axes = axes.ravel()
+    names = list(summary)
+    students = [name for name in names if name != "teacher"]
+    colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
+    for ax, key in zip(axes, keys):
+        header, factor, unit = COLUMNS[key]
+        teacher = [factor * summary["teacher"][key]["mean"]] if "teacher" in summary else []
+        means = np.array([factor * summary[name][key]["mean"] for name in students])
+        sds = np.array([factor * (summary[name][key]["sd"] or 0.0) for name in students])
+        ax.bar(np.arange(len(students)), means, yerr=sds, capsize=3, color=[colours[name] for name in students])
+        if teacher:
+            ax.axhline(teacher[0], color="black", linestyle="--", linewidth=1, label="teacher")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xticks(np.arange(len(students)), students, rotation=45, ha="right", fontsize=8)
+        spread = np.concatenate([means - sds, means + sds, teacher])
+        margin = max(0.15 * (spread.max() - spread.min()), 0.005 * abs(spread.max()))
+        ax.set_ylim(spread.min() - margin, spread.max() + margin)
+        lower = "lower is better" if key == "cross_entropy" else "higher is better"
+        ax.set_title(f"{header} ({unit}; mean ± sd over seeds, {lower})", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    curve_axes = axes[len(keys)]
+    for name in students:
+        runs = curves.get(name, [])
+        length = min((len(run) for run in runs), default=0)
+        if length:
+            mean = 100 * np.mean([run[:length] for run in runs], axis=0)
+            curve_axes.plot(np.arange(1, length + 1), mean, marker="o", markersize=3, color=colours[name], label=name)
+    what = "Recall@1" if task == "metric" else "accuracy"
+    curve_axes.set(title=f"Students' validation {what} (%, mean over seeds)", xlabel="epoch")
+    curve_axes.legend(fontsize=7, ncol=2)
+    curve_axes.grid(alpha=0.3)
+    for ax in axes[panels:]:
+        ax.axis("off")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

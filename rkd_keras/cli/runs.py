@@ -2,9 +2,11 @@
 
 `runs/<name>/` holds `config.json` (the resolved settings), `status.json`
 (running / complete / incomplete), `history.csv`, `best.keras` and
-`best.json` (the best epoch on validation Recall@1), `backup/` (Keras's
+`best.json` (the best epoch on validation Recall@1, or validation accuracy
+for classification), `backup/` (Keras's
 `BackupAndRestore` state, removed when the run is complete), `metrics.json`,
-`tensorboard/` and `report.png`. Every file is written whole under a temporary
+`tensorboard/` and `report.png` (not for the runs of a comparison, whose
+own `report.png` shows them all). Every file is written whole under a temporary
 name and renamed, so a reader never sees half of one.
 """
 
@@ -70,13 +72,15 @@ class RunFolder:
         return read_json(file)["status"] if file.exists() else None
 
     def has_progress(self) -> bool:
-        """Whether the run holds anything worth keeping: a finished epoch, or such a stage of the demo.
+        """Whether the run holds anything worth keeping: a finished epoch, or such a stage of the demo or a comparison.
 
-        (A stopped `tune` search holds nothing to resume: it starts again.)
+        Stages are run folders anywhere below (a comparison's sit in a folder
+        per seed). (A stopped `tune` search holds nothing to resume: it
+        starts again.)
         """
         if self.status() == "complete" or resumed_epoch(self.path / "backup") or (self.path / "best.json").exists():
             return True
-        stages = [child for child in self.path.iterdir() if (child / "status.json").exists()]
+        stages = [file.parent for file in self.path.glob("*/**/status.json")]
         return any(RunFolder(stage).has_progress() for stage in stages)
 
     def prepare(self, config: RunConfig | None, resume: bool) -> RunConfig | None:
@@ -141,27 +145,29 @@ class RunFolder:
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the embedding model whenever validation Recall@1 beats the best epoch of the whole run.
+    """Saves the trained network whenever the validation score beats the best epoch of the whole run.
 
+    The score is `monitor` in the epoch's logs (higher is better):
+    `val_recall_at_1` for metric learning, `val_accuracy` for classification.
     The best score comes back from `best.json` when a run is resumed, so an
     epoch after the interruption replaces `best.keras` only if it is better
     than every epoch before it.
     """
 
-    def __init__(self, embedder, path):
+    def __init__(self, network, path, monitor: str = "val_recall_at_1"):
         super().__init__()
-        self.embedder, self.path = embedder, Path(path)
+        self.network, self.path, self.monitor = network, Path(path), monitor
         self.record = self.path.with_suffix(".json")
-        self.best = read_json(self.record)["val_recall_at_1"] if self.record.exists() else -math.inf
+        self.best = read_json(self.record)[monitor] if self.record.exists() else -math.inf
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get("val_recall_at_1", -math.inf)
+        value = (logs or {}).get(self.monitor, -math.inf)
         if value > self.best:
             self.best = value
             partial = self.path.with_name(".partial." + self.path.name)
-            self.embedder.save(partial)
+            self.network.save(partial)
             os.replace(partial, self.path)
-            write_json(self.record, {"epoch": epoch + 1, "val_recall_at_1": value})
+            write_json(self.record, {"epoch": epoch + 1, self.monitor: float(value)})
 
 
 def read_history(path) -> dict:

@@ -1,17 +1,33 @@
-"""One run of the command line: its data, models and optimizer, training with checkpoints, and evaluation."""
+"""One run of the command line: its data, models and optimizer, training with checkpoints, and evaluation.
 
+A run is metric learning (an embedding model, the triplet loss, Recall@K on
+unseen classes, the best epoch by validation Recall@1) or classification (a
+classifier, cross-entropy, accuracy on the test images, the best epoch by
+validation accuracy); either distils from a teacher when its settings hold
+terms or RKD weights.
+"""
+
+import math
 import shutil
 
 import keras
+import numpy as np
 
 from rkd_keras.cli import report
 from rkd_keras.cli.inputs import check_keras_file
 from rkd_keras.cli.runs import BestCheckpoint, RunFolder, read_history, read_json, resumed_epoch, write_json
-from rkd_keras.data import load_dataset, pk_batches, preprocess_image
+from rkd_keras.data import default_resize_size, load_dataset, num_classes, pk_batches, preprocess_image
 from rkd_keras.distiller import Distiller
 from rkd_keras.losses import TripletLoss
-from rkd_keras.models import embedding_model
+from rkd_keras.models import classifier_model, embedding_model
+from rkd_keras.presets import build_terms
 from rkd_keras.retrieval import RetrievalRecall, embed, map_at_r, r_precision, recall_at_k
+
+# The log key whose best epoch a run keeps, by task.
+MONITOR = {"metric": "val_recall_at_1", "classification": "val_accuracy"}
+# Teacher tensors are cached for distillation (see `_batches`) only up to this
+# size: feature maps of every training image would not fit in memory.
+TEACHER_CACHE_BYTES = 256 * 2**20
 
 
 def load_model_file(path, what: str) -> keras.Model:
@@ -52,10 +68,11 @@ def _optimizer(config):
 def data(config, split):
     """The split's images: unbatched stored training images, or batched evaluation images."""
     options = dict(
-        channels=config.channels, data_dir=config.data_dir, manual_dir=config.manual_dir,
+        task=config.task, channels=config.channels, data_dir=config.data_dir, manual_dir=config.manual_dir,
         download=config.download, validation_fraction=config.validation_fraction,
+        classes=config.test_classes() if split == "test" else config.train_classes,
     )
-    resize_size = config.resize_size or round(config.image_size * 256 / 224)
+    resize_size = config.resize_size or default_resize_size(config.image_size, config.task)
     if split == "train":
         # Augmented: stored resized, random crops and flips happen per epoch.
         stored_size = resize_size if config.augment else config.image_size
@@ -79,8 +96,8 @@ def _batches(config, model=None, first_epoch=0):
             return preprocess_image(image, image_size=size, resize_size=image.shape[0], augment=True, channels=config.channels), label
 
     train = data(config, "train")
-    if isinstance(model, Distiller) and config.cache_teacher and not config.augment:
-        # No random augmentation: the frozen teacher's embeddings are the same every epoch.
+    if isinstance(model, Distiller) and config.cache_teacher and not config.augment and _cache_fits(model, train):
+        # No random augmentation: the frozen teacher's tensors are the same every epoch.
         train = model.cache_teacher_embeddings(train)
     return pk_batches(
         train, config.classes_per_batch, config.samples_per_class,
@@ -88,30 +105,54 @@ def _batches(config, model=None, first_epoch=0):
     )
 
 
-def _embedder(config):
-    return embedding_model(
-        config.backbone, config.embedding_dim, l2_normalize=config.l2_normalize, input_shape=input_shape(config),
-        weights=config.weights, width=config.width, name="embedding", download=config.download,
-    )
+def _cache_fits(distiller, train):
+    """Whether the teacher tensors its terms read, for every training image, fit `TEACHER_CACHE_BYTES`."""
+    layers = {term.teacher_layer for term in distiller.terms if term.weight > 0}
+    teacher = distiller.teacher
+    shapes = [teacher.outputs[0].shape if layer is None else teacher.get_layer(layer).output.shape for layer in layers]
+    per_image = sum(4 * math.prod(shape[1:]) for shape in shapes)
+    return per_image * _length(train) <= TEACHER_CACHE_BYTES
+
+
+def _length(dataset) -> int:
+    """The number of elements of a finite dataset, counted if its cardinality is unknown (after a filter)."""
+    known = int(dataset.cardinality())
+    return known if known >= 0 else int(dataset.reduce(0, lambda count, *_: count + 1))
+
+
+def _network(config):
+    """The model a run trains: an embedding model (metric learning) or a classifier."""
+    options = dict(input_shape=input_shape(config), weights=config.weights, width=config.width, download=config.download)
+    if config.task == "classification":
+        return classifier_model(config.backbone, num_classes(config.dataset, "train", task="classification"), name="classifier", **options)
+    return embedding_model(config.backbone, config.embedding_dim, l2_normalize=config.l2_normalize, name="embedding", **options)
 
 
 def _model(config, teacher):
-    """The model to fit and the embedding model it trains."""
-    embedder = _embedder(config)
-    triplet = TripletLoss(margin=config.margin, sampling=config.sampling)
-    if teacher is None or not (config.distance_weight or config.angle_weight):
-        embedder.compile(_optimizer(config), loss=triplet, loss_weights=config.triplet_weight, jit_compile=config.jit_compile)
-        return embedder, embedder
-    distiller = Distiller(
-        teacher, embedder, distance_weight=config.distance_weight, angle_weight=config.angle_weight,
-        task_loss_weight=config.triplet_weight,
+    """The model to fit and the network it trains (the same, unless it distils from `teacher`)."""
+    network = _network(config)
+    if config.task == "classification":
+        task_loss, metrics, weight = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"], 1.0
+    else:
+        task_loss, metrics, weight = TripletLoss(margin=config.margin, sampling=config.sampling), None, config.triplet_weight
+    distils = config.terms or config.distance_weight or config.angle_weight
+    if teacher is None or not distils:
+        network.compile(_optimizer(config), loss=task_loss, loss_weights=weight, metrics=metrics, jit_compile=config.jit_compile)
+        return network, network
+    terms = dict(terms=build_terms(config.terms)) if config.terms else dict(
+        distance_weight=config.distance_weight, angle_weight=config.angle_weight
     )
-    distiller.compile(_optimizer(config), loss=triplet if config.triplet_weight else None, jit_compile=config.jit_compile)
-    return distiller, embedder
+    distiller = Distiller(teacher, network, task_loss_weight=weight, **terms)
+    distiller.compile(
+        _optimizer(config), loss=task_loss if weight else None, metrics=metrics, jit_compile=config.jit_compile
+    )
+    return distiller, network
 
 
 def evaluate(model, config, split="test"):
-    """Recall@1/2/4/8, MAP@R and R-precision of an embedding model on a split."""
+    """The task's metrics of a model on a split: Recall@1/2/4/8, MAP@R and R-precision, or accuracy and cross-entropy."""
+    if config.task == "classification":
+        return _classification_metrics(model, config, split)
     embeddings, labels = embed(model, data(config, split))
     recalls = recall_at_k(embeddings, labels)
     return {
@@ -123,34 +164,61 @@ def evaluate(model, config, split="test"):
     }
 
 
-def train(config, folder: RunFolder, teacher=None, verbose=1):
+def _classification_metrics(model, config, split):
+    """Top-1 accuracy and the mean cross-entropy (nats, float64 log-softmax) of a classifier on a split."""
+    logits, labels = embed(model, data(config, split))
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return {
+        "accuracy": float(np.mean(np.argmax(logits, axis=1) == labels)),
+        "cross_entropy": float(-np.mean(log_probs[np.arange(len(labels)), labels])),
+        "items": int(len(labels)),
+        "params": int(getattr(model, "student", model).count_params()),
+    }
+
+
+def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True):
     """Trains one model in a prepared `folder`; returns its test metrics, those of its best epoch.
 
-    Everything that can fail before training (weights, data, the teacher's
-    fit to the data) is done before the folder is written.
+    The best epoch is the one of highest validation Recall@1 (metric
+    learning) or validation accuracy (classification), on images held out
+    from the training split, never on the test split. Everything that can
+    fail before training (weights, data, the teacher's fit to the data) is
+    done before the folder is written. `plot=False` leaves out the run's
+    `report.png` (a comparison draws one picture of all its runs).
     """
     if folder.status() == "complete":
         return read_json(folder.path / "metrics.json")
     keras.utils.set_random_seed(config.seed)
     if teacher is not None:
         check_fits_data(teacher, config, "teacher")
-    model, embedder = _model(config, teacher)
+    model, network = _model(config, teacher)
     validation = data(config, "validation")
     batches = _batches(config, model, first_epoch=resumed_epoch(folder.path / "backup"))
+    monitor = MONITOR[config.task]
     with folder.running(config):
+        # Metric learning: Recall@K written into the logs, first, as the others read it.
+        scores = [RetrievalRecall(validation)] if config.task == "metric" else []
         callbacks = [
-            RetrievalRecall(validation),  # first: the others read its logs
-            BestCheckpoint(embedder, folder.path / "best.keras"),
+            *scores,
+            BestCheckpoint(network, folder.path / "best.keras", monitor=monitor),
             keras.callbacks.CSVLogger(str(folder.path / "history.csv"), append=True),
             keras.callbacks.TensorBoard(str(folder.path / "tensorboard")),
             # Kept after fit: a run stopped while evaluating resumes there, not at epoch 0.
             keras.callbacks.BackupAndRestore(str(folder.path / "backup"), delete_checkpoint=False),
         ]
-        model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+        # Classification: fit evaluates the loss and accuracy on validation after each epoch (val_accuracy);
+        # its number of batches given, as Keras warns of "running out of data" on a dataset of unknown length.
+        model.fit(
+            batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False,
+            validation_data=None if scores else validation, validation_steps=None if scores else _length(validation),
+        )
         best = keras.models.load_model(folder.path / "best.keras")
         metrics = {**evaluate(best, config), **read_json(folder.path / "best.json")}
         write_json(folder.path / "metrics.json", metrics)
-        report.plot_report(folder.path / "report.png", {folder.path.name: metrics}, {folder.path.name: read_history(folder.path)})
+        if plot:
+            report.plot_report(folder.path / "report.png", {folder.path.name: metrics}, {folder.path.name: read_history(folder.path)})
     shutil.rmtree(folder.path / "backup", ignore_errors=True)
     folder.set_status("complete")
     return metrics
@@ -167,10 +235,10 @@ def tune(config, folder: RunFolder, teacher, tuner, max_trials, verbose=1):
         return read_json(folder.path / "metrics.json")
     keras.utils.set_random_seed(config.seed)
     check_fits_data(teacher, config, "teacher")
-    _embedder(config)  # refuses unavailable weights before the search starts
+    _network(config)  # refuses unavailable weights before the search starts
     hypermodel = RKDHyperModel(
         teacher,
-        lambda: _embedder(config),
+        lambda: _network(config),
         task_loss=TripletLoss(margin=config.margin, sampling=config.sampling) if config.triplet_weight else None,
     )
     batches, validation = _batches(config), data(config, "validation")

@@ -7,11 +7,20 @@ is its few lines here): it passes its function and keyword arguments to
 distillation losses `y_true` holds the teacher's tensor and `y_pred` the
 student's. `relational` says whether a loss compares relations across the
 batch (it needs the whole batch at once) or each example on its own.
+
+`RKDDistance` and `RKDAngle` take `l2_normalize=True` to compare the
+relations of L2-normalised rows, as the official classification code does
+(lenscloth/RKD, branch `classification`, `run_distill_classification.py`:
+`F.normalize(e_s)`, `F.normalize(e_t)` before the distance and angle losses).
+The wrapper normalises, not the model: the classifier's logits are computed
+from the features before normalisation, so a normalisation layer would have
+to be a second output of the model, and a loss option keeps the model as it
+is and any layer selectable.
 """
 
 import keras
 
-from rkd_keras.losses.base import check_number
+from rkd_keras.losses.base import as_float32, check_number, flatten, l2_normalize
 from rkd_keras.losses.features import attention_transfer, fitnet
 from rkd_keras.losses.logits import dist_kd, hinton_kd
 from rkd_keras.losses.relational import correlation_congruence, dark_rank, pkt, similarity_preserving
@@ -29,40 +38,68 @@ class LossWrapper(keras.losses.Loss):
             default for a function of unknown kind.
         uses_regressor: the student's tensor passes through a learned
             `HintRegressor` (FitNet) before the loss.
+
+    Args:
+        fn: The loss function, `fn(y_true, y_pred, **kwargs)`.
+        l2_normalize: Divide each example's (flattened) row of both tensors by
+            its L2 norm (`max(‖row‖, 1e-12)`, PyTorch's `F.normalize`) before
+            the loss; in float32. The wrappers that offer it say so.
+        **kwargs: The function's keyword arguments, stored in the config.
     """
 
     relational = True
     uses_regressor = False
 
-    def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, **kwargs):
+    def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, *, l2_normalize=False, **kwargs):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not isinstance(l2_normalize, bool):
+            raise ValueError(f"l2_normalize must be True or False, received {l2_normalize!r}.")
         self.fn = fn
+        self.l2_normalize = l2_normalize
         self.fn_kwargs = kwargs
 
     def call(self, y_true, y_pred):
+        if self.l2_normalize:
+            y_true, y_pred = (
+                l2_normalize(flatten(as_float32(x, name)), axis=1) for x, name in ((y_true, "Teacher"), (y_pred, "Student"))
+            )
         return self.fn(y_true, y_pred, **self.fn_kwargs)
 
     def get_config(self):
-        return {**super().get_config(), **self.fn_kwargs}
+        # Written only when on, so the configs of wrappers without the option stay theirs.
+        switch = {"l2_normalize": True} if self.l2_normalize else {}
+        return {**super().get_config(), **self.fn_kwargs, **switch}
 
 
 @register
 class RKDDistance(LossWrapper):
     """Distance-wise RKD loss; see `rkd_distance`.
 
+    `l2_normalize=True` compares the distances of L2-normalised rows, as the
+    official classification code (see the module's docstring).
+
     Example:
     >>> teacher = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
     >>> float(RKDDistance()(teacher, 2.0 * teacher)) < 1e-6
     True
+    >>> float(RKDDistance(l2_normalize=True)(teacher, 2.0 * teacher[:, ::-1])) < 1e-6  # same after normalising
+    True
     """
 
-    def __init__(self, delta=1.0, eps=1e-12, reduction="sum_over_batch_size", name="rkd_distance", dtype=None):
-        super().__init__(rkd_distance, reduction=reduction, name=name, dtype=dtype, delta=delta, eps=eps)
+    def __init__(
+        self, delta=1.0, eps=1e-12, l2_normalize=False, reduction="sum_over_batch_size", name="rkd_distance", dtype=None
+    ):
+        super().__init__(
+            rkd_distance, reduction=reduction, name=name, dtype=dtype, l2_normalize=l2_normalize, delta=delta, eps=eps
+        )
 
 
 @register
 class RKDAngle(LossWrapper):
     """Angle-wise RKD loss; see `rkd_angle`.
+
+    `l2_normalize=True` compares the angles of L2-normalised rows, as the
+    official classification code (see the module's docstring).
 
     Example:
     >>> teacher = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
@@ -71,10 +108,18 @@ class RKDAngle(LossWrapper):
     """
 
     def __init__(
-        self, delta=1.0, eps=1e-12, chunk_size=None, reduction="sum_over_batch_size", name="rkd_angle", dtype=None
+        self,
+        delta=1.0,
+        eps=1e-12,
+        chunk_size=None,
+        l2_normalize=False,
+        reduction="sum_over_batch_size",
+        name="rkd_angle",
+        dtype=None,
     ):
         super().__init__(
-            rkd_angle, reduction=reduction, name=name, dtype=dtype, delta=delta, eps=eps, chunk_size=chunk_size
+            rkd_angle, reduction=reduction, name=name, dtype=dtype, l2_normalize=l2_normalize,
+            delta=delta, eps=eps, chunk_size=chunk_size,
         )
 
 

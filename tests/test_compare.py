@@ -1,0 +1,157 @@
+"""`rkd-keras compare`: every method of both tasks, on tiny settings; resuming; the settings it refuses."""
+
+import json
+import math
+
+import pytest
+
+from conftest import listing
+from rkd_keras import presets
+from rkd_keras.cli import main
+from rkd_keras.cli.config import ConfigError
+from rkd_keras.cli.inputs import check_inputs
+from rkd_keras.cli.parser import build_parser
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# --quick, then smaller still: tiny images and networks, 2 steps, few evaluation images.
+TINY = {"image_size": 12, "width": 2, "steps_per_epoch": 2, "max_train_items": 300, "max_eval_items": 40}
+
+
+def _compare(tmp_path, task, *extra):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    argv = ["compare", "--task", task, "--quick", "--seeds", "1", "--config", str(config), "--quiet"]
+    return main([*argv, "--runs-dir", str(tmp_path), *extra])
+
+
+@pytest.mark.parametrize("task", ["metric", "classification"])
+def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_retrains_nothing(task, tmp_path, capsys):
+    methods = list(presets.COMPARE[task]["methods"])
+    keys = presets.COMPARE[task]["metrics"]
+    assert _compare(tmp_path, task) == 0
+    out = capsys.readouterr().out
+    root = tmp_path / f"compare-{task}"
+    # Each run says what it trains and where it is: the teacher, then every method.
+    assert f"[seed 1/1] [1/{len(methods) + 1}] teacher" in out
+    assert f"[seed 1/1] [{methods.index('rkd_da') + 2}/{len(methods) + 1}] rkd_da student, " in out
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["teacher", *methods] and metrics["seeds"] == [1]
+    for name, model in metrics["models"].items():
+        for key in keys:
+            value = model["per_seed"]["1"][key]
+            assert math.isfinite(value), (name, key)
+            assert model["summary"][key] == {"mean": value, "sd": None, "n": 1}
+    table = (root / "table.md").read_text()
+    for name in ["teacher", *methods]:
+        assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2, name  # mean ± sd, per seed
+    assert (root / "report.png").read_bytes()[:8] == PNG_SIGNATURE
+    # Each run in its own folder; the teacher of a seed taught that seed's students.
+    run = json.loads((root / "seed1" / "rkd_da" / "config.json").read_text())
+    assert run["seed"] == 1 and [term["name"] for term in run["terms"]] == [
+        term["name"] for term in presets.COMPARE[task]["methods"]["rkd_da"]["terms"]
+    ]
+    assert json.loads((root / "status.json").read_text())["status"] == "complete"
+
+    runs_before = listing(root / "seed1")
+    assert _compare(tmp_path, task) == 2  # a finished comparison is not overwritten
+    assert "pass --resume" in capsys.readouterr().err
+    assert _compare(tmp_path, task, "--resume") == 0
+    assert "finished earlier" in capsys.readouterr().out
+    assert listing(root / "seed1") == runs_before  # nothing trained or written again
+    assert json.loads((root / "metrics.json").read_text()) == metrics
+
+
+def test_the_summary_is_the_mean_and_sample_standard_deviation_over_seeds():
+    from rkd_keras.cli.report import comparison_table, summarize
+
+    per_seed = {"teacher": {0: {"accuracy": 0.80}, 1: {"accuracy": 0.90}}, "ce": {0: {"accuracy": 0.70}, 1: {"accuracy": 0.74}}}
+    summary = summarize(per_seed, ["accuracy"])
+    assert summary["teacher"]["accuracy"] == pytest.approx({"mean": 0.85, "sd": 0.1 / 2**0.5, "n": 2})
+    assert summary["ce"]["accuracy"]["sd"] == pytest.approx(0.04 / 2**0.5)  # |0.70 − 0.74| / √2
+    table = comparison_table("t", [], per_seed, summary, ["accuracy"], {"teacher": "T", "ce": "C"}, {"teacher": 9, "ce": 1})
+    assert "| teacher | 9 | 85.0 ± 7.1 | T |" in table
+    assert "| ce | 70.0 | 74.0 |" in table
+
+
+def _inputs(*argv):
+    return check_inputs(build_parser().parse_args(["compare", *argv]))
+
+
+def test_each_method_is_its_preset_on_the_tasks_student():
+    configs = _inputs("--task", "classification", "--seeds", "3")["configs"][3]
+    recipe = presets.COMPARE["classification"]
+    assert list(configs) == ["teacher", *recipe["methods"]]
+    assert configs["teacher"].terms == [] and configs["teacher"].width == 32 and configs["ce"].width == 8
+    names = [spec["name"] for spec in configs["hkd_rkd_da"].terms]
+    assert names == ["hinton_kd", "rkd_distance_pool", "rkd_angle_pool"]
+    assert [(spec["weight"], spec["options"]) for spec in configs["hkd_rkd_da"].terms] == [
+        (1.0, {"temperature": 4.0}), (25.0, {"l2_normalize": True}), (50.0, {"l2_normalize": True}),
+    ]
+    assert all(config.seed == 3 and config.task == "classification" for config in configs.values())
+    metric = _inputs("--methods", "self_distillation", "triplet", "--train-classes", "1", "3", "5", "7", "9")["configs"][0]
+    teacher, student = metric["teacher"], metric["self_distillation"]
+    assert (student.backbone, student.width, student.embedding_dim) == (teacher.backbone, teacher.width, teacher.embedding_dim)
+    assert not student.l2_normalize and teacher.l2_normalize
+    assert metric["triplet"].triplet_weight == 1.0 and metric["triplet"].terms == []
+    assert teacher.train_classes == [1, 3, 5, 7, 9] and teacher.test_classes() == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "rkd_da", "hkd"], "unknown metric methods hkd; choose among triplet, rkd_d"),
+        (["--train-classes", "0", "1", "12"], "train_classes [12] are not classes of fashion_mnist, whose labels are 0–9"),
+        (["--train-classes", "0", "1", "1"], "train_classes lists [1] more than once"),
+        (["--train-classes", "0", "1", "2"], "classes_per_batch must be <= 3, the classes of train_classes, received 5"),
+        (["--train-classes", *map(str, range(9))], "must leave at least 2 classes on each side"),
+        (["--task", "classification", "--train-classes", "0", "1"], "classification trains and tests on every class"),
+        (["--seeds", "0", "0"], "--seeds lists [0] more than once"),
+    ],
+    ids=["unknown method", "unknown class", "repeated class", "too few for P", "no test classes", "classification", "seeds"],
+)
+def test_settings_that_cannot_compare_are_refused_before_anything_runs(argv, message):
+    with pytest.raises(ConfigError) as error:
+        _inputs(*argv)
+    assert message in str(error.value)
+
+
+def test_a_config_file_may_not_set_what_each_method_sets(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: fashion_mnist\nterms: []\nseed: 4\n")
+    assert main(["compare", "--config", str(config), "--runs-dir", str(tmp_path)]) == 2
+    assert "seed, terms are set by compare itself" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [config]
+
+
+@pytest.mark.parametrize(
+    "command, settings, message",
+    [
+        (["train-teacher"], "task: classification\ntriplet_weight: 0\n", "train-teacher is for metric learning (task: metric)"),
+        (["tune", "--teacher", "t.keras"], "terms: [{loss: pkt}]\n", "tune searches distance_weight and angle_weight"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt, weight: -1}]\n", "terms[0] weight must be a finite number >= 0"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: rkd}]\n", "terms[0] loss must be one of rkd_distance, rkd_angle"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt, layer: pool}]\n", "terms[0] has unknown keys layer"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}, {loss: pkt}]\n", "two terms are named pkt"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}]\nangle_weight: 2\n", "give terms or distance_weight/angle_weight, not both"),
+    ],
+    ids=["classification teacher", "tune with terms", "negative weight", "unknown loss", "unknown key", "same name", "both"],
+)
+def test_run_settings_that_cannot_train_are_refused_before_anything_loads(command, settings, message, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(settings)
+    assert main([command[0], "--config", str(config), "--runs-dir", str(tmp_path), *command[1:]]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [config]
+
+
+def test_terms_in_a_config_file_replace_the_default_rkd_terms(tmp_path):
+    from rkd_keras.cli.config import resolve_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("terms: [{loss: rkd_angle, weight: 50, teacher_layer: pool, student_layer: pool, options: {l2_normalize: true}}]\n")
+    student = resolve_config("student", config_file=config)
+    assert (student.distance_weight, student.angle_weight) == (0.0, 0.0)  # the demo student's 1 and 2 are replaced
+    assert student.terms == [{"loss": "rkd_angle", "weight": 50.0, "teacher_layer": "pool", "student_layer": "pool",
+                              "name": "rkd_angle", "options": {"l2_normalize": True}}]  # fmt: skip
+    (term,) = presets.build_terms(student.terms)
+    assert (term.weight, term.teacher_layer, term.loss.l2_normalize, term.relational) == (50.0, "pool", True, True)
