@@ -1,4 +1,4 @@
-"""rkd_keras: Relational Knowledge Distillation (Park et al., CVPR 2019) for Keras 3 / TensorFlow.
+"""rkd_keras: Relational Knowledge Distillation (Park et al., CVPR 2019) and its relatives for Keras 3, on TensorFlow, JAX and PyTorch.
 
 The public names below resolve when first used (PEP 562), so optional parts
 load only when asked for: `rkd_keras.tuning` imports keras-tuner, the command

@@ -19,12 +19,11 @@ This module also defines the cached-input contract of
 """
 
 import difflib
-import math
 
 import keras
 import numpy as np
 
-from rkd_keras import losses
+from rkd_keras import checks, losses
 from rkd_keras.saving import register
 
 # The keys of a batch whose teacher tensors were computed ahead of training.
@@ -33,16 +32,8 @@ TEACHER_TENSORS = "teacher_embeddings"
 
 
 def check_weight(name: str, value) -> float:
-    """Returns `value` as a float, raising unless it is finite and ≥ 0."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a number, received {value!r}.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"`{name}` must be a finite number >= 0 (0 turns the term off), received {value}."
-        )
-    return value
+    """Returns `value` as a float, raising unless it is finite and ≥ 0 (0 turns the term off)."""
+    return checks.check_number(f"`{name}`", value, low=0)
 
 
 def _check_layer(argument, layer):

@@ -78,16 +78,16 @@ def test_triplet_wrapper_round_trip_keeps_its_sampling():
 
 
 BAD_PARAMETERS = [
-    ("hinton_kd", {"temperature": 0.0}, "temperature must be a number > 0, received 0.0"),
-    ("dist_kd", {"temperature": -1.0}, "temperature must be a number > 0"),
-    ("dist_kd", {"beta": -0.5}, "beta must be a number ≥ 0"),
-    ("pkt", {"eps": 0.0}, "eps must be a number > 0"),
-    ("correlation_congruence", {"gamma": float("nan")}, "gamma must be a number > 0, received nan"),
-    ("correlation_congruence", {"order": 0}, "order must be an integer ≥ 1, received 0"),
-    ("correlation_congruence", {"order": 2.5}, "order must be an integer ≥ 1"),
-    ("dark_rank", {"list_length": 0}, "list_length must be an integer ≥ 1"),
-    ("dark_rank", {"alpha": -3.0}, "alpha must be a number > 0"),
-    ("dark_rank", {"beta": "3"}, "beta must be a number > 0, received '3'"),
+    ("hinton_kd", {"temperature": 0.0}, "temperature must be a finite number > 0, received 0.0"),
+    ("dist_kd", {"temperature": -1.0}, "temperature must be a finite number > 0"),
+    ("dist_kd", {"beta": -0.5}, "beta must be a finite number >= 0"),
+    ("pkt", {"eps": 0.0}, "eps must be a finite number > 0"),
+    ("correlation_congruence", {"gamma": float("nan")}, "gamma must be a finite number > 0, received nan"),
+    ("correlation_congruence", {"order": 0}, "order must be an integer >= 1, received 0"),
+    ("correlation_congruence", {"order": 2.5}, "order must be an integer >= 1"),
+    ("dark_rank", {"list_length": 0}, "list_length must be an integer >= 1"),
+    ("dark_rank", {"alpha": -3.0}, "alpha must be a finite number > 0"),
+    ("dark_rank", {"beta": "3"}, "beta must be a finite number > 0, received '3'"),
 ]
 
 

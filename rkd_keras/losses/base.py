@@ -5,9 +5,10 @@ Written with `keras.ops`, so every loss runs on TensorFlow, JAX and PyTorch.
 """
 
 import math
-import numbers
 
 import keras
+
+from rkd_keras import checks
 
 
 def as_float32(x, name: str, min_rank: int = 2):
@@ -29,13 +30,13 @@ def as_float32(x, name: str, min_rank: int = 2):
 
 
 def check_number(value, name: str, *, minimum: float = 0.0, strict: bool = True, integer: bool = False):
-    """`value` if it is a (finite) number above `minimum` (or equal, unless `strict`); else a `ValueError`."""
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum):
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {what} {'>' if strict else '≥'} {minimum:g}, received {value!r}.")
-    return int(value) if integer else float(value)
+    """`value` if it is a finite number above `minimum` (or equal, unless `strict`); else a `ValueError`.
+
+    The losses' argument order of `rkd_keras.checks`, whose messages every check shares.
+    """
+    if integer:
+        return checks.check_int(name, value, low=minimum if not strict else minimum + 1)
+    return checks.check_number(name, value, low=minimum, low_open=strict)
 
 
 _BATCH_MISMATCH = "Teacher and student tensors must come from the same batch"

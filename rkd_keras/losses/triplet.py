@@ -5,9 +5,8 @@ Written with `keras.ops`; distances come from the float64 Gram matrix (`base.in_
 
 import keras
 
+from rkd_keras.choices import TRIPLET_SAMPLINGS
 from rkd_keras.losses.base import as_float32, centered_gram, flatten, guard, in_float64, squared_distances
-
-TRIPLET_SAMPLINGS = ("distance_weighted", "batch_hard", "all")
 
 
 def _distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff):
