@@ -29,7 +29,7 @@ def as_float32(x, name: str, min_rank: int = 2):
     return keras.ops.cast(x, "float32")
 
 
-def check_number(value, name: str, *, minimum: float = 0.0, strict: bool = True, integer: bool = False):
+def check_number(value, name: str, *, minimum: float = 0, strict: bool = True, integer: bool = False):
     """`value` if it is a finite number above `minimum` (or equal, unless `strict`); else a `ValueError`.
 
     The losses' argument order of `rkd_keras.checks`, whose messages every check shares.
