@@ -171,6 +171,12 @@ def test_presets_that_use_imagenet_weights_need_download(workdir, capsys, monkey
     assert "ImageNet weights of resnet50 are not in Keras's cache" in err and "--download" in err
 
 
+def test_command_line_refuses_another_keras_backend(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    err = _cli_error(["train-teacher"], workdir, capsys)
+    assert "the command line runs on the TensorFlow backend, but KERAS_BACKEND=jax" in err
+
+
 ROWS = np.arange(40, dtype=np.float32).reshape(10, 4)
 LABELS = np.repeat(np.arange(5), 2)
 

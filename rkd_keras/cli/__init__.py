@@ -66,11 +66,27 @@ def _tensorflow_start_up_hidden():
             os.close(terminal)
 
 
+def _use_tensorflow() -> None:
+    """Runs the command line on TensorFlow, whose `tf.data` pipelines, metrics and export it uses.
+
+    It is tested on TensorFlow only: an explicit other `KERAS_BACKEND` is
+    refused, and a backend chosen in `~/.keras/keras.json` is overridden.
+    """
+    chosen = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if chosen != "tensorflow":
+        raise ValueError(
+            f"the command line runs on the TensorFlow backend, but KERAS_BACKEND={chosen}: run rkd-keras "
+            "without it (or with KERAS_BACKEND=tensorflow), and use JAX or PyTorch from Python (README: Backends)"
+        )
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
 def main(argv=None) -> int:
     """Runs `rkd-keras` with `argv` (default: the process's arguments); returns the exit status."""
     args = build_parser().parse_args(argv)
     command = f"{PROG} {args.command}"
     try:
+        _use_tensorflow()
         inputs = check_inputs(args)
         with _tensorflow_start_up_hidden():
             from rkd_keras.cli import commands
