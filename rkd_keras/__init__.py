@@ -2,7 +2,8 @@
 
 The public names below resolve when first used (PEP 562), so optional parts
 load only when asked for: `rkd_keras.tuning` imports keras-tuner, the command
-line's reports import matplotlib, and `import rkd_keras` imports neither.
+line's reports import matplotlib, and `import rkd_keras` imports neither (Keras
+3.15 itself imports matplotlib when it is installed, for its image gallery).
 """
 
 import importlib

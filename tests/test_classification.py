@@ -67,7 +67,7 @@ def test_the_papers_classification_recipe_distils_a_student_on_real_fashion_mnis
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     teacher = classifier_model("small_cnn", 10, input_shape=(28, 28, 1), width=8, name="teacher")
     teacher.compile(keras.optimizers.Adam(3e-3), loss=cross_entropy, metrics=["accuracy"])
-    # 300 steps each: BatchNormalization's moving statistics (momentum 0.99) must have settled for inference.
+    # 300 steps each: BatchNormalization's moving statistics (momentum 0.9) must have settled for inference.
     teacher.fit(images, labels, batch_size=60, epochs=3, verbose=0)
     student = classifier_model("small_cnn", 10, input_shape=(28, 28, 1), width=4, name="student")
     distiller = Distiller(teacher, student, terms=presets.build_terms(presets.CLASSIFICATION_RECIPE["terms"]))
