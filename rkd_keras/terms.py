@@ -171,6 +171,17 @@ def _output_layer_name(model):
     return names[0] if names else model.layers[-1].name  # Sequential: its last layer
 
 
+def _graph_input(model):
+    """The inputs of a graph model, as its extractor takes them.
+
+    A `keras.Sequential` model has no `input` of its own (reading it raises
+    until the model is called as a layer); once it knows its input shape (it
+    starts with a `keras.Input`, or was built or called), `inputs` holds its
+    inner functional model's single input, to which its layers' outputs lead.
+    """
+    return model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+
+
 def _has_structured_output(model):
     if isinstance(model, keras.Sequential):
         return False  # its output is its last layer's
@@ -237,10 +248,17 @@ class Extractor:
             self.model = model
         else:
             tensors = {key: self.specs[key] for key in computed}
-            self.model = keras.Model(model.input, tensors, name=f"{model.name}_{role}_extractor")
+            self.model = keras.Model(_graph_input(model), tensors, name=f"{model.name}_{role}_extractor")
             self._returns_dict = True
 
     def _layer_output(self, model, layer, term_name, graph):
+        if not graph and isinstance(model, keras.Sequential):
+            raise ValueError(
+                f"Term {term_name!r} reads {self.role} layer {layer!r}, but the {self.role} "
+                f"{model.name!r} is a keras.Sequential model whose input shape is not known yet, so its "
+                f"layers have no outputs to select. Start it with its input, keras.Sequential(["
+                f"keras.Input(shape), ...]), or build it first ({self.role}.build((None, *shape)))."
+            )
         if not graph:
             raise ValueError(
                 f"Term {term_name!r} reads {self.role} layer {layer!r}, but the {self.role} "

@@ -341,6 +341,59 @@ def test_a_named_layer_of_a_subclassed_model_says_to_build_it_functionally(teach
     assert set(logs) == {"loss", "rkd_angle"} and np.isfinite(logs["loss"])
 
 
+def sequential_classifier(filters, name, input_layer=True):
+    """`classifier` as a keras.Sequential model (same layers, names and weights' shapes)."""
+    layers = [
+        keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name="stage1"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name="stage2"),
+        keras.layers.Conv2D(2 * filters, 3, strides=2, padding="same", activation="relu", name="stage3"),
+        keras.layers.GlobalAveragePooling2D(name="pool"),
+        keras.layers.Dense(4, name="logits"),
+    ]
+    return keras.Sequential([keras.Input((16, 16, 1)), *layers] if input_layer else layers, name=name)
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_layer_terms_on_a_sequential_model_train_as_on_the_same_functional_model(images, teacher, role):
+    x, labels = images
+    terms = [Term("hinton_kd"), Term("rkd_distance", 1.0, "pool", "stage3"), Term("rkd_angle", 2.0, "stage2", "pool")]
+    functional, sequential = classifier(4, "other"), sequential_classifier(4, "other")
+    sequential.set_weights(functional.get_weights())
+    runs = []
+    for other in (functional, sequential):
+        if role == "student":
+            distiller = Distiller(teacher, other, terms=terms)
+        else:
+            student = keras.models.clone_model(teacher)
+            student.set_weights(teacher.get_weights())
+            distiller = Distiller(other, student, terms=terms)
+        distiller.compile(keras.optimizers.SGD(0.1), loss=CE)
+        history = distiller.fit(x, labels, batch_size=32, epochs=2, shuffle=False, verbose=0).history
+        runs.append((history, distiller.student.get_weights()))
+    assert set(runs[0][0]) == {"loss", "task_loss", "hinton_kd", "rkd_distance", "rkd_angle"}
+    assert runs[0][0]["loss"][1] < runs[0][0]["loss"][0]
+    for key in runs[0][0]:
+        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_sequential_model_without_an_input_shape_says_how_to_give_it_one(teacher):
+    student = sequential_classifier(4, "seq", input_layer=False)
+    with pytest.raises(ValueError, match=(
+        r"Term 'rkd_angle' reads student layer 'pool', but the student 'seq' is a keras.Sequential model whose "
+        r"input shape is not known yet, .* keras.Sequential\(\[keras.Input\(shape\), ...\]\), or build it first "
+        r"\(student.build\(\(None, \*shape\)\)\)"
+    )):
+        Distiller(teacher, student, terms=[Term("rkd_angle", 1.0, "pool", "pool")])
+    student.build((None, 16, 16, 1))
+    distiller = Distiller(teacher, student, terms=[Term("rkd_angle", 1.0, "pool", "pool")])
+    distiller.compile("adam")
+    logs = distiller.evaluate(np.ones((8, 16, 16, 1), "float32"), verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "rkd_angle"} and np.isfinite(logs["loss"])
+
+
 @pytest.mark.parametrize("names, message", [
     (["kd", "kd"], "Two terms are named 'kd'"),
     (["loss", "kd"], "A term cannot be named 'loss'"),
