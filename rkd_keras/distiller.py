@@ -2,6 +2,7 @@
 
 import functools
 import operator
+import re
 import sys
 
 import keras
@@ -74,12 +75,51 @@ def _check_terms(terms):
     for name in names:
         if name in _RESERVED_NAMES:
             raise ValueError(f"A term cannot be named {name!r}: the logs use that key. Pass another `name=`.")
+        if name.startswith("val_"):
+            # fit logs every value of the validation data under "val_" + its key.
+            raise ValueError(
+                f"A term cannot be named {name!r}: fit logs the validation value of a term named "
+                f"{name[4:]!r} under that key. Pass a name without the 'val_' prefix, e.g. "
+                f"Term(..., name='{name[4:]}_term')."
+            )
         if names.count(name) > 1:
             raise ValueError(
                 f"Two terms are named {name!r}, and each term is logged under its name. Give them "
                 f"distinct names, e.g. Term(..., name='{name}_pool')."
             )
     return terms
+
+
+def _metric_names(metrics, weighted_metrics):
+    """The keys under which Keras logs the metrics compiled for a single-output model.
+
+    As Keras's `CompileMetrics.result`: a metric given as a string is logged
+    under that string, an object under its `name`, a function under its
+    snake_case `__name__`; a name met again gets `_1`, `_2`, ... (a weighted
+    metric first `weighted_`). Lists and dicts are flattened.
+    """
+    names = []
+    for prefix, given in (("", metrics), ("weighted_", weighted_metrics)):
+        for metric in keras.tree.flatten(given) if given is not None else []:
+            if isinstance(metric, str):
+                name = metric
+            else:
+                metric = keras.metrics.get(metric)
+                name = getattr(metric, "name", None) or _snake_case(getattr(metric, "__name__", type(metric).__name__))
+            if name in names and prefix:
+                name = prefix + name
+            base, index = name, 1
+            while name in names:
+                name, index = f"{base}_{index}", index + 1
+            names.append(name)
+    return names
+
+
+def _snake_case(name):
+    """Keras's snake_case of a function's or class's name (how it names metrics given as functions)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _specs(term, teacher, student):
@@ -360,6 +400,14 @@ class Distiller(keras.Model):
                 "compare one output with the labels. Compile without "
                 "`loss=`/`metrics=`, or give the student a single output."
             )
+        metric_names = _metric_names(metrics, kwargs.get("weighted_metrics"))
+        for term in self.terms:
+            if term.name in metric_names:
+                raise ValueError(
+                    f"Term {term.name!r} has the name of a compiled metric, and the logs hold one value per "
+                    f"name: the metric's would replace the term's. Rename the term, e.g. "
+                    f"Term(..., name='{term.name}_term')."
+                )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self.task_loss = None
         if loss is not None and self.task_loss_weight > 0:

@@ -74,7 +74,8 @@ class Term:
         student_layer: Name of the student's layer to read, or `None` for
             the student's output.
         name: The key of the term in the logs; defaults to the loss's name.
-            Terms of one Distiller need distinct names.
+            Terms of one Distiller need distinct names, none of them
+            `loss`, `task_loss`, `val_...` or a compiled metric's name.
 
     Example:
     >>> term = Term("rkd_angle", weight=2.0, teacher_layer="pool", student_layer="pool", name="rkd_a_pool")

@@ -397,11 +397,43 @@ def test_a_sequential_model_without_an_input_shape_says_how_to_give_it_one(teach
 @pytest.mark.parametrize("names, message", [
     (["kd", "kd"], "Two terms are named 'kd'"),
     (["loss", "kd"], "A term cannot be named 'loss'"),
+    (["kd", "val_kd"], "A term cannot be named 'val_kd': fit logs the validation value of a term named 'kd' under "
+                       "that key. Pass a name without the 'val_' prefix, e.g. Term\\(..., name='kd_term'\\)"),
 ])
 def test_term_names_must_be_distinct_log_keys(teacher, names, message):
     terms = [Term("hinton_kd", name=names[0]), Term("dist_kd", name=names[1])]
     with pytest.raises(ValueError, match=message):
         Distiller(teacher, classifier(4, "student"), terms=terms)
+
+
+def top_two(y_true, y_pred):
+    return keras.metrics.sparse_top_k_categorical_accuracy(y_true, y_pred, k=2)
+
+
+@pytest.mark.parametrize("metrics, weighted_metrics", [
+    (["accuracy"], None),
+    (["acc", keras.metrics.SparseCategoricalAccuracy(name="hits"), top_two], None),
+    ({"logits": ["accuracy", "accuracy"]}, None),
+    (["accuracy"], ["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=2)]),
+])
+def test_a_term_named_as_a_compiled_metric_is_refused_at_compile(images, teacher, metrics, weighted_metrics):
+    # Keras itself says which keys its metrics are logged under: every one of them is refused as a term's name.
+    plain = classifier(4, "plain")
+    plain.compile("sgd", loss=CE, metrics=metrics, weighted_metrics=weighted_metrics)
+    logged = set(plain.evaluate(*images, verbose=0, return_dict=True)) - {"loss"}
+    assert len(logged) == len(keras.tree.flatten(metrics)) + len(keras.tree.flatten(weighted_metrics or []))
+    for name in sorted(logged):
+        distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd", name=name)])
+        with pytest.raises(ValueError, match=(
+            f"Term '{name}' has the name of a compiled metric, and the logs hold one value per name: the metric's "
+            f"would replace the term's. Rename the term, e.g. Term\\(..., name='{name}_term'\\)"
+        )):
+            distiller.compile("sgd", loss=CE, metrics=metrics, weighted_metrics=weighted_metrics)
+    # A name Keras does not log is free, and both values are logged.
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd", name="kd")])
+    distiller.compile("sgd", loss=CE, metrics=metrics, weighted_metrics=weighted_metrics)
+    logs = distiller.evaluate(*images, verbose=0, return_dict=True)
+    assert set(logs) == logged | {"loss", "task_loss", "kd"}
 
 
 def test_terms_must_be_term_objects(teacher):
