@@ -511,19 +511,34 @@ class Distiller(keras.Model):
             )
         return x, y, sample_weight
 
-    def _teacher_tensors(self, inputs, cached):
-        """The teacher's tensors the terms read (run now, or cached), without gradient, checked finite."""
+    def _checked_batch(self, inputs, cached):
+        """`(inputs, teacher tensors)` of a batch, each checked finite; the teacher's run now or cached, without gradient.
+
+        The student must be fed the returned inputs: TensorFlow runs the check
+        because they depend on it. The inputs are checked first: compiled
+        kernels can map NaN to a finite number (TensorFlow's ReLU gives 0),
+        so a NaN image may give finite teacher tensors and a NaN student.
+        One reduction per tensor.
+        """
+        inputs = keras.tree.map_structure(
+            lambda tensor: _checked_finite(
+                tensor,
+                "The inputs of this batch hold NaN/Inf values; check the input pipeline (NaN pixels, a "
+                "normalization dividing by zero).",
+            ) if "float" in keras.backend.standardize_dtype(tensor.dtype) else tensor,
+            inputs,
+        )
         teacher = self._teacher_extractor
+        origin = "the cached tensors (recompute them with cache_teacher_embeddings)"
         if cached is None:
             cached = teacher(inputs, training=False)
-        # Cheap (one reduction each) and caught here, not as a NaN student later.
-        return {
+            origin = "its weights (was it trained to NaN?)"
+        return inputs, {
             key: keras.ops.stop_gradient(
                 _checked_finite(
                     tensor,
-                    "The teacher produced NaN/Inf embeddings for this batch; check its weights (was it "
-                    "trained to NaN?) and the inputs (NaN pixels?). "
-                    f"Tensor: {teacher.sources[key]}.",
+                    f"The teacher produced NaN/Inf embeddings for this batch, whose inputs are finite; check "
+                    f"{origin}. Tensor: {teacher.sources[key]}.",
                 )
             )
             for key, tensor in cached.items()
@@ -572,7 +587,7 @@ class Distiller(keras.Model):
             inputs, cached = self._split(x)
             frozen = list(zip(self.non_trainable_variables, non_trainable))
             # The teacher needs no gradient: run it outside the differentiated function.
-            teacher, _ = self._stateless(frozen, self._teacher_tensors, inputs, cached)
+            (inputs, teacher), _ = self._stateless(frozen, self._checked_batch, inputs, cached)
 
             def objective(trainable):
                 mapping = list(zip(self.trainable_variables, trainable)) + frozen
@@ -622,7 +637,7 @@ class Distiller(keras.Model):
             x, y, sample_weight = self._unpack(data)
             inputs, cached = self._split(x)
             with torch.no_grad():
-                teacher = self._teacher_tensors(inputs, cached)
+                inputs, teacher = self._checked_batch(inputs, cached)
             return (x, y, sample_weight), self._student_terms(teacher, inputs, y, sample_weight, training)
 
         def train_step(self, data):
@@ -649,9 +664,9 @@ class Distiller(keras.Model):
         def _tf_step(self, data, training):
             """The terms on a TensorFlow batch, under `tf.distribute` when there is one."""
             x, y, sample_weight = self._unpack(data)
-            inputs, cached = self._split(x)
+            inputs, teacher = self._checked_batch(*self._split(x))
             terms = self._student_terms(
-                self._teacher_tensors(inputs, cached), inputs, y, sample_weight, training,
+                teacher, inputs, y, sample_weight, training,
                 replicas=tf.distribute.get_strategy().num_replicas_in_sync,
                 gather=_global_batch if self.global_batch_relations else None,
             )
