@@ -9,7 +9,7 @@ import keras
 
 from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
-from rkd_keras.terms import Extractor, Term, cached_inputs, check_weight, split_cached
+from rkd_keras.terms import Extractor, Term, cached_inputs, check_cached_rows, check_weight, split_cached
 
 if keras.backend.backend() == "tensorflow":
     # Its train_step, tf.distribute and the graph-side NaN check. On JAX and
@@ -381,6 +381,16 @@ class Distiller(keras.Model):
             return tensorflow.data.Dataset.from_tensor_slices((cached, labels))
         teacher = self._teacher_extractor
         return cached_inputs(data, teacher.predict(data, batch_size), teacher.output_key)
+
+    def fit(self, x=None, *args, **kwargs):
+        """`Model.fit`, after checking that a cached batch holds as many teacher rows as inputs."""
+        check_cached_rows(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """`Model.evaluate`, after checking that a cached batch holds as many teacher rows as inputs."""
+        check_cached_rows(x)
+        return super().evaluate(x, *args, **kwargs)
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures the student's training.

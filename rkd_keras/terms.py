@@ -14,8 +14,8 @@ compare each example's teacher and student tensors on their own and average.
 A term reads this from its loss's `relational` attribute.
 
 This module also defines the cached-input contract of
-`Distiller.cache_teacher_embeddings`: `cached_inputs` builds it and
-`split_cached` reads it.
+`Distiller.cache_teacher_embeddings`: `cached_inputs` builds it,
+`check_cached_rows` checks its sizes and `split_cached` reads it.
 """
 
 import difflib
@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from rkd_keras import checks, losses
+from rkd_keras.losses.base import BATCH_MISMATCH
 from rkd_keras.saving import register
 
 # The keys of a batch whose teacher tensors were computed ahead of training.
@@ -333,6 +334,28 @@ def cached_inputs(inputs, teacher_tensors: dict, output_key: str | None) -> dict
     if list(teacher_tensors) == [output_key]:
         teacher_tensors = teacher_tensors[output_key]
     return {INPUTS: inputs, TEACHER_TENSORS: teacher_tensors}
+
+
+def check_cached_rows(x) -> None:
+    """Raises when a cached batch (`cached_inputs`) holds another number of teacher rows than of inputs.
+
+    Checked before `fit` slices the arrays into batches: Keras's own check
+    of their sizes fails on the dict with an unrelated `AttributeError`.
+    Anything else (plain inputs, a dataset) passes unchecked.
+    """
+    if not (isinstance(x, dict) and set(x) == {INPUTS, TEACHER_TENSORS}):
+        return
+
+    def rows(structure):
+        return {int(leaf.shape[0]) for leaf in keras.tree.flatten(structure) if getattr(leaf, "shape", None)}
+
+    inputs, teacher = rows(x[INPUTS]), rows(x[TEACHER_TENSORS])
+    if inputs and teacher and inputs != teacher:
+        raise ValueError(
+            f"{BATCH_MISMATCH}: the cached batch holds {' and '.join(map(str, sorted(teacher)))} teacher rows for "
+            f"{' and '.join(map(str, sorted(inputs)))} inputs. Cache the teacher's tensors of these very inputs: "
+            "x = distiller.cache_teacher_embeddings(inputs)."
+        )
 
 
 def split_cached(x, keys=None, output_key: str | None = None):

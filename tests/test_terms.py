@@ -304,6 +304,25 @@ def test_tensors_cached_for_other_terms_are_refused(images, teacher):
             distiller.fit(cache.cache_teacher_embeddings(x), batch_size=32, verbose=0)
 
 
+@pytest.mark.parametrize("terms", [None, [Term("hinton_kd"), Term("rkd_angle", 2.0, "pool", "pool")]])
+def test_cached_teacher_rows_that_do_not_match_the_inputs_are_refused(images, teacher, terms):
+    x, labels = images[0][:64], images[1][:64]
+    distiller = Distiller(teacher, classifier(4, "student"), terms=terms)
+    distiller.compile("adam")
+    cached = distiller.cache_teacher_embeddings(x)
+    cached[TEACHER_TENSORS] = keras.tree.map_structure(lambda rows: rows[:63], cached[TEACHER_TENSORS])
+    message = (
+        r"Teacher and student tensors must come from the same batch: the cached batch holds 63 teacher rows for 64 "
+        r"inputs\. Cache the teacher's tensors of these very inputs: x = distiller.cache_teacher_embeddings\(inputs\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        distiller.fit(cached, batch_size=32, verbose=0)  # Keras's own check raised AttributeError here
+    with pytest.raises(ValueError, match=message):
+        distiller.fit(cached, labels, batch_size=32, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        distiller.evaluate(x=cached, batch_size=32, verbose=0)
+
+
 def test_terms_and_shortcut_weights_together_are_refused(teacher):
     with pytest.raises(ValueError, match="Pass either `terms` or `angle_weight`, not both"):
         Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd")], angle_weight=2.0)
