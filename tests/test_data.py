@@ -244,7 +244,8 @@ def test_any_fraction_holds_out_that_share_of_every_prefix(fraction):
     assert np.array_equal(np.sort(np.concatenate([train, validation])), np.arange(1000))
     held = np.zeros(1000, bool)
     held[validation] = True
-    expected = [-(-n * Fraction(str(fraction)).numerator // Fraction(str(fraction)).denominator) for n in range(1, 1001)]
+    exact = Fraction(str(fraction))
+    expected = [-(-n * exact.numerator // exact.denominator) for n in range(1, 1001)]
     np.testing.assert_array_equal(np.cumsum(held), expected)  # of the first n images, ⌈n·f⌉
 
 
