@@ -17,6 +17,7 @@ labels that keep their dataset identity.
 
 import functools
 import gzip
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def num_classes(name: str, split: str, classes=None, *, task: str = "metric") ->
     check_task(name, task)
     check_choice("split", split, SPLITS)
     if classes is not None:
-        return len(set(_check_classes(classes)))
+        return len(set(_check_classes(classes, name)))
     if task == "classification":
         return CLASSIFICATION_CLASSES[name]
     train, test = DATASET_CLASSES[name]
@@ -157,9 +158,11 @@ def load_dataset(
             prepared yet. Off by default: nothing is fetched unless asked.
         path: Fashion-MNIST only: folder of the `*-ubyte.gz` files.
         validation_fraction: Share of the training images held out as the
-            `"validation"` split (every `round(1 / fraction)`-th image,
-            deterministically) and removed from `"train"`. Select checkpoints
-            and hyperparameters on it, never on the test split.
+            `"validation"` split and removed from `"train"`,
+            deterministically: of the first n images, exactly
+            `ceil(n · fraction)` (for `1 / k`, every k-th image from the
+            first). Select checkpoints and hyperparameters on it, never on
+            the test split.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, image float32
@@ -186,7 +189,7 @@ def load_dataset(
         check_int("resize_size", resize_size, low=image_size)
     check_choice("channels", channels, (1, 3))
     if classes is not None:
-        classes = _check_classes(classes)
+        classes = _check_classes(classes, name)
     source_split = "test" if split == "test" else "train"
     if name == "fashion_mnist":
         parts = _fashion_mnist(path)
@@ -204,11 +207,10 @@ def load_dataset(
     else:
         dataset = _tfds_split(name, source_split, classes, data_dir, manual_dir, download, task)
     if source_split == "train" and validation_fraction:
-        stride = max(2, round(1 / validation_fraction))
-        held_out = split == "validation"
+        held_out, validation = _held_out(validation_fraction), split == "validation"
         dataset = (
             dataset.enumerate()
-            .filter(lambda index, item: tf.equal(index % stride == 0, held_out))
+            .filter(lambda index, item: tf.equal(held_out(index), validation))
             .map(lambda index, item: item)
         )
     resize_size = resize_size or default_resize_size(image_size, task)
@@ -222,15 +224,49 @@ def load_dataset(
     )
 
 
-def _check_classes(classes):
-    """A non-empty list of integer labels."""
+def _held_out(validation_fraction):
+    """`held_out(index)`: whether the training image at `index` (an int64 tensor) is held out for validation.
+
+    Image i is held out when ⌈(i + 1)·f⌉ > ⌈i·f⌉: image 0, then one each
+    time i·f passes an integer, so the first n images hold exactly ⌈n·f⌉ of
+    them. For f = 1/k these are images 0, k, 2k, ... (the held-out images of
+    rkd_keras 0.1.0, which took every round(1/f)-th image). Computed in
+    integers on f as the nearest fraction p/q with q ≤ 10⁹ (0.1 as 1/10),
+    where floats would misplace images (30 · 0.1 > 3).
+    """
+    fraction = Fraction(validation_fraction).limit_denominator(10**9)
+    if fraction == 0:
+        raise ValueError(f"validation_fraction {validation_fraction!r} holds out no image; pass 0 or at least 1e-9.")
+    numerator, denominator = fraction.numerator, fraction.denominator
+
+    def ceil_fraction(index):  # ⌈index · p/q⌉
+        return -(-index * numerator // denominator)
+
+    return lambda index: ceil_fraction(index + 1) > ceil_fraction(index)
+
+
+def _dataset_classes(name):
+    """Number of classes of dataset `name`: its labels are 0 … that − 1."""
+    return CLASSIFICATION_CLASSES[name] if name in CLASSIFICATION_CLASSES else sum(DATASET_CLASSES[name])
+
+
+def _check_classes(classes, name):
+    """A non-empty list of labels of dataset `name`."""
     try:
         labels = list(classes)
     except TypeError:
         raise ValueError(f"classes must be a list of integer labels, received {classes!r}.") from None
     if not labels:
         raise ValueError("classes must hold at least one label, received none.")
-    return [check_int("each of classes", label, low=0) for label in labels]
+    labels = [check_int("each of classes", label, low=0) for label in labels]
+    total = _dataset_classes(name)
+    unknown = sorted({label for label in labels if label >= total})
+    if unknown:
+        raise ValueError(
+            f"classes {unknown} are not labels of {name}, whose {total} classes are 0–{total - 1}; "
+            "keep classes in that range."
+        )
+    return labels
 
 
 def preprocess_image(image, *, image_size: int, resize_size: int, augment: bool, channels: int = 3):

@@ -2,13 +2,14 @@
 
 import functools
 import operator
+import re
 import sys
 
 import keras
 
 from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
-from rkd_keras.terms import Extractor, Term, cached_inputs, check_weight, split_cached
+from rkd_keras.terms import Extractor, Term, cached_inputs, check_cached_rows, check_weight, split_cached
 
 if keras.backend.backend() == "tensorflow":
     # Its train_step, tf.distribute and the graph-side NaN check. On JAX and
@@ -74,12 +75,51 @@ def _check_terms(terms):
     for name in names:
         if name in _RESERVED_NAMES:
             raise ValueError(f"A term cannot be named {name!r}: the logs use that key. Pass another `name=`.")
+        if name.startswith("val_"):
+            # fit logs every value of the validation data under "val_" + its key.
+            raise ValueError(
+                f"A term cannot be named {name!r}: fit logs the validation value of a term named "
+                f"{name[4:]!r} under that key. Pass a name without the 'val_' prefix, e.g. "
+                f"Term(..., name='{name[4:]}_term')."
+            )
         if names.count(name) > 1:
             raise ValueError(
                 f"Two terms are named {name!r}, and each term is logged under its name. Give them "
                 f"distinct names, e.g. Term(..., name='{name}_pool')."
             )
     return terms
+
+
+def _metric_names(metrics, weighted_metrics):
+    """The keys under which Keras logs the metrics compiled for a single-output model.
+
+    As Keras's `CompileMetrics.result`: a metric given as a string is logged
+    under that string, an object under its `name`, a function under its
+    snake_case `__name__`; a name met again gets `_1`, `_2`, ... (a weighted
+    metric first `weighted_`). Lists and dicts are flattened.
+    """
+    names = []
+    for prefix, given in (("", metrics), ("weighted_", weighted_metrics)):
+        for metric in keras.tree.flatten(given) if given is not None else []:
+            if isinstance(metric, str):
+                name = metric
+            else:
+                metric = keras.metrics.get(metric)
+                name = getattr(metric, "name", None) or _snake_case(getattr(metric, "__name__", type(metric).__name__))
+            if name in names and prefix:
+                name = prefix + name
+            base, index = name, 1
+            while name in names:
+                name, index = f"{base}_{index}", index + 1
+            names.append(name)
+    return names
+
+
+def _snake_case(name):
+    """Keras's snake_case of a function's or class's name (how it names metrics given as functions)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _specs(term, teacher, student):
@@ -342,6 +382,16 @@ class Distiller(keras.Model):
         teacher = self._teacher_extractor
         return cached_inputs(data, teacher.predict(data, batch_size), teacher.output_key)
 
+    def fit(self, x=None, *args, **kwargs):
+        """`Model.fit`, after checking that a cached batch holds as many teacher rows as inputs."""
+        check_cached_rows(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """`Model.evaluate`, after checking that a cached batch holds as many teacher rows as inputs."""
+        check_cached_rows(x)
+        return super().evaluate(x, *args, **kwargs)
+
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures the student's training.
 
@@ -360,6 +410,14 @@ class Distiller(keras.Model):
                 "compare one output with the labels. Compile without "
                 "`loss=`/`metrics=`, or give the student a single output."
             )
+        metric_names = _metric_names(metrics, kwargs.get("weighted_metrics"))
+        for term in self.terms:
+            if term.name in metric_names:
+                raise ValueError(
+                    f"Term {term.name!r} has the name of a compiled metric, and the logs hold one value per "
+                    f"name: the metric's would replace the term's. Rename the term, e.g. "
+                    f"Term(..., name='{term.name}_term')."
+                )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self.task_loss = None
         if loss is not None and self.task_loss_weight > 0:
@@ -463,19 +521,34 @@ class Distiller(keras.Model):
             )
         return x, y, sample_weight
 
-    def _teacher_tensors(self, inputs, cached):
-        """The teacher's tensors the terms read (run now, or cached), without gradient, checked finite."""
+    def _checked_batch(self, inputs, cached):
+        """`(inputs, teacher tensors)` of a batch, each checked finite; the teacher's run now or cached, without gradient.
+
+        The student must be fed the returned inputs: TensorFlow runs the check
+        because they depend on it. The inputs are checked first: compiled
+        kernels can map NaN to a finite number (TensorFlow's ReLU gives 0),
+        so a NaN image may give finite teacher tensors and a NaN student.
+        One reduction per tensor.
+        """
+        inputs = keras.tree.map_structure(
+            lambda tensor: _checked_finite(
+                tensor,
+                "The inputs of this batch hold NaN/Inf values; check the input pipeline (NaN pixels, a "
+                "normalization dividing by zero).",
+            ) if "float" in keras.backend.standardize_dtype(tensor.dtype) else tensor,
+            inputs,
+        )
         teacher = self._teacher_extractor
+        origin = "the cached tensors (recompute them with cache_teacher_embeddings)"
         if cached is None:
             cached = teacher(inputs, training=False)
-        # Cheap (one reduction each) and caught here, not as a NaN student later.
-        return {
+            origin = "its weights (was it trained to NaN?)"
+        return inputs, {
             key: keras.ops.stop_gradient(
                 _checked_finite(
                     tensor,
-                    "The teacher produced NaN/Inf embeddings for this batch; check its weights (was it "
-                    "trained to NaN?) and the inputs (NaN pixels?). "
-                    f"Tensor: {teacher.sources[key]}.",
+                    f"The teacher produced NaN/Inf embeddings for this batch, whose inputs are finite; check "
+                    f"{origin}. Tensor: {teacher.sources[key]}.",
                 )
             )
             for key, tensor in cached.items()
@@ -524,7 +597,7 @@ class Distiller(keras.Model):
             inputs, cached = self._split(x)
             frozen = list(zip(self.non_trainable_variables, non_trainable))
             # The teacher needs no gradient: run it outside the differentiated function.
-            teacher, _ = self._stateless(frozen, self._teacher_tensors, inputs, cached)
+            (inputs, teacher), _ = self._stateless(frozen, self._checked_batch, inputs, cached)
 
             def objective(trainable):
                 mapping = list(zip(self.trainable_variables, trainable)) + frozen
@@ -574,7 +647,7 @@ class Distiller(keras.Model):
             x, y, sample_weight = self._unpack(data)
             inputs, cached = self._split(x)
             with torch.no_grad():
-                teacher = self._teacher_tensors(inputs, cached)
+                inputs, teacher = self._checked_batch(inputs, cached)
             return (x, y, sample_weight), self._student_terms(teacher, inputs, y, sample_weight, training)
 
         def train_step(self, data):
@@ -601,9 +674,9 @@ class Distiller(keras.Model):
         def _tf_step(self, data, training):
             """The terms on a TensorFlow batch, under `tf.distribute` when there is one."""
             x, y, sample_weight = self._unpack(data)
-            inputs, cached = self._split(x)
+            inputs, teacher = self._checked_batch(*self._split(x))
             terms = self._student_terms(
-                self._teacher_tensors(inputs, cached), inputs, y, sample_weight, training,
+                teacher, inputs, y, sample_weight, training,
                 replicas=tf.distribute.get_strategy().num_replicas_in_sync,
                 gather=_global_batch if self.global_batch_relations else None,
             )

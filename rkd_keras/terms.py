@@ -14,8 +14,8 @@ compare each example's teacher and student tensors on their own and average.
 A term reads this from its loss's `relational` attribute.
 
 This module also defines the cached-input contract of
-`Distiller.cache_teacher_embeddings`: `cached_inputs` builds it and
-`split_cached` reads it.
+`Distiller.cache_teacher_embeddings`: `cached_inputs` builds it,
+`check_cached_rows` checks its sizes and `split_cached` reads it.
 """
 
 import difflib
@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from rkd_keras import checks, losses
+from rkd_keras.losses.base import BATCH_MISMATCH
 from rkd_keras.saving import register
 
 # The keys of a batch whose teacher tensors were computed ahead of training.
@@ -74,7 +75,8 @@ class Term:
         student_layer: Name of the student's layer to read, or `None` for
             the student's output.
         name: The key of the term in the logs; defaults to the loss's name.
-            Terms of one Distiller need distinct names.
+            Terms of one Distiller need distinct names, none of them
+            `loss`, `task_loss`, `val_...` or a compiled metric's name.
 
     Example:
     >>> term = Term("rkd_angle", weight=2.0, teacher_layer="pool", student_layer="pool", name="rkd_a_pool")
@@ -171,6 +173,17 @@ def _output_layer_name(model):
     return names[0] if names else model.layers[-1].name  # Sequential: its last layer
 
 
+def _graph_input(model):
+    """The inputs of a graph model, as its extractor takes them.
+
+    A `keras.Sequential` model has no `input` of its own (reading it raises
+    until the model is called as a layer); once it knows its input shape (it
+    starts with a `keras.Input`, or was built or called), `inputs` holds its
+    inner functional model's single input, to which its layers' outputs lead.
+    """
+    return model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+
+
 def _has_structured_output(model):
     if isinstance(model, keras.Sequential):
         return False  # its output is its last layer's
@@ -237,10 +250,17 @@ class Extractor:
             self.model = model
         else:
             tensors = {key: self.specs[key] for key in computed}
-            self.model = keras.Model(model.input, tensors, name=f"{model.name}_{role}_extractor")
+            self.model = keras.Model(_graph_input(model), tensors, name=f"{model.name}_{role}_extractor")
             self._returns_dict = True
 
     def _layer_output(self, model, layer, term_name, graph):
+        if not graph and isinstance(model, keras.Sequential):
+            raise ValueError(
+                f"Term {term_name!r} reads {self.role} layer {layer!r}, but the {self.role} "
+                f"{model.name!r} is a keras.Sequential model whose input shape is not known yet, so its "
+                f"layers have no outputs to select. Start it with its input, keras.Sequential(["
+                f"keras.Input(shape), ...]), or build it first ({self.role}.build((None, *shape)))."
+            )
         if not graph:
             raise ValueError(
                 f"Term {term_name!r} reads {self.role} layer {layer!r}, but the {self.role} "
@@ -314,6 +334,28 @@ def cached_inputs(inputs, teacher_tensors: dict, output_key: str | None) -> dict
     if list(teacher_tensors) == [output_key]:
         teacher_tensors = teacher_tensors[output_key]
     return {INPUTS: inputs, TEACHER_TENSORS: teacher_tensors}
+
+
+def check_cached_rows(x) -> None:
+    """Raises when a cached batch (`cached_inputs`) holds another number of teacher rows than of inputs.
+
+    Checked before `fit` slices the arrays into batches: Keras's own check
+    of their sizes fails on the dict with an unrelated `AttributeError`.
+    Anything else (plain inputs, a dataset) passes unchecked.
+    """
+    if not (isinstance(x, dict) and set(x) == {INPUTS, TEACHER_TENSORS}):
+        return
+
+    def rows(structure):
+        return {int(leaf.shape[0]) for leaf in keras.tree.flatten(structure) if getattr(leaf, "shape", None)}
+
+    inputs, teacher = rows(x[INPUTS]), rows(x[TEACHER_TENSORS])
+    if inputs and teacher and inputs != teacher:
+        raise ValueError(
+            f"{BATCH_MISMATCH}: the cached batch holds {' and '.join(map(str, sorted(teacher)))} teacher rows for "
+            f"{' and '.join(map(str, sorted(inputs)))} inputs. Cache the teacher's tensors of these very inputs: "
+            "x = distiller.cache_teacher_embeddings(inputs)."
+        )
 
 
 def split_cached(x, keys=None, output_key: str | None = None):

@@ -222,6 +222,17 @@ def test_a_non_finite_teacher_is_an_error_or_a_nan_loss(runs, backend):
     assert compiled == "loss nan" if backend == "jax" else compiled.startswith(message)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_inputs_are_an_error_or_a_nan_loss(runs, backend):
+    """PyTorch and eager JAX check the inputs, also when the teacher's tensors are cached; compiled JAX gives NaN."""
+    ours = runs[backend]["distiller"]
+    message = "ValueError: The inputs of this batch hold NaN/Inf values; check the input pipeline"
+    for cached in (False, True):
+        assert str(ours[f"nan_inputs/eager=True/cached={cached}"]).startswith(message)
+        compiled = str(ours[f"nan_inputs/eager=False/cached={cached}"])
+        assert compiled == "loss nan" if backend == "jax" else compiled.startswith(message)
+
+
 def test_export_student_from_jax_serves_the_same_embeddings_and_is_refused_with_a_route_on_torch(runs):
     assert float(runs["jax"]["distiller"]["export/max_difference"]) <= 1e-5
     error = str(runs["torch"]["distiller"]["export/error"])

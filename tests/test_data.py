@@ -1,6 +1,7 @@
 """Loaders (mocked tfds, real Fashion-MNIST files) and P×K batches."""
 
 from collections import Counter
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -201,6 +202,66 @@ def test_validation_split_needs_a_fraction():
         load_dataset("fashion_mnist", "validation")
     with pytest.raises(ValueError, match="validation_fraction must be a finite number in \\[0.0, 1.0\\), received 1.0"):
         load_dataset("fashion_mnist", "train", validation_fraction=1.0)
+
+
+def _indexed_split(count):
+    """An `as_dataset_fn` whose train split holds `count` images, each carrying its index in its pixels."""
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        index = np.arange(count)
+        images = np.zeros((count, 32, 32, 3), np.uint8)
+        images[..., 0], images[..., 1] = (index // 256)[:, None, None], (index % 256)[:, None, None]
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": index % 10})
+
+    return as_dataset
+
+
+def _split_indices(validation_fraction, count=1000):
+    """The indices of the training images in the train and the validation split."""
+    indices = []
+    with tfds.testing.mock_data(as_dataset_fn=_indexed_split(count)):
+        for split in ("train", "validation"):
+            images, _ = _collect(load_dataset(
+                "cifar10", split, task="classification", image_size=32, augment=False,
+                validation_fraction=validation_fraction, download=True,
+            ))
+            indices.append(images[:, 0, 0, 0].astype(int) * 256 + images[:, 0, 0, 1].astype(int))
+    return indices
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 10])
+def test_a_fraction_of_one_in_k_holds_out_every_kth_image_from_the_first(k):
+    # The split of rkd_keras 0.1.0 (every round(1/f)-th image), on which the published numbers were measured.
+    train, validation = _split_indices(1 / k)
+    np.testing.assert_array_equal(validation, np.arange(0, 1000, k))
+    np.testing.assert_array_equal(train, np.setdiff1d(np.arange(1000), validation))
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.9, 0.15, 0.45])
+def test_any_fraction_holds_out_that_share_of_every_prefix(fraction):
+    # 0.1.0 held out every round(1/f)-th image: 33 % for 0.3, 50 % for 0.9.
+    train, validation = _split_indices(fraction)
+    assert np.array_equal(np.sort(np.concatenate([train, validation])), np.arange(1000))
+    held = np.zeros(1000, bool)
+    held[validation] = True
+    exact = Fraction(str(fraction))
+    expected = [-(-n * exact.numerator // exact.denominator) for n in range(1, 1001)]
+    np.testing.assert_array_equal(np.cumsum(held), expected)  # of the first n images, ⌈n·f⌉
+
+
+@pytest.mark.parametrize("name, task, classes, message", [
+    ("fashion_mnist", "classification", [42], "classes \\[42\\] are not labels of fashion_mnist, whose 10 classes are 0–9"),
+    ("fashion_mnist", "metric", [3, 10, 11], "classes \\[10, 11\\] are not labels of fashion_mnist, whose 10 classes are 0–9"),
+    ("cifar100", "classification", [99, 100], "classes \\[100\\] are not labels of cifar100, whose 100 classes are 0–99"),
+    ("cub200", "metric", [200], "classes \\[200\\] are not labels of cub200, whose 200 classes are 0–199"),
+])
+def test_classes_outside_the_dataset_are_refused(name, task, classes, message):
+    # Refused before any data is read (mocked, so that no check that came too late could reach the real tfds).
+    with tfds.testing.mock_data(as_dataset_fn=_indexed_split(10)):
+        with pytest.raises(ValueError, match=message + "; keep classes in that range"):
+            load_dataset(name, "train", task=task, classes=classes)
+    with pytest.raises(ValueError, match=message):
+        data.num_classes(name, "train", classes=classes, task=task)
 
 
 def _labelled_split(num_classes, per_class):

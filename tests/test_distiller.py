@@ -201,8 +201,32 @@ def test_non_finite_teacher_embeddings_are_a_clear_error(clusters):
     teacher.build((None, 12))
     distiller = Distiller(teacher, mlp(16, 8, "student"))
     distiller.compile("adam", jit_compile=False)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="The teacher produced NaN/Inf embeddings"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=(
+        r"The teacher produced NaN/Inf embeddings for this batch, whose inputs are finite; check its weights "
+        r"\(was it trained to NaN\?\)\. Tensor: the teacher's output"
+    )):
         distiller.fit(clusters[0][:64], batch_size=64, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("run_eagerly", [False, True])
+def test_non_finite_inputs_are_a_clear_error_before_the_student_changes(clusters, cached, run_eagerly):
+    # In a compiled step TensorFlow's ReLU maps NaN to 0: the teacher's tensors stay finite, the student's do not.
+    x = clusters[0][:64].copy()
+    x[5, 3] = np.nan
+    teacher = mlp(16, 8, "teacher")
+    student = mlp(16, 8, "student")
+    before = student.get_weights()
+    distiller = Distiller(teacher, student)
+    distiller.compile("adam", run_eagerly=run_eagerly)
+    data = distiller.cache_teacher_embeddings(x) if cached else x
+    with pytest.raises(tf.errors.InvalidArgumentError, match=(
+        r"The inputs of this batch hold NaN/Inf values; check the input pipeline \(NaN pixels, a normalization "
+        r"dividing by zero\)"
+    )):
+        distiller.fit(data, batch_size=64, epochs=1, verbose=0)
+    for a, b in zip(before, student.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_unbuilt_teacher_is_refused():

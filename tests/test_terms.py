@@ -304,6 +304,25 @@ def test_tensors_cached_for_other_terms_are_refused(images, teacher):
             distiller.fit(cache.cache_teacher_embeddings(x), batch_size=32, verbose=0)
 
 
+@pytest.mark.parametrize("terms", [None, [Term("hinton_kd"), Term("rkd_angle", 2.0, "pool", "pool")]])
+def test_cached_teacher_rows_that_do_not_match_the_inputs_are_refused(images, teacher, terms):
+    x, labels = images[0][:64], images[1][:64]
+    distiller = Distiller(teacher, classifier(4, "student"), terms=terms)
+    distiller.compile("adam")
+    cached = distiller.cache_teacher_embeddings(x)
+    cached[TEACHER_TENSORS] = keras.tree.map_structure(lambda rows: rows[:63], cached[TEACHER_TENSORS])
+    message = (
+        r"Teacher and student tensors must come from the same batch: the cached batch holds 63 teacher rows for 64 "
+        r"inputs\. Cache the teacher's tensors of these very inputs: x = distiller.cache_teacher_embeddings\(inputs\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        distiller.fit(cached, batch_size=32, verbose=0)  # Keras's own check raised AttributeError here
+    with pytest.raises(ValueError, match=message):
+        distiller.fit(cached, labels, batch_size=32, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        distiller.evaluate(x=cached, batch_size=32, verbose=0)
+
+
 def test_terms_and_shortcut_weights_together_are_refused(teacher):
     with pytest.raises(ValueError, match="Pass either `terms` or `angle_weight`, not both"):
         Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd")], angle_weight=2.0)
@@ -341,14 +360,99 @@ def test_a_named_layer_of_a_subclassed_model_says_to_build_it_functionally(teach
     assert set(logs) == {"loss", "rkd_angle"} and np.isfinite(logs["loss"])
 
 
+def sequential_classifier(filters, name, input_layer=True):
+    """`classifier` as a keras.Sequential model (same layers, names and weights' shapes)."""
+    layers = [
+        keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name="stage1"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name="stage2"),
+        keras.layers.Conv2D(2 * filters, 3, strides=2, padding="same", activation="relu", name="stage3"),
+        keras.layers.GlobalAveragePooling2D(name="pool"),
+        keras.layers.Dense(4, name="logits"),
+    ]
+    return keras.Sequential([keras.Input((16, 16, 1)), *layers] if input_layer else layers, name=name)
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_layer_terms_on_a_sequential_model_train_as_on_the_same_functional_model(images, teacher, role):
+    x, labels = images
+    terms = [Term("hinton_kd"), Term("rkd_distance", 1.0, "pool", "stage3"), Term("rkd_angle", 2.0, "stage2", "pool")]
+    functional, sequential = classifier(4, "other"), sequential_classifier(4, "other")
+    sequential.set_weights(functional.get_weights())
+    runs = []
+    for other in (functional, sequential):
+        if role == "student":
+            distiller = Distiller(teacher, other, terms=terms)
+        else:
+            student = keras.models.clone_model(teacher)
+            student.set_weights(teacher.get_weights())
+            distiller = Distiller(other, student, terms=terms)
+        distiller.compile(keras.optimizers.SGD(0.1), loss=CE)
+        history = distiller.fit(x, labels, batch_size=32, epochs=2, shuffle=False, verbose=0).history
+        runs.append((history, distiller.student.get_weights()))
+    assert set(runs[0][0]) == {"loss", "task_loss", "hinton_kd", "rkd_distance", "rkd_angle"}
+    assert runs[0][0]["loss"][1] < runs[0][0]["loss"][0]
+    for key in runs[0][0]:
+        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_sequential_model_without_an_input_shape_says_how_to_give_it_one(teacher):
+    student = sequential_classifier(4, "seq", input_layer=False)
+    with pytest.raises(ValueError, match=(
+        r"Term 'rkd_angle' reads student layer 'pool', but the student 'seq' is a keras.Sequential model whose "
+        r"input shape is not known yet, .* keras.Sequential\(\[keras.Input\(shape\), ...\]\), or build it first "
+        r"\(student.build\(\(None, \*shape\)\)\)"
+    )):
+        Distiller(teacher, student, terms=[Term("rkd_angle", 1.0, "pool", "pool")])
+    student.build((None, 16, 16, 1))
+    distiller = Distiller(teacher, student, terms=[Term("rkd_angle", 1.0, "pool", "pool")])
+    distiller.compile("adam")
+    logs = distiller.evaluate(np.ones((8, 16, 16, 1), "float32"), verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "rkd_angle"} and np.isfinite(logs["loss"])
+
+
 @pytest.mark.parametrize("names, message", [
     (["kd", "kd"], "Two terms are named 'kd'"),
     (["loss", "kd"], "A term cannot be named 'loss'"),
+    (["kd", "val_kd"], "A term cannot be named 'val_kd': fit logs the validation value of a term named 'kd' under "
+                       "that key. Pass a name without the 'val_' prefix, e.g. Term\\(..., name='kd_term'\\)"),
 ])
 def test_term_names_must_be_distinct_log_keys(teacher, names, message):
     terms = [Term("hinton_kd", name=names[0]), Term("dist_kd", name=names[1])]
     with pytest.raises(ValueError, match=message):
         Distiller(teacher, classifier(4, "student"), terms=terms)
+
+
+def top_two(y_true, y_pred):
+    return keras.metrics.sparse_top_k_categorical_accuracy(y_true, y_pred, k=2)
+
+
+@pytest.mark.parametrize("metrics, weighted_metrics", [
+    (["accuracy"], None),
+    (["acc", keras.metrics.SparseCategoricalAccuracy(name="hits"), top_two], None),
+    ({"logits": ["accuracy", "accuracy"]}, None),
+    (["accuracy"], ["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=2)]),
+])
+def test_a_term_named_as_a_compiled_metric_is_refused_at_compile(images, teacher, metrics, weighted_metrics):
+    # Keras itself says which keys its metrics are logged under: every one of them is refused as a term's name.
+    plain = classifier(4, "plain")
+    plain.compile("sgd", loss=CE, metrics=metrics, weighted_metrics=weighted_metrics)
+    logged = set(plain.evaluate(*images, verbose=0, return_dict=True)) - {"loss"}
+    assert len(logged) == len(keras.tree.flatten(metrics)) + len(keras.tree.flatten(weighted_metrics or []))
+    for name in sorted(logged):
+        distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd", name=name)])
+        with pytest.raises(ValueError, match=(
+            f"Term '{name}' has the name of a compiled metric, and the logs hold one value per name: the metric's "
+            f"would replace the term's. Rename the term, e.g. Term\\(..., name='{name}_term'\\)"
+        )):
+            distiller.compile("sgd", loss=CE, metrics=metrics, weighted_metrics=weighted_metrics)
+    # A name Keras does not log is free, and both values are logged.
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("hinton_kd", name="kd")])
+    distiller.compile("sgd", loss=CE, metrics=metrics, weighted_metrics=weighted_metrics)
+    logs = distiller.evaluate(*images, verbose=0, return_dict=True)
+    assert set(logs) == logged | {"loss", "task_loss", "kd"}
 
 
 def test_terms_must_be_term_objects(teacher):

@@ -39,7 +39,8 @@ def check_number(value, name: str, *, minimum: float = 0, strict: bool = True, i
     return checks.check_number(name, value, low=minimum, low_open=strict)
 
 
-_BATCH_MISMATCH = "Teacher and student tensors must come from the same batch"
+# The start of every message about teacher and student tensors of different batches (the terms' cached batches too).
+BATCH_MISMATCH = "Teacher and student tensors must come from the same batch"
 
 
 def check_batch(teacher, student) -> None:
@@ -47,7 +48,7 @@ def check_batch(teacher, student) -> None:
     t, s = teacher.shape[0], student.shape[0]
     if t is not None and s is not None and t != s:
         raise ValueError(
-            f"{_BATCH_MISMATCH}: received {t} teacher rows and {s} student rows. Feed both models the same inputs."
+            f"{BATCH_MISMATCH}: received {t} teacher rows and {s} student rows. Feed both models the same inputs."
         )
 
 
@@ -65,7 +66,7 @@ def same_batch(teacher, student):
     with tf.control_dependencies([
         tf.debugging.assert_equal(
             tf.shape(teacher)[0], tf.shape(student)[0],
-            message=f"{_BATCH_MISMATCH}; the teacher's and the student's batch sizes differ. Feed both models "
+            message=f"{BATCH_MISMATCH}; the teacher's and the student's batch sizes differ. Feed both models "
             "the same inputs.",
         )
     ]):
