@@ -140,7 +140,8 @@ CLI_CASES = {
     "output where nothing can be written": (["evaluate", "--model", "rgb.keras", "--output", "/sys/metrics.json"], ["cannot write in /sys"]),
     "export into a missing folder": (["export", "--model", "rgb.keras", "--output", "no/such/student"], ["cannot export to no/such/student", "no/such does not exist"]),
     "export where nothing can be written": (["export", "--model", "rgb.keras", "--output", "/sys/student"], ["cannot write in /sys: Permission denied"]),
-    "export over an existing folder": (["export", "--model", "rgb.keras", "--output", "notes"], ["notes exists; pass overwrite=True (CLI: --overwrite)"]),
+    "export over a folder that is no SavedModel": (["export", "--model", "rgb.keras", "--output", "notes"], ["notes exists and is not a SavedModel folder (no saved_model.pb)", "choose another path"]),
+    "export over a plain file": (["export", "--model", "rgb.keras", "--output", "unknown_key.json"], ["unknown_key.json exists and is not a SavedModel folder", "choose another path"]),
     "overwrite of what is not a SavedModel": (["export", "--model", "rgb.keras", "--output", "notes", "--overwrite"], ["notes exists and is not a SavedModel folder (no saved_model.pb)", "not replaced"]),
     # Run folders.
     "resume of no run": (["train-teacher", "--resume"], ["cannot resume runs/teacher: there is no such run"]),
@@ -154,6 +155,13 @@ def test_command_line_refuses_with_one_line_and_writes_nothing(case, workdir, ca
     err = _cli_error(argv, workdir, capsys)
     for word in words:
         assert word in err, err
+
+
+def test_export_over_what_is_no_savedmodel_does_not_suggest_overwrite(workdir, capsys):
+    # --overwrite would be refused next: only a SavedModel is ever replaced.
+    for output in ("notes", "unknown_key.json"):
+        err = _cli_error(["export", "--model", "rgb.keras", "--output", output], workdir, capsys)
+        assert "overwrite=True" not in err and "--overwrite" not in err, err
 
 
 def test_imagenet_weights_need_download_unless_cached(workdir, capsys, monkeypatch):
