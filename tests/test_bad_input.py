@@ -6,6 +6,7 @@ message's key words, and the working folder unchanged. API: the exact exception 
 
 import dataclasses
 import json
+import shutil
 import zipfile
 
 import keras
@@ -56,14 +57,28 @@ def files(tmp_path_factory):
     }
     for name, text in configs.items():
         (folder / name).write_text(text)
+    # Finished run folders of each kind, for the commands that must not write over another's.
+    teacher = folder / "runs" / "finished-teacher"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text(json.dumps(dataclasses.asdict(RunConfig())))
+    (teacher / "metrics.json").write_text('{"recall_at_1": 0.5}')
+    (teacher / "status.json").write_text('{"status": "complete", "kind": "run"}')
+    comparison = folder / "runs" / "finished-compare"
+    (comparison / "seed0" / "teacher").mkdir(parents=True)
+    (comparison / "metrics.json").write_text('{"task": "metric"}')
+    (comparison / "status.json").write_text('{"status": "complete", "kind": "comparison"}')
     return folder
 
 
 @pytest.fixture
 def workdir(files, tmp_path, monkeypatch):
-    """A working folder holding the input files (copied as links), where runs/ would be written."""
+    """A working folder holding the input files, where runs/ would be written: files as links, folders
+    copied (the check that nothing is written looks inside them)."""
     for path in files.iterdir():
-        (tmp_path / path.name).symlink_to(path)
+        if path.is_dir():
+            shutil.copytree(path, tmp_path / path.name)
+        else:
+            (tmp_path / path.name).symlink_to(path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -146,6 +161,10 @@ CLI_CASES = {
     # Run folders.
     "resume of no run": (["train-teacher", "--resume"], ["cannot resume runs/teacher: there is no such run"]),
     "runs-dir is a file": (["train-teacher", "--runs-dir", "rgb.keras"], ["--runs-dir rgb.keras is a file, not a folder"]),
+    "compare over a single run": (["compare", "--resume", "--name", "finished-teacher", "--quick", "--seeds", "0", "--methods", "triplet"], ["runs/finished-teacher holds a single run (train-teacher, distill or tune), not a comparison", "choose another --name"]),
+    "compare over a single run, no resume": (["compare", "--name", "finished-teacher", "--quick", "--seeds", "0", "--methods", "triplet"], ["runs/finished-teacher holds a single run", "not a comparison"]),
+    "single run over a comparison": (["train-teacher", "--resume", "--name", "finished-compare"], ["runs/finished-compare holds a comparison (rkd-keras compare), not a single run", "continued by rkd-keras compare with --resume"]),
+    "demo over a comparison": (["demo", "--resume", "--name", "finished-compare"], ["runs/finished-compare holds a comparison", "not the demo's runs"]),
 }
 
 

@@ -87,7 +87,7 @@ def _minutes(seconds):
 def _demo(args, inputs):
     """Teacher, triplet-only student and RKD students on Fashion-MNIST, side by side."""
     configs = dict(inputs["configs"])
-    top = _folder(args)
+    top = RunFolder(Path(args.runs_dir) / args.name, kind="demo")
     root = top.path
     top.prepare(None, args.resume)
     stages = {name: RunFolder(root / name) for name in configs}
@@ -140,7 +140,7 @@ def _compare(args, inputs):
     """Per seed, a teacher and every method's student from it; then table.md, metrics.json and report.png."""
     configs, methods, task = inputs["configs"], inputs["methods"], args.task
     recipe = presets.COMPARE[task]
-    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"))
+    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"), kind="comparison")
     root = top.path
     top.prepare(None, args.resume)
     stages = {seed: {name: RunFolder(root / f"seed{seed}" / name) for name in runs} for seed, runs in configs.items()}
