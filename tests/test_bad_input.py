@@ -18,7 +18,7 @@ from conftest import listing
 from rkd_keras import data, embedding_model, export_student, map_at_r, presets, r_precision, recall_at_k
 from rkd_keras.cli import main
 from rkd_keras.cli.config import ConfigError, RunConfig
-from rkd_keras.models import WeightsNotAvailableError
+from rkd_keras.models import WeightsNotAvailableError, classifier_model
 from rkd_keras.retrieval import RetrievalRecall
 
 
@@ -41,6 +41,8 @@ def files(tmp_path_factory):
     (folder / "empty.keras").write_bytes(b"")
     (folder / "folder.keras").mkdir()
     rgb.save_weights(folder / "weights.weights.h5")
+    # As `compare --task classification` saves its runs' best.keras: the data's images in, logits out.
+    classifier_model("small_cnn", 10, input_shape=(28, 28, 1), width=2, name="classifier").save(folder / "classifier.keras")
     with zipfile.ZipFile(folder / "no_config.keras", "w") as archive:
         archive.writestr("readme.txt", "not a model")
     (folder / "notes").mkdir()
@@ -148,6 +150,7 @@ CLI_CASES = {
     "missing model to export": (["export", "--model", "missing.keras", "--output", "out"], ["model file missing.keras does not exist"]),
     "truncated model to export": (["export", "--model", "truncated.keras", "--output", "out"], ["model file truncated.keras is not a .keras archive"]),
     "teacher of other images": (["distill", "--teacher", "rgb.keras"], ["the teacher takes images of shape (16, 16, 3) but the data gives (28, 28, 1)"]),
+    "classifier to evaluate": (["evaluate", "--model", "classifier.keras", "--output", "m.json"], ["the model classifier.keras is a classifier", "evaluate measures the retrieval (Recall@K, MAP@R) of embedding models", "compare --task classification"]),
     "model of other images": (["evaluate", "--model", "rgb.keras", "--image-size", "16"], ["the model takes images of shape (16, 16, 3) but the data gives (16, 16, 1)", "--channels 1"]),
     # Output paths, checked before the work.
     "output is a folder": (["evaluate", "--model", "rgb.keras", "--output", "notes"], ["--output notes is a folder"]),

@@ -54,6 +54,7 @@ def _tune(args, inputs):
 def _evaluate(args, inputs):
     model = training.load_model_file(inputs["model"], "model")
     model = getattr(model, "student", model)
+    training.check_embedding_model(model, args.model)
     training.check_fits_data(model, inputs["config"], "model")
     metrics = training.evaluate(model, inputs["config"], args.split)
     report.print_table({Path(args.model).stem: metrics})

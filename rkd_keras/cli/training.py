@@ -39,6 +39,24 @@ def load_model_file(path, what: str) -> keras.Model:
         raise ValueError(f"{what} file {path} could not be loaded by Keras: {error}") from error
 
 
+def check_embedding_model(model, path) -> None:
+    """Refuses a classifier, whose logits Recall@K would rank as if they were embeddings.
+
+    A classifier is recognised by its output layer, `logits`, as
+    `rkd_keras.models.classifier_model` names it.
+    """
+    try:
+        classifier = model.get_layer("logits").output is model.outputs[0]
+    except (ValueError, AttributeError):  # no such layer, or a model without one output
+        classifier = False
+    if classifier:
+        raise ValueError(
+            f"the model {path} is a classifier (its output layer is logits), and evaluate measures the retrieval "
+            "(Recall@K, MAP@R) of embedding models; a classifier's top-1 accuracy is in its run's metrics.json "
+            "and its comparison's table.md (rkd-keras compare --task classification)."
+        )
+
+
 def input_shape(config) -> tuple:
     return (config.image_size, config.image_size, config.channels)
 
