@@ -178,13 +178,17 @@ def _compare(args, inputs):
                         f"{100 * metrics[monitor]:.2f} (best epoch {metrics['epoch']})",
                         flush=True,
                     )
-        _write_comparison(root, args, task, results, stages, time.monotonic() - start)
+        _write_comparison(root, args, task, results, stages, next(iter(configs.values()))["teacher"], time.monotonic() - start)
     top.set_status("complete")
     print(f"\ntable: {root / 'table.md'}, report: {root / 'report.png'}; {_minutes(time.monotonic() - start)} in all")
 
 
-def _write_comparison(root, args, task, results, stages, seconds):
-    """table.md, metrics.json and report.png of a comparison's results (`{model: {seed: metrics}}`)."""
+def _write_comparison(root, args, task, results, stages, config, seconds):
+    """table.md, metrics.json and report.png of a comparison's results (`{model: {seed: metrics}}`).
+
+    The data they were measured on is read from `config` (a teacher's settings: the config file and flags
+    apply to every run alike), the number of test images from the teacher's evaluation of the first seed.
+    """
     recipe = presets.COMPARE[task]
     keys = list(recipe["metrics"])
     summary = report.summarize(results, keys)
@@ -193,8 +197,9 @@ def _write_comparison(root, args, task, results, stages, seconds):
     params = {name: next(iter(by_seed.values()))["params"] for name, by_seed in results.items()}
     seeds = list(next(iter(results.values())))
     monitor = training.MONITOR[task]
+    split, measured = report.measured_split(config, results["teacher"][seeds[0]]["items"])
     lines = [
-        recipe["description"] if not args.config else f"Settings from {args.config}.",
+        measured if not args.config else f"{measured} Settings from {args.config}.",
         f"Seeds {', '.join(map(str, seeds))}; each model's best epoch by {monitor} on held-out training images, "
         "never on the test split; sd is the sample standard deviation over seeds.",
         f"{'Quick settings (a few steps each): not a measurement. ' if args.quick else ''}"
@@ -203,7 +208,7 @@ def _write_comparison(root, args, task, results, stages, seconds):
     title = f"rkd-keras compare --task {task}"
     (root / "table.md").write_text(report.comparison_table(title, lines, results, summary, keys, descriptions, params))
     write_json(root / "metrics.json", {
-        "task": task, "metrics": keys, "seeds": seeds,
+        "task": task, "dataset": config.dataset, **split, "metrics": keys, "seeds": seeds,
         "models": {
             name: {"description": descriptions[name], "params": params[name], "summary": summary[name],
                    "per_seed": {str(seed): metrics for seed, metrics in by_seed.items()}}
