@@ -56,6 +56,10 @@ def files(tmp_path_factory):
         "list.yaml": "- epochs\n- 3\n",
         "negative_rate.yaml": "learning_rate: -1e-3\n",
         "quoted_bool.yaml": 'augment: "yes"\n',
+        "imagenet_small_cnn.yaml": "weights: imagenet\n",
+        "imagenet_resnet50.yaml": "weights: imagenet\nbackbone: resnet50\nchannels: 3\nimage_size: 32\n",
+        # A data folder that does not exist: tensorflow-datasets finds nothing prepared, and downloads nothing.
+        "cifar_missing.yaml": "dataset: cifar10\ndata_dir: no-tfds-data\n",
     }
     for name, text in configs.items():
         (folder / name).write_text(text)
@@ -127,6 +131,10 @@ CLI_CASES = {
     # Settings that do not fit together.
     "triplet teacher with one image per class": (["train-teacher", "--samples-per-class", "1"], ["the triplet loss needs samples_per_class >= 2"]),
     "more classes per batch than the split has": (["train-teacher", "--classes-per-batch", "6"], ["classes_per_batch must be <= 5", "fashion_mnist's training split"]),
+    "too few train classes for P": (["train-teacher", "--train-classes", "0", "1", "2"], ["classes_per_batch must be <= 3, the classes of train_classes, received 5; lower --classes-per-batch or give more --train-classes"]),
+    "compare of too few train classes for P": (["compare", "--train-classes", "0", "1", "2"], ["classes_per_batch must be <= 3", "lower the --config key classes_per_batch or give more --train-classes"]),
+    "compare of ImageNet weights for small_cnn": (["compare", "--config", "imagenet_small_cnn.yaml"], ["backbone small_cnn has no ImageNet weights; use the --config key weights: null or a file"]),
+    "compare on CIFAR that is not prepared": (["compare", "--task", "classification", "--quick", "--seeds", "0", "--methods", "ce", "--config", "cifar_missing.yaml"], ["cifar10 (cifar10) is not prepared", "no-tfds-data"]),
     "teacher with RKD": (["train-teacher", "--distance-weight", "1"], ["a teacher trains with the triplet loss alone", "distillation is for distill"]),
     "teacher without its loss": (["train-teacher", "--triplet-weight", "0"], ["triplet_weight must be > 0"]),
     "student with nothing to learn": (["distill", "--teacher", "rgb.keras", "--distance-weight", "0", "--angle-weight", "0"], ["nothing to train"]),
@@ -193,6 +201,16 @@ def test_imagenet_weights_need_download_unless_cached(workdir, capsys, monkeypat
     assert "the ImageNet weights of resnet50 are not in Keras's cache" in err
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in err
     assert "--download" in err and "--weights PATH" in err
+
+
+def test_compare_names_its_config_keys_where_other_commands_have_flags(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(workdir / "keras-home"))  # an empty cache
+    argv = ["compare", "--quick", "--seeds", "0", "--methods", "triplet", "--config", "imagenet_resnet50.yaml"]
+    err = _cli_error(argv, workdir, capsys)  # and runs/compare-metric is not written
+    assert "the ImageNet weights of resnet50 are not in Keras's cache" in err
+    assert "the --config key download: true" in err
+    assert "the --config key weights: PATH" in err and "the --config key weights: null" in err
+    assert "--download" not in err and "--weights" not in err, err
 
 
 def test_presets_that_use_imagenet_weights_need_download(workdir, capsys, monkeypatch):

@@ -91,6 +91,7 @@ def _demo(args, inputs):
     top = RunFolder(Path(args.runs_dir) / args.name, kind="demo")
     root = top.path
     top.prepare(None, args.resume)
+    training.check_available(configs.values())
     stages = {name: RunFolder(root / name) for name in configs}
     if not top.restart:
         # Every stage decides now, so a refused resume stops before anything trains.
@@ -144,6 +145,7 @@ def _compare(args, inputs):
     top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"), kind="comparison")
     root = top.path
     top.prepare(None, args.resume)
+    training.check_available(config for runs in configs.values() for config in runs.values())
     stages = {seed: {name: RunFolder(root / f"seed{seed}" / name) for name in runs} for seed, runs in configs.items()}
     if not top.restart:
         # Every run decides now, so a refused resume stops before anything trains.

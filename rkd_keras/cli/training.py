@@ -74,6 +74,26 @@ def check_fits_data(model, config, what: str) -> None:
         )
 
 
+def check_available(configs) -> None:
+    """Refuses runs whose data or initial weights are neither on this machine nor to be downloaded.
+
+    `train` checks its own run before it writes the run's folder; the demo
+    and `compare` call this first, so that their folder of runs is not
+    written either. Each data source, and each network with given weights
+    (built: Keras reads the weights), is checked once.
+    """
+    sources, networks = {}, {}
+    for config in configs:
+        sources.setdefault((config.dataset, config.task, config.data_dir, config.manual_dir, config.download), config)
+        if config.weights is not None:
+            architecture = (config.task, config.backbone, config.width, config.embedding_dim, input_shape(config))
+            networks.setdefault((*architecture, config.weights, config.download), config)
+    for config in sources.values():
+        data(config, "test")
+    for config in networks.values():
+        _network(config)
+
+
 def _optimizer(config):
     steps = [epoch * config.steps_per_epoch for epoch in config.lr_decay_epochs]
     learning_rate = config.learning_rate
