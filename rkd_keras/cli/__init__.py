@@ -107,8 +107,11 @@ def _use_tensorflow() -> None:
 
 
 def _refuse(command, error, args) -> None:
+    """Prints the error as the one line of a refused command."""
     message = one_line(error)
-    print(f"{command}: error: {_compare_words(message, args) if args.command == 'compare' else message}", file=sys.stderr)
+    if args.command == "compare":
+        message = _compare_words(message, args)
+    print(f"{command}: error: {message}", file=sys.stderr)
 
 
 def main(argv=None) -> int:

@@ -145,13 +145,17 @@ def _compare(args, inputs):
     top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"), kind="comparison")
     root = top.path
     top.prepare(None, args.resume)
-    training.check_available(config for runs in configs.values() for config in runs.values())
     stages = {seed: {name: RunFolder(root / f"seed{seed}" / name) for name in runs} for seed, runs in configs.items()}
     if not top.restart:
         # Every run decides now, so a refused resume stops before anything trains.
         for seed, runs in configs.items():
             for name, stage in stages[seed].items():
                 runs[name] = stage.prepare(runs[name], resume=stage.path.exists())
+    # Finished runs are read, not trained: they need neither data nor weights.
+    training.check_available(
+        config for seed, runs in configs.items() for name, config in runs.items()
+        if stages[seed][name].status() != "complete"
+    )
     monitor = training.MONITOR[task]
     shown = recipe["metrics"][0]
     results = {name: {} for name in ["teacher", *methods]}
@@ -180,7 +184,8 @@ def _compare(args, inputs):
                         f"{100 * metrics[monitor]:.2f} (best epoch {metrics['epoch']})",
                         flush=True,
                     )
-        _write_comparison(root, args, task, results, stages, next(iter(configs.values()))["teacher"], time.monotonic() - start)
+        teacher_config = next(iter(configs.values()))["teacher"]
+        _write_comparison(root, args, task, results, stages, teacher_config, time.monotonic() - start)
     top.set_status("complete")
     print(f"\ntable: {root / 'table.md'}, report: {root / 'report.png'}; {_minutes(time.monotonic() - start)} in all")
 
