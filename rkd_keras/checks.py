@@ -111,8 +111,9 @@ def check_savedmodel_destination(path, *, overwrite: bool = False) -> Path:
     """Checks that a SavedModel can be written at `path`, before any work is spent.
 
     The parent folder must exist and be writable. An existing `path` is
-    replaced only with `overwrite=True` and only if it is a SavedModel folder
-    (it holds `saved_model.pb`): anything else there is kept.
+    replaced only if it is a SavedModel folder (it holds `saved_model.pb`)
+    and only with `overwrite=True`: anything else there is kept, and refused
+    as such whether or not `overwrite` is given.
 
     Args:
         path: Folder to create.
@@ -128,13 +129,15 @@ def check_savedmodel_destination(path, *, overwrite: bool = False) -> Path:
     """
     path = Path(path)
     if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+        # What is not a SavedModel is never replaced: the first message says so, rather
+        # than suggest an overwrite that would be refused next.
         if not (path.is_dir() and (path / "saved_model.pb").is_file()):
             raise FileExistsError(
                 f"{path} exists and is not a SavedModel folder (no saved_model.pb), so it is not replaced "
                 "even with overwrite; choose another path, or remove it yourself."
             )
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot export to {path}: the folder {path.parent} does not exist; create it first.")
     check_writable_folder(path.parent)

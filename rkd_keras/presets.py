@@ -371,7 +371,6 @@ _CLASSIFICATION_TEACHER = {
 _COMPARE_QUICK = {"epochs": 1, "steps_per_epoch": 4, "max_train_items": 1_000, "max_eval_items": 400}
 COMPARE = {
     "metric": {
-        "description": "Fashion-MNIST, classes 0–4 train, 5–9 test: Recall@K and MAP@R on the unseen classes.",
         "teacher": {**_DEMO_TEACHER, "task": "metric"},
         "student": {**DEMO["student"], "task": "metric", "distance_weight": 0.0, "angle_weight": 0.0},
         "metrics": ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r"),
@@ -379,7 +378,6 @@ COMPARE = {
         "quick": _COMPARE_QUICK,
     },
     "classification": {
-        "description": "Fashion-MNIST, all 10 classes: top-1 accuracy on the 10,000 test images.",
         "teacher": _CLASSIFICATION_TEACHER,
         "student": {**_CLASSIFICATION_TEACHER, "width": 8},
         "metrics": ("accuracy", "cross_entropy"),

@@ -6,6 +6,7 @@ message's key words, and the working folder unchanged. API: the exact exception 
 
 import dataclasses
 import json
+import shutil
 import zipfile
 
 import keras
@@ -17,7 +18,7 @@ from conftest import listing
 from rkd_keras import data, embedding_model, export_student, map_at_r, presets, r_precision, recall_at_k
 from rkd_keras.cli import main
 from rkd_keras.cli.config import ConfigError, RunConfig
-from rkd_keras.models import WeightsNotAvailableError
+from rkd_keras.models import WeightsNotAvailableError, classifier_model
 from rkd_keras.retrieval import RetrievalRecall
 
 
@@ -40,6 +41,8 @@ def files(tmp_path_factory):
     (folder / "empty.keras").write_bytes(b"")
     (folder / "folder.keras").mkdir()
     rgb.save_weights(folder / "weights.weights.h5")
+    # As `compare --task classification` saves its runs' best.keras: the data's images in, logits out.
+    classifier_model("small_cnn", 10, input_shape=(28, 28, 1), width=2, name="classifier").save(folder / "classifier.keras")
     with zipfile.ZipFile(folder / "no_config.keras", "w") as archive:
         archive.writestr("readme.txt", "not a model")
     (folder / "notes").mkdir()
@@ -53,17 +56,35 @@ def files(tmp_path_factory):
         "list.yaml": "- epochs\n- 3\n",
         "negative_rate.yaml": "learning_rate: -1e-3\n",
         "quoted_bool.yaml": 'augment: "yes"\n',
+        "imagenet_small_cnn.yaml": "weights: imagenet\n",
+        "imagenet_resnet50.yaml": "weights: imagenet\nbackbone: resnet50\nchannels: 3\nimage_size: 32\n",
+        # A data folder that does not exist: tensorflow-datasets finds nothing prepared, and downloads nothing.
+        "cifar_missing.yaml": "dataset: cifar10\ndata_dir: no-tfds-data\n",
     }
     for name, text in configs.items():
         (folder / name).write_text(text)
+    # Finished run folders of each kind, for the commands that must not write over another's.
+    teacher = folder / "runs" / "finished-teacher"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text(json.dumps(dataclasses.asdict(RunConfig())))
+    (teacher / "metrics.json").write_text('{"recall_at_1": 0.5}')
+    (teacher / "status.json").write_text('{"status": "complete", "kind": "run"}')
+    comparison = folder / "runs" / "finished-compare"
+    (comparison / "seed0" / "teacher").mkdir(parents=True)
+    (comparison / "metrics.json").write_text('{"task": "metric"}')
+    (comparison / "status.json").write_text('{"status": "complete", "kind": "comparison"}')
     return folder
 
 
 @pytest.fixture
 def workdir(files, tmp_path, monkeypatch):
-    """A working folder holding the input files (copied as links), where runs/ would be written."""
+    """A working folder holding the input files, where runs/ would be written: files as links, folders
+    copied (the check that nothing is written looks inside them)."""
     for path in files.iterdir():
-        (tmp_path / path.name).symlink_to(path)
+        if path.is_dir():
+            shutil.copytree(path, tmp_path / path.name)
+        else:
+            (tmp_path / path.name).symlink_to(path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -110,6 +131,10 @@ CLI_CASES = {
     # Settings that do not fit together.
     "triplet teacher with one image per class": (["train-teacher", "--samples-per-class", "1"], ["the triplet loss needs samples_per_class >= 2"]),
     "more classes per batch than the split has": (["train-teacher", "--classes-per-batch", "6"], ["classes_per_batch must be <= 5", "fashion_mnist's training split"]),
+    "too few train classes for P": (["train-teacher", "--train-classes", "0", "1", "2"], ["classes_per_batch must be <= 3, the classes of train_classes, received 5; lower --classes-per-batch or give more --train-classes"]),
+    "compare of too few train classes for P": (["compare", "--train-classes", "0", "1", "2"], ["classes_per_batch must be <= 3", "lower the --config key classes_per_batch or give more --train-classes"]),
+    "compare of ImageNet weights for small_cnn": (["compare", "--config", "imagenet_small_cnn.yaml"], ["backbone small_cnn has no ImageNet weights; use the --config key weights: null or a file"]),
+    "compare on CIFAR that is not prepared": (["compare", "--task", "classification", "--quick", "--seeds", "0", "--methods", "ce", "--config", "cifar_missing.yaml"], ["cifar10 (cifar10) is not prepared", "no-tfds-data"]),
     "teacher with RKD": (["train-teacher", "--distance-weight", "1"], ["a teacher trains with the triplet loss alone", "distillation is for distill"]),
     "teacher without its loss": (["train-teacher", "--triplet-weight", "0"], ["triplet_weight must be > 0"]),
     "student with nothing to learn": (["distill", "--teacher", "rgb.keras", "--distance-weight", "0", "--angle-weight", "0"], ["nothing to train"]),
@@ -133,6 +158,7 @@ CLI_CASES = {
     "missing model to export": (["export", "--model", "missing.keras", "--output", "out"], ["model file missing.keras does not exist"]),
     "truncated model to export": (["export", "--model", "truncated.keras", "--output", "out"], ["model file truncated.keras is not a .keras archive"]),
     "teacher of other images": (["distill", "--teacher", "rgb.keras"], ["the teacher takes images of shape (16, 16, 3) but the data gives (28, 28, 1)"]),
+    "classifier to evaluate": (["evaluate", "--model", "classifier.keras", "--output", "m.json"], ["the model classifier.keras is a classifier", "evaluate measures the retrieval (Recall@K, MAP@R) of embedding models", "compare --task classification"]),
     "model of other images": (["evaluate", "--model", "rgb.keras", "--image-size", "16"], ["the model takes images of shape (16, 16, 3) but the data gives (16, 16, 1)", "--channels 1"]),
     # Output paths, checked before the work.
     "output is a folder": (["evaluate", "--model", "rgb.keras", "--output", "notes"], ["--output notes is a folder"]),
@@ -140,11 +166,16 @@ CLI_CASES = {
     "output where nothing can be written": (["evaluate", "--model", "rgb.keras", "--output", "/sys/metrics.json"], ["cannot write in /sys"]),
     "export into a missing folder": (["export", "--model", "rgb.keras", "--output", "no/such/student"], ["cannot export to no/such/student", "no/such does not exist"]),
     "export where nothing can be written": (["export", "--model", "rgb.keras", "--output", "/sys/student"], ["cannot write in /sys: Permission denied"]),
-    "export over an existing folder": (["export", "--model", "rgb.keras", "--output", "notes"], ["notes exists; pass overwrite=True (CLI: --overwrite)"]),
+    "export over a folder that is no SavedModel": (["export", "--model", "rgb.keras", "--output", "notes"], ["notes exists and is not a SavedModel folder (no saved_model.pb)", "choose another path"]),
+    "export over a plain file": (["export", "--model", "rgb.keras", "--output", "unknown_key.json"], ["unknown_key.json exists and is not a SavedModel folder", "choose another path"]),
     "overwrite of what is not a SavedModel": (["export", "--model", "rgb.keras", "--output", "notes", "--overwrite"], ["notes exists and is not a SavedModel folder (no saved_model.pb)", "not replaced"]),
     # Run folders.
     "resume of no run": (["train-teacher", "--resume"], ["cannot resume runs/teacher: there is no such run"]),
     "runs-dir is a file": (["train-teacher", "--runs-dir", "rgb.keras"], ["--runs-dir rgb.keras is a file, not a folder"]),
+    "compare over a single run": (["compare", "--resume", "--name", "finished-teacher", "--quick", "--seeds", "0", "--methods", "triplet"], ["runs/finished-teacher holds a single run (train-teacher, distill or tune), not a comparison", "choose another --name"]),
+    "compare over a single run, no resume": (["compare", "--name", "finished-teacher", "--quick", "--seeds", "0", "--methods", "triplet"], ["runs/finished-teacher holds a single run", "not a comparison"]),
+    "single run over a comparison": (["train-teacher", "--resume", "--name", "finished-compare"], ["runs/finished-compare holds a comparison (rkd-keras compare), not a single run", "continued by rkd-keras compare with --resume"]),
+    "demo over a comparison": (["demo", "--resume", "--name", "finished-compare"], ["runs/finished-compare holds a comparison", "not the demo's runs"]),
 }
 
 
@@ -156,6 +187,13 @@ def test_command_line_refuses_with_one_line_and_writes_nothing(case, workdir, ca
         assert word in err, err
 
 
+def test_export_over_what_is_no_savedmodel_does_not_suggest_overwrite(workdir, capsys):
+    # --overwrite would be refused next: only a SavedModel is ever replaced.
+    for output in ("notes", "unknown_key.json"):
+        err = _cli_error(["export", "--model", "rgb.keras", "--output", output], workdir, capsys)
+        assert "overwrite=True" not in err and "--overwrite" not in err, err
+
+
 def test_imagenet_weights_need_download_unless_cached(workdir, capsys, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(workdir / "keras-home"))  # an empty cache
     argv = ["train-teacher", "--backbone", "resnet50", "--channels", "3", "--image-size", "32", "--weights", "imagenet"]
@@ -163,6 +201,16 @@ def test_imagenet_weights_need_download_unless_cached(workdir, capsys, monkeypat
     assert "the ImageNet weights of resnet50 are not in Keras's cache" in err
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in err
     assert "--download" in err and "--weights PATH" in err
+
+
+def test_compare_names_its_config_keys_where_other_commands_have_flags(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(workdir / "keras-home"))  # an empty cache
+    argv = ["compare", "--quick", "--seeds", "0", "--methods", "triplet", "--config", "imagenet_resnet50.yaml"]
+    err = _cli_error(argv, workdir, capsys)  # and runs/compare-metric is not written
+    assert "the ImageNet weights of resnet50 are not in Keras's cache" in err
+    assert "the --config key download: true" in err
+    assert "the --config key weights: PATH" in err and "the --config key weights: null" in err
+    assert "--download" not in err and "--weights" not in err, err
 
 
 def test_presets_that_use_imagenet_weights_need_download(workdir, capsys, monkeypatch):

@@ -24,11 +24,22 @@ def _compare(tmp_path, task, *extra):
     return main([*argv, "--runs-dir", str(tmp_path), *extra])
 
 
+# What each task's comparison below was tested on: the runs' settings (TINY's 40 test images), as table.md
+# and metrics.json must say; the metric runs train on the other half of the classes.
+MEASURED = {
+    "metric": (["--train-classes", "5", "6", "7", "8", "9"], [5, 6, 7, 8, 9], [0, 1, 2, 3, 4],
+               "fashion_mnist, classes 5–9 train, 0–4 test: Recall@K and MAP@R on 40 test images"),
+    "classification": ([], list(range(10)), list(range(10)),
+                       "fashion_mnist, all 10 classes: top-1 accuracy and cross-entropy on 40 test images."),
+}
+
+
 @pytest.mark.parametrize("task", ["metric", "classification"])
 def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_retrains_nothing(task, tmp_path, capsys):
     methods = list(presets.COMPARE[task]["methods"])
     keys = presets.COMPARE[task]["metrics"]
-    assert _compare(tmp_path, task) == 0
+    split, train_classes, test_classes, header = MEASURED[task]
+    assert _compare(tmp_path, task, *split) == 0
     out = capsys.readouterr().out
     root = tmp_path / f"compare-{task}"
     # Each run says what it trains and where it is: the teacher, then every method.
@@ -41,7 +52,12 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
             value = model["per_seed"]["1"][key]
             assert math.isfinite(value), (name, key)
             assert model["summary"][key] == {"mean": value, "sd": None, "n": 1}
+    assert (metrics["dataset"], metrics["train_classes"], metrics["test_classes"], metrics["test_items"]) == (
+        "fashion_mnist", train_classes, test_classes, 40
+    )
+    assert all(model["per_seed"]["1"]["items"] == 40 for model in metrics["models"].values())
     table = (root / "table.md").read_text()
+    assert table.splitlines()[2].startswith(header), table.splitlines()[2]
     for name in ["teacher", *methods]:
         assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2, name  # mean ± sd, per seed
     assert (root / "report.png").read_bytes()[:8] == PNG_SIGNATURE
@@ -53,9 +69,9 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
     assert json.loads((root / "status.json").read_text())["status"] == "complete"
 
     runs_before = listing(root / "seed1")
-    assert _compare(tmp_path, task) == 2  # a finished comparison is not overwritten
+    assert _compare(tmp_path, task, *split) == 2  # a finished comparison is not overwritten
     assert "pass --resume" in capsys.readouterr().err
-    assert _compare(tmp_path, task, "--resume") == 0
+    assert _compare(tmp_path, task, *split, "--resume") == 0
     assert "finished earlier" in capsys.readouterr().out
     assert listing(root / "seed1") == runs_before  # nothing trained or written again
     assert json.loads((root / "metrics.json").read_text()) == metrics
@@ -71,6 +87,16 @@ def test_the_summary_is_the_mean_and_sample_standard_deviation_over_seeds():
     table = comparison_table("t", [], per_seed, summary, ["accuracy"], {"teacher": "T", "ce": "C"}, {"teacher": 9, "ce": 1})
     assert "| teacher | 9 | 85.0 ± 7.1 | T |" in table
     assert "| ce | 70.0 | 74.0 |" in table
+
+
+def test_the_header_names_classes_that_are_no_run_as_a_list():
+    from rkd_keras.cli.config import RunConfig
+    from rkd_keras.cli.report import measured_split
+
+    split, sentence = measured_split(RunConfig(train_classes=[1, 3, 5, 7, 9]), 1_234)
+    assert split == {"train_classes": [1, 3, 5, 7, 9], "test_classes": [0, 2, 4, 6, 8], "test_items": 1_234}
+    assert sentence.startswith("fashion_mnist, classes 1, 3, 5, 7, 9 train, 0, 2, 4, 6, 8 test: ")
+    assert "on 1,234 test images" in sentence
 
 
 def _inputs(*argv):

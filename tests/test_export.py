@@ -95,3 +95,13 @@ def test_subclassed_student_needs_a_signature(tmp_path):
 
     with pytest.raises(ValueError, match="pass input_signature="):
         export_student(Subclassed(), tmp_path / "student")
+
+
+def test_a_path_that_is_no_savedmodel_is_refused_as_such_with_or_without_overwrite(distiller, tmp_path):
+    (tmp_path / "c.yaml").write_text("epochs: 1\n")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError) as error:
+            export_student(distiller, tmp_path / "c.yaml", overwrite=overwrite)
+        assert "is not a SavedModel folder (no saved_model.pb)" in str(error.value)
+        assert "pass overwrite=True" not in str(error.value)
+    assert (tmp_path / "c.yaml").read_text() == "epochs: 1\n"

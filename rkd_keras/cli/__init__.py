@@ -14,24 +14,49 @@ Every training run writes a folder `runs/<name>/` (see `rkd_keras.cli.runs`).
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import sys
 import tempfile
 
+from rkd_keras.cli.config import RunConfig, field_kind
 from rkd_keras.cli.inputs import check_inputs
 from rkd_keras.cli.parser import PROG, build_parser
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Keras wraps an error inside a layer call in this frame; the cause is its second paragraph.
 _KERAS_CALL = re.compile(r"Exception encountered when calling [^\n]*\n\n(.*?)(\n\nArguments received by .*)?$", re.S)
+# A flag in a message, with the value it is shown with.
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?: (none|PATH))?")
 
 
 def one_line(error: BaseException) -> str:
     """The error's message on one line, without terminal colour codes or Keras's call frame."""
     text = _KERAS_CALL.sub(r"\1", _ANSI.sub("", str(error)))
     return " ".join(text.split())
+
+
+def _compare_words(message: str, args) -> str:
+    """`message` as `compare` reads: a run-settings flag it does not have becomes the --config key.
+
+    The checks every command shares name the flags of the single-run
+    commands (`--weights none`, `--download`); compare takes those settings
+    from its --config file only.
+    """
+    fields = {field.name: field for field in dataclasses.fields(RunConfig)}
+
+    def key(match):
+        name, value = match[1].replace("-", "_"), match[2]
+        if name not in fields or hasattr(args, name):  # not a run setting, or one of compare's own flags
+            return match[0]
+        if value is None and field_kind(fields[name])[0] is bool:
+            value = "true"
+        shown = {None: "", "none": ": null"}.get(value, f": {value}")
+        return f"the --config key {name}{shown}"
+
+    return _FLAG.sub(key, message)
 
 
 @contextlib.contextmanager
@@ -81,6 +106,14 @@ def _use_tensorflow() -> None:
     os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
+def _refuse(command, error, args) -> None:
+    """Prints the error as the one line of a refused command."""
+    message = one_line(error)
+    if args.command == "compare":
+        message = _compare_words(message, args)
+    print(f"{command}: error: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Runs `rkd-keras` with `argv` (default: the process's arguments); returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -91,12 +124,12 @@ def main(argv=None) -> int:
         with _tensorflow_start_up_hidden():
             from rkd_keras.cli import commands
     except (ValueError, OSError) as error:
-        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
+        _refuse(command, error, args)
         return 2
     try:
         commands.run(args, inputs)
     except commands.EXPECTED_ERRORS as error:
-        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
+        _refuse(command, error, args)
         return 2
     except KeyboardInterrupt:
         print(

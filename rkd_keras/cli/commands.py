@@ -54,6 +54,7 @@ def _tune(args, inputs):
 def _evaluate(args, inputs):
     model = training.load_model_file(inputs["model"], "model")
     model = getattr(model, "student", model)
+    training.check_embedding_model(model, args.model)
     training.check_fits_data(model, inputs["config"], "model")
     metrics = training.evaluate(model, inputs["config"], args.split)
     report.print_table({Path(args.model).stem: metrics})
@@ -87,9 +88,10 @@ def _minutes(seconds):
 def _demo(args, inputs):
     """Teacher, triplet-only student and RKD students on Fashion-MNIST, side by side."""
     configs = dict(inputs["configs"])
-    top = _folder(args)
+    top = RunFolder(Path(args.runs_dir) / args.name, kind="demo")
     root = top.path
     top.prepare(None, args.resume)
+    training.check_available(configs.values())
     stages = {name: RunFolder(root / name) for name in configs}
     if not top.restart:
         # Every stage decides now, so a refused resume stops before anything trains.
@@ -140,7 +142,7 @@ def _compare(args, inputs):
     """Per seed, a teacher and every method's student from it; then table.md, metrics.json and report.png."""
     configs, methods, task = inputs["configs"], inputs["methods"], args.task
     recipe = presets.COMPARE[task]
-    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"))
+    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"), kind="comparison")
     root = top.path
     top.prepare(None, args.resume)
     stages = {seed: {name: RunFolder(root / f"seed{seed}" / name) for name in runs} for seed, runs in configs.items()}
@@ -149,6 +151,11 @@ def _compare(args, inputs):
         for seed, runs in configs.items():
             for name, stage in stages[seed].items():
                 runs[name] = stage.prepare(runs[name], resume=stage.path.exists())
+    # Finished runs are read, not trained: they need neither data nor weights.
+    training.check_available(
+        config for seed, runs in configs.items() for name, config in runs.items()
+        if stages[seed][name].status() != "complete"
+    )
     monitor = training.MONITOR[task]
     shown = recipe["metrics"][0]
     results = {name: {} for name in ["teacher", *methods]}
@@ -177,13 +184,18 @@ def _compare(args, inputs):
                         f"{100 * metrics[monitor]:.2f} (best epoch {metrics['epoch']})",
                         flush=True,
                     )
-        _write_comparison(root, args, task, results, stages, time.monotonic() - start)
+        teacher_config = next(iter(configs.values()))["teacher"]
+        _write_comparison(root, args, task, results, stages, teacher_config, time.monotonic() - start)
     top.set_status("complete")
     print(f"\ntable: {root / 'table.md'}, report: {root / 'report.png'}; {_minutes(time.monotonic() - start)} in all")
 
 
-def _write_comparison(root, args, task, results, stages, seconds):
-    """table.md, metrics.json and report.png of a comparison's results (`{model: {seed: metrics}}`)."""
+def _write_comparison(root, args, task, results, stages, config, seconds):
+    """table.md, metrics.json and report.png of a comparison's results (`{model: {seed: metrics}}`).
+
+    The data they were measured on is read from `config` (a teacher's settings: the config file and flags
+    apply to every run alike), the number of test images from the teacher's evaluation of the first seed.
+    """
     recipe = presets.COMPARE[task]
     keys = list(recipe["metrics"])
     summary = report.summarize(results, keys)
@@ -192,8 +204,9 @@ def _write_comparison(root, args, task, results, stages, seconds):
     params = {name: next(iter(by_seed.values()))["params"] for name, by_seed in results.items()}
     seeds = list(next(iter(results.values())))
     monitor = training.MONITOR[task]
+    split, measured = report.measured_split(config, results["teacher"][seeds[0]]["items"])
     lines = [
-        recipe["description"] if not args.config else f"Settings from {args.config}.",
+        measured if not args.config else f"{measured} Settings from {args.config}.",
         f"Seeds {', '.join(map(str, seeds))}; each model's best epoch by {monitor} on held-out training images, "
         "never on the test split; sd is the sample standard deviation over seeds.",
         f"{'Quick settings (a few steps each): not a measurement. ' if args.quick else ''}"
@@ -202,7 +215,7 @@ def _write_comparison(root, args, task, results, stages, seconds):
     title = f"rkd-keras compare --task {task}"
     (root / "table.md").write_text(report.comparison_table(title, lines, results, summary, keys, descriptions, params))
     write_json(root / "metrics.json", {
-        "task": task, "metrics": keys, "seeds": seeds,
+        "task": task, "dataset": config.dataset, **split, "metrics": keys, "seeds": seeds,
         "models": {
             name: {"description": descriptions[name], "params": params[name], "summary": summary[name],
                    "per_seed": {str(seed): metrics for seed, metrics in by_seed.items()}}

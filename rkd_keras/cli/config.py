@@ -283,8 +283,10 @@ def check_training(config: RunConfig, role: str) -> None:
     available = config.training_classes()
     if config.classes_per_batch > available:
         which = "train_classes" if config.train_classes is not None else f"{config.dataset}'s training split"
+        more = " or give more --train-classes" if config.train_classes is not None else ""
         raise ConfigError(
-            f"classes_per_batch must be <= {available}, the classes of {which}, received {config.classes_per_batch}."
+            f"classes_per_batch must be <= {available}, the classes of {which}, received {config.classes_per_batch}; "
+            f"lower --classes-per-batch{more}."
         )
 
 

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES
+
 KS = (1, 2, 4, 8)
 # Result key → (column header, factor shown, unit). Recall, MAP@R and accuracy
 # are shown in percent; the cross-entropy in nats.
@@ -92,6 +94,42 @@ def _cell(key, stats):
     digits = 1 if factor == 100 else 3
     mean = f"{factor * stats['mean']:.{digits}f}"
     return mean if stats["sd"] is None else f"{mean} ± {factor * stats['sd']:.{digits}f}"
+
+
+def _labels(labels):
+    """Class labels as a person reads them: `5–9` for a run of consecutive labels, else `1, 3, 5`."""
+    labels = sorted(labels)
+    if len(labels) > 2 and labels == list(range(labels[0], labels[-1] + 1)):
+        return f"{labels[0]}–{labels[-1]}"
+    return ", ".join(map(str, labels))
+
+
+def measured_split(config, items: int) -> tuple:
+    """What a comparison's runs were tested on, from their settings (a `RunConfig`): the data, not the preset.
+
+    Args:
+        config: The settings of a run (every run of a comparison has the same data settings).
+        items: The number of test images its evaluation used (`max_eval_items` may cap it).
+
+    Returns:
+        `({"train_classes", "test_classes", "test_items"}, sentence)`: for metrics.json, and for table.md.
+    """
+    if config.task == "classification":
+        classes = list(range(CLASSIFICATION_CLASSES[config.dataset]))
+        split = {"train_classes": classes, "test_classes": classes, "test_items": items}
+        return split, (
+            f"{config.dataset}, all {len(classes)} classes: top-1 accuracy and cross-entropy on {items:,} test images."
+        )
+    train, test = DATASET_CLASSES[config.dataset]
+    split = {
+        "train_classes": config.train_classes or list(range(train)),
+        "test_classes": config.test_classes() or list(range(train, train + test)),
+        "test_items": items,
+    }
+    return split, (
+        f"{config.dataset}, classes {_labels(split['train_classes'])} train, {_labels(split['test_classes'])} test: "
+        f"Recall@K and MAP@R on {items:,} test images of the classes unseen in training."
+    )
 
 
 def comparison_table(title, lines, per_seed, summary, keys, descriptions, params) -> str:

@@ -26,6 +26,12 @@ from rkd_keras.cli.config import ConfigError, RunConfig, differences
 # Settings a resumed run may take from the command line: where the data is
 # read from, which does not change what is trained.
 RELOCATABLE = ("data_dir", "manual_dir", "download")
+# What a run folder holds (`RunFolder.kind`, saved in its status.json), and the command that continues it.
+KINDS = {
+    "run": ("a single run (train-teacher, distill or tune)", "the command that started it"),
+    "demo": ("the demo's runs (rkd-keras demo)", "rkd-keras demo"),
+    "comparison": ("a comparison (rkd-keras compare)", "rkd-keras compare"),
+}
 
 
 def write_json(path, value) -> None:
@@ -60,16 +66,30 @@ class RunFolder:
       folder is replaced;
     - a run with finished epochs: `--resume` continues it with its saved
       settings (only where the data is read from may change); without
-      `--resume` it is refused, so nothing is overwritten.
+      `--resume` it is refused, so nothing is overwritten;
+    - a folder of another kind (`KINDS`: a single run, the demo, a
+      comparison) is refused, started or not: one command never writes over
+      another's folder.
+
+    Args:
+        path: The folder.
+        kind: What it holds, a key of `KINDS`.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, kind: str = "run"):
         self.path = Path(path)
+        self.kind = kind
         self.restart = False
 
     def status(self) -> str | None:
         file = self.path / "status.json"
         return read_json(file)["status"] if file.exists() else None
+
+    def saved_kind(self) -> str:
+        """What the folder's status.json says it holds; folders written before kinds were saved:
+        a single run's holds config.json, the demo's does not."""
+        saved = read_json(self.path / "status.json").get("kind")
+        return saved or ("run" if (self.path / "config.json").exists() else "demo")
 
     def has_progress(self) -> bool:
         """Whether the run holds anything worth keeping: a finished epoch, or such a stage of the demo or a comparison.
@@ -88,7 +108,7 @@ class RunFolder:
 
         Raises:
             FileExistsError: the run has progress and `resume` is False, or
-                the folder is not a run folder.
+                the folder is not a run folder, or one of another kind.
             FileNotFoundError: `resume` and there is no run.
             ConfigError: `resume` with settings that differ from the saved ones.
         """
@@ -99,6 +119,12 @@ class RunFolder:
             if resume:
                 raise FileNotFoundError(f"cannot resume {self.path}: there is no such run; leave out --resume to start it.")
             return config
+        found = self.saved_kind()
+        if found != self.kind:
+            raise FileExistsError(
+                f"{self.path} holds {KINDS[found][0]}, not {KINDS[self.kind][0]}, and is left as it is; choose "
+                f"another --name (it is continued by {KINDS[found][1]} with --resume)."
+            )
         if not self.has_progress():
             reason = read_json(self.path / "status.json").get("reason", status)
             notice(f"{self.path} never finished an epoch ({reason}); starting it again, the folder is replaced.")
@@ -141,7 +167,7 @@ class RunFolder:
             raise
 
     def set_status(self, status, **details):
-        write_json(self.path / "status.json", {"status": status, **details})
+        write_json(self.path / "status.json", {"status": status, "kind": self.kind, **details})
 
 
 class BestCheckpoint(keras.callbacks.Callback):

@@ -39,6 +39,24 @@ def load_model_file(path, what: str) -> keras.Model:
         raise ValueError(f"{what} file {path} could not be loaded by Keras: {error}") from error
 
 
+def check_embedding_model(model, path) -> None:
+    """Refuses a classifier, whose logits Recall@K would rank as if they were embeddings.
+
+    A classifier is recognised by its output layer, `logits`, as
+    `rkd_keras.models.classifier_model` names it.
+    """
+    try:
+        classifier = model.get_layer("logits").output is model.outputs[0]
+    except (ValueError, AttributeError):  # no such layer, or a model without one output
+        classifier = False
+    if classifier:
+        raise ValueError(
+            f"the model {path} is a classifier (its output layer is logits), and evaluate measures the retrieval "
+            "(Recall@K, MAP@R) of embedding models; a classifier's top-1 accuracy is in its run's metrics.json "
+            "and its comparison's table.md (rkd-keras compare --task classification)."
+        )
+
+
 def input_shape(config) -> tuple:
     return (config.image_size, config.image_size, config.channels)
 
@@ -54,6 +72,26 @@ def check_fits_data(model, config, what: str) -> None:
             f"the {what} takes images of shape {expected} but the data gives {given} "
             f"(--image-size {config.image_size}, --channels {config.channels}); give the settings it was trained with."
         )
+
+
+def check_available(configs) -> None:
+    """Refuses runs whose data or initial weights are neither on this machine nor to be downloaded.
+
+    `train` checks its own run before it writes the run's folder; the demo
+    and `compare` call this first, so that their folder of runs is not
+    written either. Each data source, and each network with given weights
+    (built: Keras reads the weights), is checked once.
+    """
+    sources, networks = {}, {}
+    for config in configs:
+        sources.setdefault((config.dataset, config.task, config.data_dir, config.manual_dir, config.download), config)
+        if config.weights is not None:
+            architecture = (config.task, config.backbone, config.width, config.embedding_dim, input_shape(config))
+            networks.setdefault((*architecture, config.weights, config.download), config)
+    for config in sources.values():
+        data(config, "test")
+    for config in networks.values():
+        _network(config)
 
 
 def _optimizer(config):
