@@ -392,6 +392,11 @@ class Distiller(keras.Model):
         check_cached_rows(x)
         return super().evaluate(x, *args, **kwargs)
 
+    def predict(self, x, *args, **kwargs):
+        """`Model.predict` (the student's outputs), after checking that a cached batch holds as many teacher rows as inputs."""
+        check_cached_rows(x)
+        return super().predict(x, *args, **kwargs)
+
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures the student's training.
 

@@ -321,6 +321,8 @@ def test_cached_teacher_rows_that_do_not_match_the_inputs_are_refused(images, te
         distiller.fit(cached, labels, batch_size=32, verbose=0)
     with pytest.raises(ValueError, match=message):
         distiller.evaluate(x=cached, batch_size=32, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        distiller.predict(cached, batch_size=32, verbose=0)
 
 
 def test_terms_and_shortcut_weights_together_are_refused(teacher):
