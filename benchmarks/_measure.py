@@ -121,3 +121,28 @@ def in_fresh_process(code, *args, backend=None):
     if out.returncode != 0:
         raise RuntimeError(f"benchmark process ({backend or 'default backend'}) failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def __getattr__(name):
+    # `StepTimer` subclasses a Keras callback: defined on first use, so importing this module loads no Keras.
+    if name != "StepTimer":
+        raise AttributeError(name)
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        """Seconds of each training step of `fit`, after waiting for its loss; the first step of each fit dropped."""
+
+        def __init__(self):
+            super().__init__()
+            self.times = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # wait for the step (JAX and PyTorch run ahead of Python)
+            if batch > 0:  # the first step of each fit includes its set-up
+                self.times.append(time.perf_counter() - self.start)
+
+    globals()["StepTimer"] = StepTimer
+    return StepTimer

@@ -26,11 +26,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import in_fresh_process  # noqa: E402
 
 CHILD = r"""
-import json, statistics, sys, time
+import json, statistics, sys
 sys.path.insert(0, sys.argv[1])  # the folder that holds the rkd_keras to time
+sys.path.insert(1, sys.argv[4])  # the benchmarks
 import keras, numpy as np
 import rkd_keras
 from rkd_keras import Distiller
+from _measure import StepTimer
 
 steps, rounds = int(sys.argv[2]), int(sys.argv[3])
 assert rkd_keras.__file__.startswith(sys.argv[1]), rkd_keras.__file__
@@ -43,20 +45,6 @@ def cnn(width, dim, name):
         x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(dim)(x), name=name)
-
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        float(logs["loss"])
-        if batch > 0:
-            self.times.append(time.perf_counter() - self.start)
 
 
 keras.utils.set_random_seed(0)
@@ -92,7 +80,9 @@ def main():
         for turn in range(args.processes):
             for version, root in roots.items():
                 print(f"process {turn + 1}/{args.processes}: {version}", file=sys.stderr, flush=True)
-                found[version].append(in_fresh_process(CHILD, root, args.steps, args.rounds, backend="tensorflow"))
+                found[version].append(
+                    in_fresh_process(CHILD, root, args.steps, args.rounds, Path(__file__).parent, backend="tensorflow")
+                )
     print(f"RKD-DA step, median ms over {args.processes} processes (each the median of "
           f"{args.rounds * (args.steps - 1)} steps)")
     print(f"{'jit':>5} | {args.release + ' ms':>12} {'current ms':>11} | {'ratio':>6} | per process: release / current")

@@ -33,6 +33,7 @@ import json, statistics, sys, time
 sys.path.insert(0, sys.argv[4])
 import keras, numpy as np
 from rkd_keras import Distiller, Term, embedding_model
+from _measure import StepTimer
 
 pair, steps, rounds, cache = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5] == "1"
 shape, batch = {"small": ((28, 28, 1), 128), "resnet": ((32, 32, 3), 64)}[pair]
@@ -60,20 +61,6 @@ class Baseline(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         teacher_embeddings = keras.ops.stop_gradient(self.teacher(x, training=False))
         return keras.ops.mean(keras.ops.square(y_pred)) + 0.0 * keras.ops.mean(teacher_embeddings)
-
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        float(logs["loss"])  # wait for the step (JAX and PyTorch run ahead of Python)
-        if batch > 0:  # the first step of each fit includes its set-up
-            self.times.append(time.perf_counter() - self.start)
 
 
 def pooled(model):

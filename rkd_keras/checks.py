@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from rkd_keras.choices import DATASET_TASKS, DATASETS, TASKS
+
 
 def _bounds(low, high, low_open, high_open):
     if low is not None and high is not None:
@@ -76,6 +78,16 @@ def check_number(
     return float(value)
 
 
+def repeated(values) -> list:
+    """The values that `values` holds more than once, sorted.
+
+    Example:
+    >>> repeated([3, 1, 3, 2, 1])
+    [1, 3]
+    """
+    return sorted({value for value in values if values.count(value) > 1})
+
+
 def check_choice(name: str, value, choices):
     """`value` if it is one of `choices`.
 
@@ -86,6 +98,24 @@ def check_choice(name: str, value, choices):
     if isinstance(value, bool) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; received {value!r}.")
     return value
+
+
+def check_task(name: str, task: str) -> str:
+    """`task` if dataset `name` serves it; else a `ValueError` naming the datasets that do.
+
+    Example:
+    >>> check_task("cifar10", "classification")
+    'classification'
+    """
+    check_choice("dataset", name, DATASETS)
+    check_choice("task", task, TASKS)
+    if task not in DATASET_TASKS[name]:
+        serving = [other for other in DATASETS if task in DATASET_TASKS[other]]
+        raise ValueError(
+            f"{name} serves {' and '.join(DATASET_TASKS[name])} only, not {task}; for {task} choose one of "
+            f"{', '.join(serving)}."
+        )
+    return task
 
 
 def check_writable_folder(folder) -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from rkd_keras.checks import check_choice, check_int, check_number
-from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES, DATASET_TASKS, DATASETS, TASKS
+from rkd_keras.checks import check_choice, check_int, check_number, check_task
+from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES, DATASET_TASKS, DATASETS, TASKS  # noqa: F401 (data.DATASETS & co. stay public)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "validation", "test")
@@ -49,24 +49,6 @@ def _default_classes(name, split):
     """The labels of a split of CUB, Cars196 or Fashion-MNIST, split by class as the paper."""
     train, test = DATASET_CLASSES[name]
     return range(train, train + test) if split == "test" else range(train)
-
-
-def check_task(name: str, task: str) -> str:
-    """`task` if dataset `name` serves it; else a `ValueError` naming the datasets that do.
-
-    Example:
-    >>> check_task("cifar10", "classification")
-    'classification'
-    """
-    check_choice("dataset", name, DATASETS)
-    check_choice("task", task, TASKS)
-    if task not in DATASET_TASKS[name]:
-        serving = [other for other in DATASETS if task in DATASET_TASKS[other]]
-        raise ValueError(
-            f"{name} serves {' and '.join(DATASET_TASKS[name])} only, not {task}; for {task} choose one of "
-            f"{', '.join(serving)}."
-        )
-    return task
 
 
 def num_classes(name: str, split: str, classes=None, *, task: str = "metric") -> int:

@@ -9,7 +9,7 @@ import keras
 
 from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
-from rkd_keras.terms import Extractor, Term, cached_inputs, check_cached_rows, check_weight, split_cached
+from rkd_keras.terms import INPUTS, Extractor, Term, cached_inputs, check_cached_rows, check_weight, split_cached
 
 if keras.backend.backend() == "tensorflow":
     # Its train_step, tf.distribute and the graph-side NaN check. On JAX and
@@ -318,7 +318,6 @@ class Distiller(keras.Model):
         self.teacher.trainable = False
         # Functional models are built at construction, and so is the Distiller.
         self.built = student.built
-        self._from_shortcuts = from_shortcuts
         self.distance_weight = shortcuts["distance_weight"] if from_shortcuts else None
         self.angle_weight = shortcuts["angle_weight"] if from_shortcuts else None
         self.terms = terms
@@ -333,8 +332,8 @@ class Distiller(keras.Model):
         self.term_trackers = [keras.metrics.Mean(name=term.name) for term in active]
 
     def build(self, input_shape):
-        if isinstance(input_shape, dict) and "inputs" in input_shape:
-            input_shape = input_shape["inputs"]
+        if isinstance(input_shape, dict) and INPUTS in input_shape:
+            input_shape = input_shape[INPUTS]
         if not self.student.built:
             self.student.build(input_shape)
         self.built = True
@@ -707,7 +706,7 @@ class Distiller(keras.Model):
             "teacher": keras.saving.serialize_keras_object(self.teacher),
             "student": keras.saving.serialize_keras_object(self.student),
         }
-        if self._from_shortcuts:
+        if self.distance_weight is not None:  # built from the shortcut weights
             config.update(distance_weight=self.distance_weight, angle_weight=self.angle_weight)
         else:
             config["terms"] = [keras.saving.serialize_keras_object(term) for term in self.terms]

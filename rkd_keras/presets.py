@@ -33,7 +33,7 @@ Example:
 
 import copy
 
-from rkd_keras.checks import check_choice, check_number
+from rkd_keras.checks import check_choice, check_number, repeated
 from rkd_keras.choices import DISTILLATION_LOSSES
 
 # Park et al. (CVPR 2019) §4.1 and the official code's defaults: a ResNet50
@@ -223,9 +223,8 @@ def check_terms(name: str, specs) -> list:
             raise ValueError(f"{where} name must be a string, received {term_name!r}.")
         checked.append({"loss": spec["loss"], "weight": weight, **layers, "name": term_name, "options": dict(options)})
     names = [spec["name"] for spec in checked]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"{name}: two terms are named {', '.join(repeated)}; give each term its own name.")
+    if repeated(names):
+        raise ValueError(f"{name}: two terms are named {', '.join(repeated(names))}; give each term its own name.")
     return checked
 
 

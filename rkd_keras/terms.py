@@ -336,6 +336,11 @@ def cached_inputs(inputs, teacher_tensors: dict, output_key: str | None) -> dict
     return {INPUTS: inputs, TEACHER_TENSORS: teacher_tensors}
 
 
+def is_cached(x) -> bool:
+    """Whether `x` is a batch that carries the teacher's tensors (`cached_inputs`)."""
+    return isinstance(x, dict) and set(x) == {INPUTS, TEACHER_TENSORS}
+
+
 def check_cached_rows(x) -> None:
     """Raises when a cached batch (`cached_inputs`) holds another number of teacher rows than of inputs.
 
@@ -343,7 +348,7 @@ def check_cached_rows(x) -> None:
     of their sizes fails on the dict with an unrelated `AttributeError`.
     Anything else (plain inputs, a dataset) passes unchecked.
     """
-    if not (isinstance(x, dict) and set(x) == {INPUTS, TEACHER_TENSORS}):
+    if not is_cached(x):
         return
 
     def rows(structure):
@@ -372,7 +377,7 @@ def split_cached(x, keys=None, output_key: str | None = None):
         `(inputs, None)` for plain inputs; `(inputs, teacher tensors)` for a
         cached batch.
     """
-    if not (isinstance(x, dict) and set(x) == {INPUTS, TEACHER_TENSORS}):
+    if not is_cached(x):
         return x, None
     teacher = x[TEACHER_TENSORS]
     if keys is None:

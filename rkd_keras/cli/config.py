@@ -12,14 +12,13 @@ import typing
 from pathlib import Path
 
 from rkd_keras import presets
-from rkd_keras.checks import check_choice, check_int, check_number
+from rkd_keras.checks import check_choice, check_int, check_number, check_task, repeated
 from rkd_keras.choices import (
     BACKBONE_MIN_IMAGE_SIZE,
     BACKBONES,
     CLASS_SPLIT_DATASETS,
     CLASSIFICATION_CLASSES,
     DATASET_CLASSES,
-    DATASET_TASKS,
     DATASETS,
     TASKS,
     TRIPLET_SAMPLINGS,
@@ -111,12 +110,10 @@ class RunConfig:
             raise ConfigError(str(error)) from None
 
     def _check_combination(self):
-        if self.task not in DATASET_TASKS[self.dataset]:
-            serving = [name for name in DATASETS if self.task in DATASET_TASKS[name]]
-            raise ValueError(
-                f"dataset {self.dataset} serves {' and '.join(DATASET_TASKS[self.dataset])} only, not {self.task}; "
-                f"for {self.task} choose one of {', '.join(serving)}."
-            )
+        try:
+            check_task(self.dataset, self.task)
+        except ValueError as error:
+            raise ValueError(f"dataset {error}") from None
         if self.train_classes is not None:
             self._check_train_classes()
         if self.terms and (self.distance_weight or self.angle_weight):
@@ -222,9 +219,8 @@ def _checked_classes(name, value):
     if not isinstance(value, list):
         raise ValueError(f"{name} must be a list of class labels, received {value!r}.")
     labels = [check_int(f"each of {name}", label, low=0) for label in value]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if repeated:
-        raise ValueError(f"{name} lists {repeated} more than once; give each class once.")
+    if repeated(labels):
+        raise ValueError(f"{name} lists {repeated(labels)} more than once; give each class once.")
     return labels
 
 

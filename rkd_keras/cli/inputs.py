@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 from rkd_keras import presets
-from rkd_keras.checks import check_savedmodel_destination, check_writable_folder
+from rkd_keras.checks import check_savedmodel_destination, check_writable_folder, repeated
 from rkd_keras.cli.config import ConfigError, check_training, read_config_file, resolve_config
 from rkd_keras.cli.parser import run_overrides
 
@@ -137,7 +137,7 @@ def _compare(args):
         )
     for what, values in (("methods", methods), ("seeds", args.seeds)):
         if len(set(values)) != len(values):
-            raise ConfigError(f"--{what} lists {sorted({v for v in values if values.count(v) > 1})} more than once.")
+            raise ConfigError(f"--{what} lists {repeated(values)} more than once.")
     settings = {}
     if args.config:
         owned = sorted(set(read_config_file(args.config)) & set(_METHOD_SETTINGS))

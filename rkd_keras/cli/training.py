@@ -12,19 +12,20 @@ import shutil
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from rkd_keras.cli import report
 from rkd_keras.cli.inputs import check_keras_file
 from rkd_keras.cli.runs import BestCheckpoint, RunFolder, read_history, read_json, resumed_epoch, write_json
-from rkd_keras.data import default_resize_size, load_dataset, num_classes, pk_batches, preprocess_image
+from rkd_keras.data import default_resize_size, load_dataset, materialize, num_classes, pk_batches, preprocess_image
 from rkd_keras.distiller import Distiller
 from rkd_keras.losses import TripletLoss
 from rkd_keras.models import classifier_model, embedding_model
 from rkd_keras.presets import build_terms
 from rkd_keras.retrieval import RetrievalRecall, embed, map_at_r, r_precision, recall_at_k
 
-# The log key whose best epoch a run keeps, by task.
-MONITOR = {"metric": "val_recall_at_1", "classification": "val_accuracy"}
+# The log key whose best epoch a run keeps, by task: the curves its report draws.
+MONITOR = report.VALIDATION
 # Teacher tensors are cached for distillation (see `_batches`) only up to this
 # size: feature maps of every training image would not fit in memory.
 TEACHER_CACHE_BYTES = 256 * 2**20
@@ -134,22 +135,25 @@ def _batches(config, model=None, first_epoch=0):
             return preprocess_image(image, image_size=size, resize_size=image.shape[0], augment=True, channels=config.channels), label
 
     train = data(config, "train")
-    if isinstance(model, Distiller) and config.cache_teacher and not config.augment and _cache_fits(model, train):
-        # No random augmentation: the frozen teacher's tensors are the same every epoch.
-        train = model.cache_teacher_embeddings(train)
+    if isinstance(model, Distiller) and config.cache_teacher and not config.augment:
+        # No random augmentation: the frozen teacher's tensors are the same every epoch. One pass over the
+        # split gives both the count the cache is sized by and the images the teacher runs on.
+        images, labels = materialize(train)
+        if _cache_fits(model, len(labels)):
+            train = tf.data.Dataset.from_tensor_slices((model.cache_teacher_embeddings(images), labels))
     return pk_batches(
         train, config.classes_per_batch, config.samples_per_class,
         seed=config.seed, num_batches=config.steps_per_epoch, map_fn=augment, first_epoch=first_epoch,
     )
 
 
-def _cache_fits(distiller, train):
-    """Whether the teacher tensors its terms read, for every training image, fit `TEACHER_CACHE_BYTES`."""
+def _cache_fits(distiller, count: int):
+    """Whether the teacher tensors its terms read, for `count` training images, fit `TEACHER_CACHE_BYTES`."""
     layers = {term.teacher_layer for term in distiller.terms if term.weight > 0}
     teacher = distiller.teacher
     shapes = [teacher.outputs[0].shape if layer is None else teacher.get_layer(layer).output.shape for layer in layers]
     per_image = sum(4 * math.prod(shape[1:]) for shape in shapes)
-    return per_image * _length(train) <= TEACHER_CACHE_BYTES
+    return per_image * count <= TEACHER_CACHE_BYTES
 
 
 def _length(dataset) -> int:
@@ -212,7 +216,7 @@ def _classification_metrics(model, config, split):
         "accuracy": float(np.mean(np.argmax(logits, axis=1) == labels)),
         "cross_entropy": float(-np.mean(log_probs[np.arange(len(labels)), labels])),
         "items": int(len(labels)),
-        "params": int(getattr(model, "student", model).count_params()),
+        "params": int(model.count_params()),
     }
 
 

@@ -4,6 +4,7 @@ empty batches, norms with finite gradients, and the batch's Gram matrix in float
 Written with `keras.ops`, so every loss runs on TensorFlow, JAX and PyTorch.
 """
 
+import functools
 import math
 
 import keras
@@ -98,8 +99,8 @@ def l2_normalize(x, axis=-1, eps: float = 1e-12):
     return x / keras.ops.maximum(norm(x, axis=axis, keepdims=True), eps)
 
 
-def guard(loss, teacher, student):
-    """`loss` under the package's rules: NaN if any input is not finite, 0 for a batch of no rows.
+def guard(loss, *tensors):
+    """`loss` under the package's rules: NaN if any input tensor is not finite, 0 for a batch of no rows.
 
     A sort, a mask or a clamp can turn a NaN input into a plausible number;
     this makes any non-finite input show as a NaN loss (which
@@ -107,10 +108,8 @@ def guard(loss, teacher, student):
     share of the last, short batch under `tf.distribute`) gives 0, as Keras's
     own losses do, instead of a mean over nothing.
     """
-    finite = keras.ops.logical_and(
-        keras.ops.all(keras.ops.isfinite(teacher)), keras.ops.all(keras.ops.isfinite(student))
-    )
-    loss = keras.ops.where(keras.ops.shape(student)[0] > 0, loss, 0.0)
+    finite = functools.reduce(keras.ops.logical_and, [keras.ops.all(keras.ops.isfinite(x)) for x in tensors])
+    loss = keras.ops.where(keras.ops.shape(tensors[0])[0] > 0, loss, 0.0)
     return keras.ops.where(finite, loss, float("nan"))
 
 

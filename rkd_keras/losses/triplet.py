@@ -147,4 +147,4 @@ def triplet_loss(
         negative_distances = ops.take_along_axis(distances, sampled, axis=1)
         losses = ops.where(valid, ops.relu(distances - negative_distances + margin), 0.0)
     loss = ops.divide_no_nan(ops.sum(losses), ops.sum(ops.cast(valid, "float32")))
-    return guard(loss, embeddings, embeddings)
+    return guard(loss, embeddings)
