@@ -202,11 +202,12 @@ def embed(model, data, *, batch_size: int = 256):
         images, labels = _check_arrays(data)
         return model.predict(images, batch_size=batch_size, verbose=0), np.asarray(labels).reshape(-1)
     embeddings, labels, size = [], [], None
-    for images, batch_labels in data:
+    # NumPy batches: JAX's and PyTorch's predict take arrays, not TensorFlow tensors.
+    for images, batch_labels in data.as_numpy_iterator():
         count = len(batch_labels)
         size = size or count
         if count < size:
-            images = tf.concat([images, tf.zeros([size - count, *images.shape[1:]], images.dtype)], 0)
+            images = np.concatenate([images, np.zeros((size - count, *images.shape[1:]), images.dtype)])
         embeddings.append(np.asarray(model.predict_on_batch(images))[:count])
         labels.append(np.asarray(batch_labels).reshape(-1))
     if not labels:

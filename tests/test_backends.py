@@ -195,6 +195,13 @@ def test_retrieval_recall_logs_the_recall_of_the_student(runs, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_embed_reads_a_tf_data_dataset_on_every_backend(runs, backend):
+    """JAX's and PyTorch's predict took TensorFlow tensors and crashed (the README's example on JAX)."""
+    ours = runs[backend]["distiller"]
+    np.testing.assert_allclose(ours["recall/dataset"], ours["fit/predictions"], atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_cached_teacher_tensors_train_like_the_teacher_pass(runs, backend):
     ours = runs[backend]["distiller"]
     np.testing.assert_allclose(ours["cache/loss"], ours["fit/loss"], rtol=1e-5)
