@@ -56,6 +56,8 @@ def files(tmp_path_factory):
         "list.yaml": "- epochs\n- 3\n",
         "negative_rate.yaml": "learning_rate: -1e-3\n",
         "quoted_bool.yaml": 'augment: "yes"\n',
+        "twice.yaml": "epochs: 2\nlearning_rate: 0.001\nepochs: 3\n",
+        "twice.json": '{"epochs": 2, "epochs": 3}\n',
         "imagenet_small_cnn.yaml": "weights: imagenet\n",
         "imagenet_resnet50.yaml": "weights: imagenet\nbackbone: resnet50\nchannels: 3\nimage_size: 32\n",
         # A data folder that does not exist: tensorflow-datasets finds nothing prepared, and downloads nothing.
@@ -148,6 +150,8 @@ CLI_CASES = {
     "missing config file": (["train-teacher", "--config", "missing.yaml"], ["config file missing.yaml does not exist"]),
     "negative rate written 1e-3": (["train-teacher", "--config", "negative_rate.yaml"], ["learning_rate must be a finite number > 0, received -0.001"]),
     "quoted boolean": (["train-teacher", "--config", "quoted_bool.yaml"], ["augment must be true or false, received 'yes'"]),
+    "a YAML key given twice": (["train-teacher", "--config", "twice.yaml"], ["config file twice.yaml: key epochs is given twice (lines 1 and 3); keep one."]),
+    "a JSON key given twice": (["train-teacher", "--config", "twice.json"], ["config file twice.json: key epochs is given twice (lines 1 and 1); keep one."]),
     # Model files.
     "missing teacher": (["distill", "--teacher", "missing.keras"], ["teacher file missing.keras does not exist"]),
     "empty teacher": (["distill", "--teacher", "empty.keras"], ["teacher file empty.keras is empty"]),

@@ -323,6 +323,27 @@ def _config(values):
     return RunConfig(**values)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys_loader(yaml):
+    """yaml.SafeLoader refusing a key given twice in one mapping (plain YAML keeps the last in silence)."""
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(f"key {key} is given twice (lines {seen[key]} and {line}); keep one.")
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeys
+
+
 def read_config_file(path) -> dict:
     """The mapping of settings in a JSON or YAML file (JSON is YAML too)."""
     import yaml  # here: only a run with --config pays for it
@@ -331,8 +352,10 @@ def read_config_file(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist.")
     try:
-        # safe_load: plain data only, never Python objects.
-        values = yaml.safe_load(path.read_text())
+        # A SafeLoader: plain data only, never Python objects.
+        values = yaml.load(path.read_text(), Loader=_unique_keys_loader(yaml))
+    except _DuplicateKey as error:
+        raise ConfigError(f"config file {path}: {error}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid JSON or YAML: {error}") from error
     if not isinstance(values, dict):
