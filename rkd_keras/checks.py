@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from rkd_keras.choices import DATASET_TASKS, DATASETS, TASKS
+from rkd_keras.choices import DATASET_ARGUMENTS, DATASET_TASKS, DATASETS, TASKS
 
 
 def _bounds(low, high, low_open, high_open):
@@ -116,6 +116,23 @@ def check_task(name: str, task: str) -> str:
             f"{', '.join(serving)}."
         )
     return task
+
+
+def check_dataset_arguments(name: str, given, *, spell=lambda argument: argument) -> None:
+    """Refuses a loader argument (`choices.DATASET_ARGUMENTS`) that dataset `name` does not read.
+
+    Args:
+        name: The dataset.
+        given: The names of the arguments given (set, not None).
+        spell: How a message names an argument: the CLI names its flag.
+    """
+    for argument in given:
+        readers = DATASET_ARGUMENTS[argument]
+        if name not in readers:
+            raise ValueError(
+                f"{spell(argument)} is read only by {', '.join(readers)}; {name} does not read it, so it would be "
+                f"ignored. Leave {spell(argument)} out, or choose a dataset that reads it."
+            )
 
 
 def check_writable_folder(folder) -> None:

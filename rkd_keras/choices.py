@@ -29,6 +29,16 @@ DATASET_TASKS = {
     name: tuple(task for task, table in (("metric", DATASET_CLASSES), ("classification", CLASSIFICATION_CLASSES)) if name in table)
     for name in DATASETS
 }
+# The loader arguments only some datasets read (`load_dataset`'s keywords, the CLI's settings of the same
+# names): given to another dataset they would be ignored in silence (a folder of images as --data-dir trained
+# on Fashion-MNIST), so they are refused. A dataset that reads one of them adds itself to its row.
+TFDS_DATASETS = ("cub200", "cars196", "sop", "cifar10", "cifar100")
+DATASET_ARGUMENTS = {
+    "data_dir": TFDS_DATASETS,
+    "manual_dir": TFDS_DATASETS,
+    "path": ("fashion_mnist",),
+}
+
 # Metric learning with other training classes (`classes=`, CLI `train_classes`)
 # needs a dataset whose test classes can be "the others": not SOP, whose two
 # splits are separate sets of products.

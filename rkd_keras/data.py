@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from rkd_keras.checks import check_choice, check_int, check_number, check_task
+from rkd_keras.checks import check_choice, check_dataset_arguments, check_int, check_number, check_task
 from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES, DATASET_TASKS, DATASETS, TASKS  # noqa: F401 (data.DATASETS & co. stay public)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -162,6 +162,8 @@ def load_dataset(
     ```
     """
     check_task(name, task)
+    arguments = {"data_dir": data_dir, "manual_dir": manual_dir, "path": path}
+    check_dataset_arguments(name, [argument for argument, value in arguments.items() if value is not None])
     check_choice("split", split, SPLITS)
     check_number("validation_fraction", validation_fraction, low=0.0, high=1.0, high_open=True)
     if split == "validation" and not validation_fraction:

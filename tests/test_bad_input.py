@@ -58,6 +58,7 @@ def files(tmp_path_factory):
         "quoted_bool.yaml": 'augment: "yes"\n',
         "twice.yaml": "epochs: 2\nlearning_rate: 0.001\nepochs: 3\n",
         "twice.json": '{"epochs": 2, "epochs": 3}\n',
+        "fashion_data_dir.yaml": "data_dir: notes\n",
         "imagenet_small_cnn.yaml": "weights: imagenet\n",
         "imagenet_resnet50.yaml": "weights: imagenet\nbackbone: resnet50\nchannels: 3\nimage_size: 32\n",
         # A data folder that does not exist: tensorflow-datasets finds nothing prepared, and downloads nothing.
@@ -173,6 +174,11 @@ CLI_CASES = {
     "export over a folder that is no SavedModel": (["export", "--model", "rgb.keras", "--output", "notes"], ["notes exists and is not a SavedModel folder (no saved_model.pb)", "choose another path"]),
     "export over a plain file": (["export", "--model", "rgb.keras", "--output", "unknown_key.json"], ["unknown_key.json exists and is not a SavedModel folder", "choose another path"]),
     "overwrite of what is not a SavedModel": (["export", "--model", "rgb.keras", "--output", "notes", "--overwrite"], ["notes exists and is not a SavedModel folder (no saved_model.pb)", "not replaced"]),
+    # Settings the dataset does not read (a folder as --data-dir trained on Fashion-MNIST in silence).
+    "data-dir of fashion_mnist": (["distill", "--teacher", "rgb.keras", "--data-dir", "notes"], ["--data-dir is read only by cub200, cars196, sop, cifar10, cifar100; fashion_mnist does not read it"]),
+    "manual-dir of fashion_mnist": (["train-teacher", "--manual-dir", "notes"], ["--manual-dir is read only by cub200"]),
+    "data_dir key of fashion_mnist": (["train-teacher", "--config", "fashion_data_dir.yaml"], ["config file fashion_data_dir.yaml: --data-dir is read only by"]),
+    "data_dir key in compare": (["compare", "--quick", "--seeds", "0", "--methods", "triplet", "--config", "fashion_data_dir.yaml"], ["the --config key data_dir is read only by", "fashion_mnist does not read it"]),
     # Run folders.
     "resume of no run": (["train-teacher", "--resume"], ["cannot resume runs/teacher: there is no such run"]),
     "runs-dir is a file": (["train-teacher", "--runs-dir", "rgb.keras"], ["--runs-dir rgb.keras is a file, not a folder"]),
@@ -268,6 +274,8 @@ API_CASES = {
     "fractional P": (lambda: _batches(classes_per_batch=2.5), ValueError, ["classes_per_batch must be an integer >= 1, received 2.5"]),
     "negative seed": (lambda: _batches(seed=-1), ValueError, ["seed must be an integer >= 0, received -1"]),
     "P above the classes": (lambda: _batches(classes_per_batch=6), ValueError, ["pk_batches needs at least classes_per_batch=6 classes, but the dataset has 5"]),
+    "data_dir of fashion_mnist": (lambda: data.load_dataset("fashion_mnist", "train", data_dir="notes"), ValueError, ["data_dir is read only by cub200, cars196, sop, cifar10, cifar100; fashion_mnist does not read it"]),
+    "path of a tfds dataset": (lambda: data.load_dataset("cub200", "train", path="notes"), ValueError, ["path is read only by fashion_mnist; cub200 does not read it"]),
     "image size 0": (lambda: data.load_dataset("fashion_mnist", "train", image_size=0), ValueError, ["image_size must be an integer >= 1, received 0"]),
     "no classes": (lambda: data.load_dataset("fashion_mnist", "train", classes=[]), ValueError, ["classes must hold at least one label"]),
     "resize below crop": (lambda: data.load_dataset("fashion_mnist", "test", image_size=28, resize_size=20), ValueError, ["resize_size must be an integer >= 28, received 20"]),

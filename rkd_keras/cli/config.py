@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from rkd_keras import presets
-from rkd_keras.checks import check_choice, check_int, check_number, check_task, repeated
+from rkd_keras.checks import check_choice, check_dataset_arguments, check_int, check_number, check_task, repeated
 from rkd_keras.choices import (
     BACKBONE_MIN_IMAGE_SIZE,
     BACKBONES,
@@ -114,6 +114,8 @@ class RunConfig:
             check_task(self.dataset, self.task)
         except ValueError as error:
             raise ValueError(f"dataset {error}") from None
+        given = [name for name in ("data_dir", "manual_dir") if getattr(self, name) is not None]
+        check_dataset_arguments(self.dataset, given, spell=lambda name: "--" + name.replace("_", "-"))
         if self.train_classes is not None:
             self._check_train_classes()
         if self.terms and (self.distance_weight or self.angle_weight):
