@@ -255,13 +255,44 @@ def _check_arrays(data):
     return images, labels
 
 
+class _QueryAndGallery:
+    """Embeds each batch with the query model and the gallery model side by side, in one pass.
+
+    One pass keeps the two embeddings of an item paired even when the dataset
+    reshuffles at every pass; `embed` sees their concatenation.
+    """
+
+    def __init__(self, model, gallery_model):
+        self.model, self.gallery_model = getattr(model, "student", model), gallery_model
+
+    def predict(self, images, batch_size, verbose=0):
+        return self._join(self.model.predict(images, batch_size=batch_size, verbose=verbose),
+                          self.gallery_model.predict(images, batch_size=batch_size, verbose=verbose))
+
+    def predict_on_batch(self, images):
+        return self._join(self.model.predict_on_batch(images), self.gallery_model.predict_on_batch(images))
+
+    def _join(self, queries, gallery):
+        queries, gallery = np.asarray(queries), np.asarray(gallery)
+        if queries.shape != gallery.shape:
+            raise ValueError(
+                f"The gallery model embeds to shape {gallery.shape[1:]} and the model to {queries.shape[1:]}; "
+                "asymmetric retrieval needs a gallery model of the same width (e.g. the teacher of a student "
+                "of the teacher's width)."
+            )
+        return np.concatenate([queries, gallery], axis=1)
+
+
 class RetrievalRecall(keras.callbacks.Callback):
     """Writes Recall@K on held-out data into the logs at each epoch end.
 
     The embeddings come from the model being trained, or from its `student`
     when it is a `Distiller`. Logs get `{prefix}recall_at_{K}` (by default
     `val_recall_at_1`, ...), so History, EarlyStopping, ModelCheckpoint and
-    keras-tuner see them: put this callback before those.
+    keras-tuner see them: put this callback before those. With a
+    `gallery_model` (e.g. the teacher that indexed the gallery) the logs also
+    get `{prefix}asym_recall_at_{K}`: the model's embeddings query the gallery
+    model's embeddings of the other items (`recall_at_k(..., gallery=...)`).
 
     Args:
         data: `(images, labels)` arrays, or a finite `tf.data.Dataset` of
@@ -271,6 +302,8 @@ class RetrievalRecall(keras.callbacks.Callback):
         batch_size: Batch size to embed arrays with.
         prefix: Prefix of the log keys.
         verbose: Print the recalls at each epoch end.
+        gallery_model: Optional model of the same embedding width that
+            embeds the gallery (asymmetric protocol).
 
     Example:
     ```python
@@ -280,7 +313,9 @@ class RetrievalRecall(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, data, ks=(1, 2, 4, 8), *, metric="euclidean", batch_size=256, prefix="val_", verbose=0):
+    def __init__(
+        self, data, ks=(1, 2, 4, 8), *, metric="euclidean", batch_size=256, prefix="val_", verbose=0, gallery_model=None
+    ):
         super().__init__()
         if not isinstance(data, tf.data.Dataset):
             data = _check_arrays(data)
@@ -289,6 +324,7 @@ class RetrievalRecall(keras.callbacks.Callback):
         self.metric = check_choice("metric", metric, METRICS)
         self.batch_size = check_int("batch_size", batch_size, low=1)
         self.prefix, self.verbose = prefix, verbose
+        self.gallery_model = getattr(gallery_model, "student", gallery_model)
 
     def __deepcopy__(self, memo):
         # keras-tuner copies callbacks for every trial: share the read-only data.
@@ -301,8 +337,16 @@ class RetrievalRecall(keras.callbacks.Callback):
         return embed(model or self.model, self.data, batch_size=self.batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
-        recalls = recall_at_k(*self.embed(), self.ks, metric=self.metric)
-        values = {f"{self.prefix}recall_at_{k}": value for k, value in recalls.items()}
+        if self.gallery_model is None:
+            recalls = recall_at_k(*self.embed(), self.ks, metric=self.metric)
+            values = {f"{self.prefix}recall_at_{k}": value for k, value in recalls.items()}
+        else:
+            joined, labels = self.embed(_QueryAndGallery(self.model, self.gallery_model))
+            queries, gallery = np.split(joined, 2, axis=1)
+            recalls = recall_at_k(queries, labels, self.ks, metric=self.metric)
+            asymmetric = recall_at_k(queries, labels, self.ks, gallery=gallery, metric=self.metric)
+            values = {f"{self.prefix}recall_at_{k}": value for k, value in recalls.items()}
+            values.update({f"{self.prefix}asym_recall_at_{k}": value for k, value in asymmetric.items()})
         if logs is not None:
             logs.update(values)
         if self.verbose:

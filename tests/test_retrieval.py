@@ -223,3 +223,30 @@ def test_embed_gives_the_students_embeddings_of_arrays_and_datasets_alike(rng):
         assert embeddings.shape == (37, 6)
         np.testing.assert_allclose(embeddings, expected, atol=1e-6)
         np.testing.assert_array_equal(labels, y)
+
+
+def test_callback_with_a_gallery_model_logs_asymmetric_recall_next_to_the_symmetric_one(rng):
+    x, y = rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 4, 64)
+    x_val, y_val = rng.normal(size=(50, 4)).astype("float32"), rng.integers(0, 4, 50)
+    teacher, student = _embedder(6), _embedder(6)
+    distiller = Distiller(teacher, student)
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    # Reshuffled at every pass: the two embeddings of an item must still come from one pass.
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).shuffle(50, seed=1).batch(16)
+    history = distiller.fit(
+        x, epochs=1, batch_size=32, verbose=0, callbacks=[RetrievalRecall(val, gallery_model=teacher)]
+    ).history
+    queries, gallery = student.predict(x_val, verbose=0), teacher.predict(x_val, verbose=0)
+    expected = recall_at_k(queries, y_val, gallery=gallery)
+    symmetric = recall_at_k(queries, y_val)
+    for k in (1, 2, 4, 8):
+        assert history[f"val_asym_recall_at_{k}"][0] == pytest.approx(expected[k], abs=1e-12)
+        assert history[f"val_recall_at_{k}"][0] == pytest.approx(symmetric[k], abs=1e-12)
+
+
+def test_callback_refuses_a_gallery_model_of_another_width(rng):
+    x_val, y_val = rng.normal(size=(20, 4)).astype("float32"), rng.integers(0, 4, 20)
+    callback = RetrievalRecall((x_val, y_val), gallery_model=_embedder(12))
+    callback.set_model(_embedder(6))
+    with pytest.raises(ValueError, match="asymmetric retrieval needs a gallery model of the same width"):
+        callback.on_epoch_end(0, {})
