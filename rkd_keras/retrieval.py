@@ -263,7 +263,8 @@ class _QueryAndGallery:
     """
 
     def __init__(self, model, gallery_model):
-        self.model, self.gallery_model = getattr(model, "student", model), gallery_model
+        self.model = getattr(model, "student", model)
+        self.gallery_model = getattr(gallery_model, "student", gallery_model)
 
     def predict(self, images, batch_size, verbose=0):
         return self._join(self.model.predict(images, batch_size=batch_size, verbose=verbose),
@@ -281,6 +282,22 @@ class _QueryAndGallery:
                 "of the teacher's width)."
             )
         return np.concatenate([queries, gallery], axis=1)
+
+
+def embed_with_gallery(model, gallery_model, data, *, batch_size: int = 256):
+    """Embeds evaluation data with a query model and a gallery model in one pass, as `embed` does.
+
+    Returns:
+        `(queries, gallery, labels)`: `(N, D)`, `(N, D)` and `(N,)` arrays,
+        row i of both embeddings from item i, for
+        `recall_at_k(queries, labels, gallery=gallery)`.
+
+    Raises:
+        ValueError: the two models embed to different widths.
+    """
+    joined, labels = embed(_QueryAndGallery(model, gallery_model), data, batch_size=batch_size)
+    queries, gallery = np.split(joined, 2, axis=1)
+    return queries, gallery, labels
 
 
 class RetrievalRecall(keras.callbacks.Callback):
@@ -341,8 +358,9 @@ class RetrievalRecall(keras.callbacks.Callback):
             recalls = recall_at_k(*self.embed(), self.ks, metric=self.metric)
             values = {f"{self.prefix}recall_at_{k}": value for k, value in recalls.items()}
         else:
-            joined, labels = self.embed(_QueryAndGallery(self.model, self.gallery_model))
-            queries, gallery = np.split(joined, 2, axis=1)
+            queries, gallery, labels = embed_with_gallery(
+                self.model, self.gallery_model, self.data, batch_size=self.batch_size
+            )
             recalls = recall_at_k(queries, labels, self.ks, metric=self.metric)
             asymmetric = recall_at_k(queries, labels, self.ks, gallery=gallery, metric=self.metric)
             values = {f"{self.prefix}recall_at_{k}": value for k, value in recalls.items()}
