@@ -45,6 +45,7 @@ _PUBLIC = {
     "classifier_model": "rkd_keras.models",
     "WeightsNotAvailableError": "rkd_keras.models",
     "embed": "rkd_keras.retrieval",
+    "embed_with_gallery": "rkd_keras.retrieval",
     "recall_at_k": "rkd_keras.retrieval",
     "map_at_r": "rkd_keras.retrieval",
     "r_precision": "rkd_keras.retrieval",

@@ -17,7 +17,21 @@ from rkd_keras.checks import check_choice, check_int
 METRICS = ("euclidean", "cosine")
 
 
-def _prepare(embeddings, labels, metric, batch_size):
+def _prepare(embeddings, labels, metric, batch_size, gallery=None):
+    """Query embeddings and labels as tensors, and the gallery's (the queries themselves by default)."""
+    queries, labels = _prepare_one(embeddings, labels, metric, batch_size)
+    if gallery is None:
+        return queries, labels, queries
+    gallery_shape, query_shape = np.shape(gallery), tuple(queries.shape)
+    if gallery_shape != query_shape:
+        raise ValueError(
+            f"The gallery must hold the same N items as the queries, embedded to the same width: expected shape "
+            f"{query_shape}, received {gallery_shape}; embed the same data with a model of the student's width."
+        )
+    return queries, labels, _prepare_one(gallery, labels, metric, batch_size)[0]
+
+
+def _prepare_one(embeddings, labels, metric, batch_size):
     check_choice("metric", metric, METRICS)
     check_int("batch_size", batch_size, low=1)
     embeddings = np.asarray(embeddings, np.float32)
@@ -56,21 +70,28 @@ def _query_scores(queries, first, items, item_norms):
     )
 
 
-def _chunks(embeddings, batch_size):
-    """Yields (first query index, scores of the chunk's queries against all items)."""
-    norms = tf.reduce_sum(embeddings * embeddings, axis=1)
+def _chunks(embeddings, batch_size, gallery):
+    """Yields (first query index, scores of the chunk's queries against all gallery items)."""
+    norms = tf.reduce_sum(gallery * gallery, axis=1)
     for first in range(0, int(embeddings.shape[0]), batch_size):
         chunk = embeddings[first : first + batch_size]
-        yield first, _query_scores(chunk, tf.constant(first, tf.int32), embeddings, norms)
+        yield first, _query_scores(chunk, tf.constant(first, tf.int32), gallery, norms)
 
 
-def recall_at_k(embeddings, labels, ks=(1, 2, 4, 8), *, metric: str = "euclidean", batch_size: int = 512) -> dict:
+def recall_at_k(
+    embeddings, labels, ks=(1, 2, 4, 8), *, gallery=None, metric: str = "euclidean", batch_size: int = 512
+) -> dict:
     """Recall@K as in the paper: the share of queries with a same-class item among their K nearest.
 
     Args:
         embeddings: `(N, D)` embeddings.
         labels: `(N,)` class labels.
         ks: The K values.
+        gallery: Optional `(N, D)` embeddings of the same N items by another
+            model (e.g. the teacher that indexed the gallery): each query is
+            ranked against the N - 1 other gallery items, its own item
+            excluded (the asymmetric protocol). `None` (or the queries
+            themselves) gives the symmetric number.
         metric: `"euclidean"` (the paper; squared distance ranks the same) or
             `"cosine"`.
         batch_size: Queries per chunk; peak memory is a few `batch_size × N`
@@ -81,17 +102,18 @@ def recall_at_k(embeddings, labels, ks=(1, 2, 4, 8), *, metric: str = "euclidean
 
     Raises:
         ValueError: an embedding row holds NaN or Inf (the message counts
-            them), or a K is not an integer in [1, N - 1].
+            them), a K is not an integer in [1, N - 1], or the gallery's
+            shape differs from the queries'.
 
     Example:
     >>> recall_at_k([[0.0], [0.1], [5.0], [5.2]], [0, 0, 1, 1], ks=(1, 2))
     {1: 1.0, 2: 1.0}
     """
-    embeddings, labels = _prepare(embeddings, labels, metric, batch_size)
+    embeddings, labels, gallery = _prepare(embeddings, labels, metric, batch_size, gallery)
     ks = _check_ks(ks, int(labels.shape[0]))
     n = int(labels.shape[0])
     hits = np.zeros(len(ks))
-    for first, scores in _chunks(embeddings, batch_size):
+    for first, scores in _chunks(embeddings, batch_size, gallery):
         # top_k returns the lower index first among equal scores.
         _, nearest = tf.math.top_k(scores, k=ks[-1])
         queries = labels[first : first + scores.shape[0]]
@@ -120,32 +142,36 @@ def _check_ks(ks, items: int | None = None) -> list:
     return sorted({int(k) for k in values})
 
 
-def _ranked_relevance(embeddings, labels, batch_size):
+def _ranked_relevance(embeddings, labels, batch_size, gallery):
     """Yields, per chunk, the relevance of every item in rank order and R per query."""
     _, inverse = np.unique(labels.numpy(), return_inverse=True)
     counts = np.bincount(inverse)
-    for first, scores in _chunks(embeddings, batch_size):
+    for first, scores in _chunks(embeddings, batch_size, gallery):
         order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
         queries = labels[first : first + scores.shape[0]]
         relevant = (tf.gather(labels, order) == queries[:, None]).numpy()[:, :-1]  # last: the query itself
         yield relevant, counts[inverse[first : first + scores.shape[0]]] - 1
 
 
-def map_at_r(embeddings, labels, *, metric: str = "euclidean", batch_size: int = 512) -> float:
+def map_at_r(embeddings, labels, *, gallery=None, metric: str = "euclidean", batch_size: int = 512) -> float:
     """MAP@R (Musgrave et al. 2020): mean over queries of the average precision in the first R.
 
     R is the number of other items of the query's class; queries whose class
     has no other item are left out. Embeddings holding NaN or Inf are refused,
-    as by `recall_at_k`.
+    and `gallery` ranks each query against other models' embeddings of the
+    other items, as in `recall_at_k`.
     """
-    embeddings, labels = _prepare(embeddings, labels, metric, batch_size)
-    return _mean_over_queries(embeddings, labels, batch_size, _average_precision_at_r)
+    embeddings, labels, gallery = _prepare(embeddings, labels, metric, batch_size, gallery)
+    return _mean_over_queries(embeddings, labels, batch_size, gallery, _average_precision_at_r)
 
 
-def r_precision(embeddings, labels, *, metric: str = "euclidean", batch_size: int = 512) -> float:
-    """R-precision: mean over queries of the share of relevant items among the first R."""
-    embeddings, labels = _prepare(embeddings, labels, metric, batch_size)
-    return _mean_over_queries(embeddings, labels, batch_size, _precision_at_r)
+def r_precision(embeddings, labels, *, gallery=None, metric: str = "euclidean", batch_size: int = 512) -> float:
+    """R-precision: mean over queries of the share of relevant items among the first R.
+
+    `gallery` as in `recall_at_k`.
+    """
+    embeddings, labels, gallery = _prepare(embeddings, labels, metric, batch_size, gallery)
+    return _mean_over_queries(embeddings, labels, batch_size, gallery, _precision_at_r)
 
 
 def _average_precision_at_r(relevant, r):
@@ -160,9 +186,9 @@ def _precision_at_r(relevant, r):
     return hits[np.arange(len(r)), r - 1] / r
 
 
-def _mean_over_queries(embeddings, labels, batch_size, per_query):
+def _mean_over_queries(embeddings, labels, batch_size, gallery, per_query):
     total, count = 0.0, 0
-    for relevant, r in _ranked_relevance(embeddings, labels, batch_size):
+    for relevant, r in _ranked_relevance(embeddings, labels, batch_size, gallery):
         keep = r > 0
         if keep.any():
             total += per_query(relevant[keep], r[keep]).sum()
@@ -230,13 +256,61 @@ def _check_arrays(data):
     return images, labels
 
 
+class _QueryAndGallery:
+    """Embeds each batch with the query model and the gallery model side by side, in one pass.
+
+    One pass keeps the two embeddings of an item paired even when the dataset
+    reshuffles at every pass; `embed` sees their concatenation.
+    """
+
+    def __init__(self, model, gallery_model):
+        self.model = getattr(model, "student", model)
+        self.gallery_model = getattr(gallery_model, "student", gallery_model)
+
+    def predict(self, images, batch_size, verbose=0):
+        return self._join(self.model.predict(images, batch_size=batch_size, verbose=verbose),
+                          self.gallery_model.predict(images, batch_size=batch_size, verbose=verbose))
+
+    def predict_on_batch(self, images):
+        return self._join(self.model.predict_on_batch(images), self.gallery_model.predict_on_batch(images))
+
+    def _join(self, queries, gallery):
+        queries, gallery = np.asarray(queries), np.asarray(gallery)
+        if queries.shape != gallery.shape:
+            raise ValueError(
+                f"The gallery model embeds to shape {gallery.shape[1:]} and the model to {queries.shape[1:]}; "
+                "asymmetric retrieval needs a gallery model of the same width (e.g. the teacher of a student "
+                "of the teacher's width)."
+            )
+        return np.concatenate([queries, gallery], axis=1)
+
+
+def embed_with_gallery(model, gallery_model, data, *, batch_size: int = 256):
+    """Embeds evaluation data with a query model and a gallery model in one pass, as `embed` does.
+
+    Returns:
+        `(queries, gallery, labels)`: `(N, D)`, `(N, D)` and `(N,)` arrays,
+        row i of both embeddings from item i, for
+        `recall_at_k(queries, labels, gallery=gallery)`.
+
+    Raises:
+        ValueError: the two models embed to different widths.
+    """
+    joined, labels = embed(_QueryAndGallery(model, gallery_model), data, batch_size=batch_size)
+    queries, gallery = np.split(joined, 2, axis=1)
+    return queries, gallery, labels
+
+
 class RetrievalRecall(keras.callbacks.Callback):
     """Writes Recall@K on held-out data into the logs at each epoch end.
 
     The embeddings come from the model being trained, or from its `student`
     when it is a `Distiller`. Logs get `{prefix}recall_at_{K}` (by default
     `val_recall_at_1`, ...), so History, EarlyStopping, ModelCheckpoint and
-    keras-tuner see them: put this callback before those.
+    keras-tuner see them: put this callback before those. With a
+    `gallery_model` (e.g. the teacher that indexed the gallery) the logs also
+    get `{prefix}asym_recall_at_{K}`: the model's embeddings query the gallery
+    model's embeddings of the other items (`recall_at_k(..., gallery=...)`).
 
     Args:
         data: `(images, labels)` arrays, or a finite `tf.data.Dataset` of
@@ -246,6 +320,8 @@ class RetrievalRecall(keras.callbacks.Callback):
         batch_size: Batch size to embed arrays with.
         prefix: Prefix of the log keys.
         verbose: Print the recalls at each epoch end.
+        gallery_model: Optional model of the same embedding width that
+            embeds the gallery (asymmetric protocol).
 
     Example:
     ```python
@@ -255,7 +331,9 @@ class RetrievalRecall(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, data, ks=(1, 2, 4, 8), *, metric="euclidean", batch_size=256, prefix="val_", verbose=0):
+    def __init__(
+        self, data, ks=(1, 2, 4, 8), *, metric="euclidean", batch_size=256, prefix="val_", verbose=0, gallery_model=None
+    ):
         super().__init__()
         if not isinstance(data, tf.data.Dataset):
             data = _check_arrays(data)
@@ -264,6 +342,7 @@ class RetrievalRecall(keras.callbacks.Callback):
         self.metric = check_choice("metric", metric, METRICS)
         self.batch_size = check_int("batch_size", batch_size, low=1)
         self.prefix, self.verbose = prefix, verbose
+        self.gallery_model = getattr(gallery_model, "student", gallery_model)
 
     def __deepcopy__(self, memo):
         # keras-tuner copies callbacks for every trial: share the read-only data.
@@ -276,8 +355,17 @@ class RetrievalRecall(keras.callbacks.Callback):
         return embed(model or self.model, self.data, batch_size=self.batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
-        recalls = recall_at_k(*self.embed(), self.ks, metric=self.metric)
-        values = {f"{self.prefix}recall_at_{k}": value for k, value in recalls.items()}
+        if self.gallery_model is None:
+            recalls = recall_at_k(*self.embed(), self.ks, metric=self.metric)
+            values = {f"{self.prefix}recall_at_{k}": value for k, value in recalls.items()}
+        else:
+            queries, gallery, labels = embed_with_gallery(
+                self.model, self.gallery_model, self.data, batch_size=self.batch_size
+            )
+            recalls = recall_at_k(queries, labels, self.ks, metric=self.metric)
+            asymmetric = recall_at_k(queries, labels, self.ks, gallery=gallery, metric=self.metric)
+            values = {f"{self.prefix}recall_at_{k}": value for k, value in recalls.items()}
+            values.update({f"{self.prefix}asym_recall_at_{k}": value for k, value in asymmetric.items()})
         if logs is not None:
             logs.update(values)
         if self.verbose:

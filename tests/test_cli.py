@@ -18,7 +18,7 @@ from rkd_keras import presets, recall_at_k
 from rkd_keras.cli import main, runs, training
 from rkd_keras.cli.config import RunConfig, resolve_config
 from rkd_keras.cli.parser import build_parser
-from rkd_keras.retrieval import RetrievalRecall, embed
+from rkd_keras.retrieval import RetrievalRecall, embed, embed_with_gallery
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parent.parent
@@ -343,3 +343,24 @@ def test_the_command_lines_choices_are_the_librarys():
     assert data.DATASETS is choices.DATASETS and models.BACKBONES is choices.BACKBONES
     assert set(choices.DISTILLATION_LOSSES) == set(losses.LOSSES) - {"triplet_loss"}
     assert set(choices.BACKBONE_STAGES) == set(choices.BACKBONES)
+
+
+def test_evaluate_with_a_gallery_model_adds_the_asymmetric_metrics(tmp_path, capsys):
+    from rkd_keras import embedding_model
+
+    student = embedding_model("small_cnn", 8, input_shape=(28, 28, 1), width=4, name="student")
+    teacher = embedding_model("small_cnn", 8, input_shape=(28, 28, 1), width=8, name="teacher")
+    student.save(tmp_path / "student.keras")
+    teacher.save(tmp_path / "teacher.keras")
+    argv = ["evaluate", "--model", str(tmp_path / "student.keras"), "--max-eval-items", "60"]
+    assert main([*argv, "--gallery-model", str(tmp_path / "teacher.keras"), "--output", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    config = resolve_config("student", overrides={"max_eval_items": 60})
+    queries, gallery, labels = embed_with_gallery(student, teacher, training.data(config, "test"))
+    assert metrics["asym_recall_at_1"] == pytest.approx(recall_at_k(queries, labels, (1,), gallery=gallery)[1], abs=1e-12)
+    assert metrics["recall_at_1"] == pytest.approx(recall_at_k(queries, labels, (1,))[1], abs=1e-12)
+    assert {"asym_map_at_r", "asym_r_precision", "map_at_r"} <= metrics.keys()
+    wide = embedding_model("small_cnn", 16, input_shape=(28, 28, 1), width=4, name="wide")
+    wide.save(tmp_path / "wide.keras")
+    assert main([*argv, "--gallery-model", str(tmp_path / "wide.keras")]) == 2
+    assert "needs a gallery model of the same width" in capsys.readouterr().err

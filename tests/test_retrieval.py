@@ -1,5 +1,7 @@
 """Exact retrieval metrics against brute force, and the RetrievalRecall callback."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -8,22 +10,23 @@ import tensorflow as tf
 from rkd_keras import Distiller, RetrievalRecall, embed, map_at_r, r_precision, recall_at_k
 
 
-def brute_force_ranking(embeddings, labels):
-    """Per query, the other items' labels sorted by distance, ties by index."""
+def brute_force_ranking(embeddings, labels, gallery=None):
+    """Per query, the other items' labels sorted by distance (to their gallery embeddings), ties by index."""
     e = np.asarray(embeddings, np.float64)
-    d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+    g = e if gallery is None else np.asarray(gallery, np.float64)
+    d = ((e[:, None, :] - g[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     order = np.argsort(d, axis=1, kind="stable")[:, :-1]
     return labels[order] == labels[:, None]
 
 
-def brute_recall(embeddings, labels, ks):
-    relevant = brute_force_ranking(embeddings, labels)
+def brute_recall(embeddings, labels, ks, gallery=None):
+    relevant = brute_force_ranking(embeddings, labels, gallery)
     return {k: relevant[:, :k].any(axis=1).mean() for k in ks}
 
 
-def brute_map_and_rp(embeddings, labels):
-    relevant = brute_force_ranking(embeddings, labels)
+def brute_map_and_rp(embeddings, labels, gallery=None):
+    relevant = brute_force_ranking(embeddings, labels, gallery)
     maps, rps = [], []
     for row, label in zip(relevant, labels):
         r = int((labels == label).sum()) - 1
@@ -69,6 +72,63 @@ def test_map_at_r_and_r_precision_equal_brute_force(case):
     expected_map, expected_rp = brute_map_and_rp(embeddings, labels)
     assert map_at_r(embeddings, labels, batch_size=13) == pytest.approx(expected_map, abs=1e-12)
     assert r_precision(embeddings, labels, batch_size=13) == pytest.approx(expected_rp, abs=1e-12)
+
+
+def _teacher_gallery(embeddings, seed=5):
+    """The same items "embedded by another model": a rotation of the queries plus noise."""
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.normal(size=(embeddings.shape[1],) * 2))
+    return np.asarray(embeddings) @ rotation * 0.5 + 0.3 * rng.normal(size=np.shape(embeddings))
+
+
+@pytest.mark.parametrize("batch_size", [7, 1024])
+@pytest.mark.parametrize("case", DATA)
+def test_asymmetric_recall_at_k_equals_brute_force_with_the_own_item_excluded(case, batch_size):
+    embeddings, labels = DATA[case]
+    gallery = _teacher_gallery(embeddings)
+    ks = (1, 2, 4, 8, 16)
+    ours = recall_at_k(embeddings, labels, ks, gallery=gallery, batch_size=batch_size)
+    expected = brute_recall(embeddings, labels, ks, gallery)
+    for k in ks:
+        assert ours[k] == pytest.approx(expected[k], abs=1e-12)
+    assert ours != recall_at_k(embeddings, labels, ks, batch_size=batch_size)  # the gallery is used
+
+
+def test_asymmetric_recall_excludes_the_queries_own_gallery_item():
+    # Each query's own gallery item is its exact copy and of another class: were it ranked, R@1 would be 0.
+    queries = np.array([[0.0], [0.1], [5.0], [5.1]])
+    assert recall_at_k(queries, [0, 0, 1, 1], (1,), gallery=queries + 0.0) == {1: 1.0}
+    swapped = queries[[2, 3, 0, 1]]  # item i's gallery embedding sits among the other class's queries
+    assert recall_at_k(queries, [0, 0, 1, 1], (1,), gallery=swapped) == {1: 0.0}
+
+
+@pytest.mark.parametrize("case", DATA)
+def test_asymmetric_map_at_r_and_r_precision_equal_brute_force(case):
+    embeddings, labels = DATA[case]
+    gallery = _teacher_gallery(embeddings)
+    expected_map, expected_rp = brute_map_and_rp(embeddings, labels, gallery)
+    assert map_at_r(embeddings, labels, gallery=gallery, batch_size=13) == pytest.approx(expected_map, abs=1e-12)
+    assert r_precision(embeddings, labels, gallery=gallery, batch_size=13) == pytest.approx(expected_rp, abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("case", DATA)
+def test_gallery_of_the_queries_gives_the_symmetric_numbers_exactly(case, metric):
+    embeddings, labels = DATA[case]
+    copy = np.array(embeddings, copy=True)
+    assert recall_at_k(embeddings, labels, (1, 4), gallery=copy, metric=metric) == recall_at_k(
+        embeddings, labels, (1, 4), metric=metric
+    )
+    assert map_at_r(embeddings, labels, gallery=copy, metric=metric) == map_at_r(embeddings, labels, metric=metric)
+    assert r_precision(embeddings, labels, gallery=copy, metric=metric) == r_precision(embeddings, labels, metric=metric)
+
+
+@pytest.mark.parametrize(
+    "gallery_shape, received", [((10, 3), "(10, 3)"), ((9, 4), "(9, 4)")], ids=["width", "items"]
+)
+def test_a_gallery_of_another_shape_is_refused(gallery_shape, received):
+    with pytest.raises(ValueError, match=re.escape(f"expected shape (10, 4), received {received}")):
+        recall_at_k(np.zeros((10, 4)), np.arange(10) % 2, gallery=np.zeros(gallery_shape))
 
 
 def test_cosine_metric_ranks_by_angle(rng):
@@ -163,3 +223,30 @@ def test_embed_gives_the_students_embeddings_of_arrays_and_datasets_alike(rng):
         assert embeddings.shape == (37, 6)
         np.testing.assert_allclose(embeddings, expected, atol=1e-6)
         np.testing.assert_array_equal(labels, y)
+
+
+def test_callback_with_a_gallery_model_logs_asymmetric_recall_next_to_the_symmetric_one(rng):
+    x, y = rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 4, 64)
+    x_val, y_val = rng.normal(size=(50, 4)).astype("float32"), rng.integers(0, 4, 50)
+    teacher, student = _embedder(6), _embedder(6)
+    distiller = Distiller(teacher, student)
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    # Reshuffled at every pass: the two embeddings of an item must still come from one pass.
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).shuffle(50, seed=1).batch(16)
+    history = distiller.fit(
+        x, epochs=1, batch_size=32, verbose=0, callbacks=[RetrievalRecall(val, gallery_model=teacher)]
+    ).history
+    queries, gallery = student.predict(x_val, verbose=0), teacher.predict(x_val, verbose=0)
+    expected = recall_at_k(queries, y_val, gallery=gallery)
+    symmetric = recall_at_k(queries, y_val)
+    for k in (1, 2, 4, 8):
+        assert history[f"val_asym_recall_at_{k}"][0] == pytest.approx(expected[k], abs=1e-12)
+        assert history[f"val_recall_at_{k}"][0] == pytest.approx(symmetric[k], abs=1e-12)
+
+
+def test_callback_refuses_a_gallery_model_of_another_width(rng):
+    x_val, y_val = rng.normal(size=(20, 4)).astype("float32"), rng.integers(0, 4, 20)
+    callback = RetrievalRecall((x_val, y_val), gallery_model=_embedder(12))
+    callback.set_model(_embedder(6))
+    with pytest.raises(ValueError, match="asymmetric retrieval needs a gallery model of the same width"):
+        callback.on_epoch_end(0, {})

@@ -56,7 +56,13 @@ def _evaluate(args, inputs):
     model = getattr(model, "student", model)
     training.check_embedding_model(model, args.model)
     training.check_fits_data(model, inputs["config"], "model")
-    metrics = training.evaluate(model, inputs["config"], args.split)
+    gallery_model = None
+    if inputs["gallery_model"] is not None:
+        gallery_model = training.load_model_file(inputs["gallery_model"], "gallery model")
+        gallery_model = getattr(gallery_model, "student", gallery_model)
+        training.check_embedding_model(gallery_model, args.gallery_model)
+        training.check_fits_data(gallery_model, inputs["config"], "gallery model")
+    metrics = training.evaluate(model, inputs["config"], args.split, gallery_model=gallery_model)
     report.print_table({Path(args.model).stem: metrics})
     if args.output:
         write_json(args.output, metrics)

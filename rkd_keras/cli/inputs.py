@@ -95,7 +95,8 @@ def _evaluate(args):
     config = _metric_learning(resolve_config("student", args.preset, args.config, run_overrides(args)), "evaluate")
     if args.output:
         _check_output_file(args.output)
-    return {"config": config, "model": check_keras_file(args.model, "model")}
+    gallery_model = None if args.gallery_model is None else check_keras_file(args.gallery_model, "gallery model")
+    return {"config": config, "model": check_keras_file(args.model, "model"), "gallery_model": gallery_model}
 
 
 def _export(args):

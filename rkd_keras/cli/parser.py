@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help=".keras file of an embedding model or a Distiller")
     evaluate.add_argument("--split", default="test", choices=["test", "validation"], help="(default: test)")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate.add_argument(
+        "--gallery-model",
+        help=".keras file of the model that embeds the gallery (e.g. the teacher; same width as --model): "
+        "adds the asymmetric protocol's asym_recall_at_K, asym_map_at_r and asym_r_precision",
+    )
     _add_run_flags(evaluate, "student")
 
     tune = commands.add_parser(

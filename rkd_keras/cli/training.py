@@ -22,7 +22,7 @@ from rkd_keras.distiller import Distiller
 from rkd_keras.losses import TripletLoss
 from rkd_keras.models import classifier_model, embedding_model
 from rkd_keras.presets import build_terms
-from rkd_keras.retrieval import RetrievalRecall, embed, map_at_r, r_precision, recall_at_k
+from rkd_keras.retrieval import RetrievalRecall, embed, embed_with_gallery, map_at_r, r_precision, recall_at_k
 
 # The log key whose best epoch a run keeps, by task: the curves its report draws.
 MONITOR = report.VALIDATION
@@ -191,18 +191,32 @@ def _model(config, teacher):
     return distiller, network
 
 
-def evaluate(model, config, split="test"):
-    """The task's metrics of a model on a split: Recall@1/2/4/8, MAP@R and R-precision, or accuracy and cross-entropy."""
+def evaluate(model, config, split="test", gallery_model=None):
+    """The task's metrics of a model on a split: Recall@1/2/4/8, MAP@R and R-precision, or accuracy and cross-entropy.
+
+    With a `gallery_model` (the teacher that indexed the gallery), the same
+    metrics of the asymmetric protocol follow as `asym_recall_at_K`,
+    `asym_map_at_r` and `asym_r_precision`.
+    """
     if config.task == "classification":
         return _classification_metrics(model, config, split)
-    embeddings, labels = embed(model, data(config, split))
-    recalls = recall_at_k(embeddings, labels)
+    if gallery_model is None:
+        embeddings, labels = embed(model, data(config, split))
+        gallery = None
+    else:
+        embeddings, gallery, labels = embed_with_gallery(model, gallery_model, data(config, split))
+    metrics = _retrieval_metrics(embeddings, labels)
+    if gallery is not None:
+        metrics.update({f"asym_{name}": value for name, value in _retrieval_metrics(embeddings, labels, gallery).items()})
+    return {**metrics, "items": int(len(labels)), "params": int(model.count_params())}
+
+
+def _retrieval_metrics(embeddings, labels, gallery=None):
+    recalls = recall_at_k(embeddings, labels, gallery=gallery)
     return {
         **{f"recall_at_{k}": value for k, value in recalls.items()},
-        "map_at_r": map_at_r(embeddings, labels),
-        "r_precision": r_precision(embeddings, labels),
-        "items": int(len(labels)),
-        "params": int(model.count_params()),
+        "map_at_r": map_at_r(embeddings, labels, gallery=gallery),
+        "r_precision": r_precision(embeddings, labels, gallery=gallery),
     }
 
 
