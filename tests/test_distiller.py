@@ -187,7 +187,9 @@ def test_cached_dataset_feeds_pk_batches_with_the_same_batches(teacher, clusters
         distiller.fit(pk_batches(data, 4, 8, seed=3, num_batches=4), epochs=2, verbose=0)
         weights.append(distiller.student.get_weights())
     for a, b in zip(*weights):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        # atol: the output bias gets a zero gradient (the relational losses ignore a shift), which Adam turns
+        # into lr-sized steps of float rounding noise (±4e-5 seen on an AMD EPYC); real weights move ~0.1.
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 class NonFiniteTeacher(keras.Model):

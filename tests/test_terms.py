@@ -284,7 +284,8 @@ def test_cached_teacher_tensors_of_several_layers_train_like_the_teacher_pass(im
         runs.append((history, distiller.student.get_weights()))
     assert set(runs[0][0]) == {"loss", "task_loss", "hinton_kd", "rkd_angle"}
     for key in runs[0][0]:
-        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5)
+        # float32 steps on other kernels (the cached path batches differently): 1.6e-5 seen on an AMD EPYC.
+        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-4)
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -395,7 +396,8 @@ def test_layer_terms_on_a_sequential_model_train_as_on_the_same_functional_model
     assert set(runs[0][0]) == {"loss", "task_loss", "hinton_kd", "rkd_distance", "rkd_angle"}
     assert runs[0][0]["loss"][1] < runs[0][0]["loss"][0]
     for key in runs[0][0]:
-        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5)
+        # float32 steps on other kernels (the cached path batches differently): 1.6e-5 seen on an AMD EPYC.
+        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-4)
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
