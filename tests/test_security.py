@@ -13,6 +13,8 @@ UNSAFE = {
     "safe_mode=False": r"safe_mode\s*=\s*False",
     "pickle": r"\bpickle\b|\bdill\b|cloudpickle",
     "yaml.load / unsafe YAML loaders": r"yaml\.(load|unsafe_load|full_load)\s*\(|Loader\s*=",
+    # A loader the package defines or uses must be yaml's SafeLoader or a subclass of it.
+    "YAML loaders other than SafeLoader": r"yaml\.(?!C?SafeLoader\b)\w*Loader\b",
     "eval / exec of text": r"(?<![\w.])(eval|exec)\s*\(",
     "shell commands": r"os\.system|subprocess|shell\s*=\s*True",
     "numpy object arrays from files": r"allow_pickle\s*=\s*True",

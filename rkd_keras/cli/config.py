@@ -354,8 +354,12 @@ def read_config_file(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist.")
     try:
-        # A SafeLoader: plain data only, never Python objects.
-        values = yaml.load(path.read_text(), Loader=_unique_keys_loader(yaml))
+        # A SafeLoader: plain data only, never Python objects (what yaml.safe_load does, with the key check).
+        loader = _unique_keys_loader(yaml)(path.read_text())
+        try:
+            values = loader.get_single_data()
+        finally:
+            loader.dispose()
     except _DuplicateKey as error:
         raise ConfigError(f"config file {path}: {error}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
