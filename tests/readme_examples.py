@@ -1,0 +1,121 @@
+"""Runs the README's Python examples on the backend KERAS_BACKEND names; prints one JSON line of results.
+
+Each example is the README's code as written, with only its sizes shrunk (epochs, batches, trials and
+items, by the replacements below, each of which must match) and, where the README leaves a name to the
+reader (`images`, a saved `teacher.keras`), a setup line that defines it. Examples that share the
+README's story (the ten-line API, the teacher cache, the search, serving) run in one namespace, in the
+README's order. `python tests/readme_examples.py README.md WORKDIR`.
+"""
+
+import json
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+ALL = ("tensorflow", "jax", "torch")
+
+# Where each example starts (a line of its code), the backends the README says it runs on, the namespace
+# it runs in, the code run before it, and the (old, new) replacements that shrink it.
+EXAMPLES = [
+    {
+        "anchor": "train = rkd_keras.load_dataset(\"fashion_mnist\", \"train\"",
+        "backends": ALL,
+        "story": "api",
+        "shrink": [
+            ("augment=False)\n", "augment=False).take(600)\n"),
+            ("num_batches=80", "num_batches=2"),
+            ("channels=1).batch(256)", "channels=1).take(300).batch(256)"),
+        ],
+    },
+    {
+        "anchor": "from rkd_keras import Distiller, Term",
+        "backends": ALL,
+        "story": "terms",
+        "setup": (
+            "import keras, numpy as np\n"
+            "x = inputs = keras.Input((32, 32, 3))\n"
+            "x = keras.layers.Conv2D(8, 3, strides=4, activation='relu')(x)\n"
+            "pooled = keras.layers.GlobalAveragePooling2D(name='pool')(x)\n"
+            "keras.Model(inputs, keras.layers.Dense(100, name='logits')(pooled), name='teacher').save('teacher.keras')\n"
+            "images = np.random.default_rng(0).uniform(size=(48, 32, 32, 3)).astype('float32')\n"
+            "labels = np.arange(48) % 100\n"
+        ),
+        "shrink": [("batch_size=128", "batch_size=16")],
+    },
+    {
+        "anchor": "cached = distiller.cache_teacher_embeddings(train)",
+        "backends": ALL,
+        "story": "api",
+        "setup": "import numpy as np\nimages = np.stack([x for x, _ in train.take(32).as_numpy_iterator()])\n",
+        "shrink": [("num_batches=80", "num_batches=2")],
+    },
+    {
+        "anchor": "strategy = tf.distribute.MirroredStrategy()",
+        "backends": ("tensorflow",),
+        "story": "api",
+        "setup": "import tensorflow as tf\nteacher.save('teacher.keras')\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "from rkd_keras.tuning import RKDHyperModel, search_loss_weights",
+        "backends": ALL,
+        "story": "api",
+        "shrink": [
+            ("validation_fraction=0.1).batch(256)", "validation_fraction=0.1).take(200).batch(256)"),
+            ("max_trials=20", "max_trials=1, epochs=1"),
+        ],
+    },
+    {
+        "anchor": "rkd_keras.export_student(distiller, \"student_savedmodel\")",
+        "backends": ("tensorflow", "jax"),
+        "story": "api",
+        "setup": "import tensorflow as tf\n",
+        # The README's table: load_student (a TFSMLayer) is TensorFlow's only.
+        "only_tensorflow": ["layer = rkd_keras.load_student("],
+        "shrink": [],
+    },
+]
+
+
+def python_blocks(readme: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+
+
+def example_code(blocks, example):
+    matches = [block for block in blocks if example["anchor"] in block]
+    if len(matches) != 1:
+        raise LookupError(f"{len(matches)} README examples hold {example['anchor']!r}; update tests/readme_examples.py")
+    code = matches[0]
+    for old, new in example["shrink"]:
+        if old not in code:
+            raise LookupError(f"the README example {example['anchor']!r} no longer holds {old!r}")
+        code = code.replace(old, new)
+    code = re.sub(r"\bepochs=\d+", "epochs=1", code)
+    if BACKEND != "tensorflow":
+        lines = code.splitlines()
+        code = "\n".join(line for line in lines if not any(line.startswith(s) for s in example.get("only_tensorflow", [])))
+    return code
+
+
+def main(readme, workdir):
+    blocks = python_blocks(Path(readme).read_text())
+    os.chdir(workdir)
+    namespaces, results = {}, {}
+    for example in EXAMPLES:
+        if BACKEND not in example["backends"]:
+            continue
+        namespace = namespaces.setdefault(example["story"], {"__name__": "__readme__"})
+        try:
+            code = example_code(blocks, example)
+            exec(compile(example.get("setup", "") + code, example["anchor"], "exec"), namespace)
+            results[example["anchor"]] = "ok"
+        except Exception:  # reported by the test, with the traceback
+            results[example["anchor"]] = traceback.format_exc(limit=4)
+    print(json.dumps({"backend": BACKEND, "results": results}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
