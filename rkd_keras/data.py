@@ -342,8 +342,8 @@ def _tfds_split(name, split, classes, data_dir, manual_dir, download, task):
         if not download:
             raise DatasetNotAvailableError(
                 f"{name} ({builder_name}) is not prepared in {where}. Pass `download=True` to let "
-                f"tensorflow-datasets fetch it, or, offline, put {archives} in a folder and pass "
-                "`manual_dir=` that folder together with `download=True`."
+                f"tensorflow-datasets fetch it, or, offline, put {archives} in a folder FOLDER and pass "
+                "`manual_dir=FOLDER` with `download=True`."
             )
         config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
         try:
@@ -351,7 +351,7 @@ def _tfds_split(name, split, classes, data_dir, manual_dir, download, task):
         except Exception as error:  # tfds raises AssertionError, DownloadError, ConnectionError...
             raise DatasetNotAvailableError(
                 f"{name} ({builder_name}) could not be prepared in {where}: {error}. Offline, put "
-                f"{archives} in a folder and pass `manual_dir=` that folder."
+                f"{archives} in a folder FOLDER and pass `manual_dir=FOLDER`."
             ) from error
     decoders = {key: tfds.decode.SkipDecoding() for key in ("segmentation_mask",) if key in builder.info.features}
     if not split_by_image or task == "classification":

@@ -80,3 +80,16 @@ def mock_cub(self, split, decoders=None, read_config=None, **kwargs):
     labels = np.tile(np.arange(200, dtype=np.int64), 2)
     images = rng.integers(0, 255, size=(len(labels), 12, 10, 3), dtype=np.uint8)
     return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+
+class UnpreparedBuilder:
+    """A tfds builder with nothing prepared, whose download fails: no network, nothing written."""
+
+    def __init__(self, name, data_dir=None):
+        self.data_dir = f"{data_dir}/{name}/1.0.0"
+
+    def is_prepared(self):
+        return False
+
+    def download_and_prepare(self, download_config=None):
+        raise ConnectionError("no network (mocked)")

@@ -13,8 +13,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
-from conftest import listing
+from conftest import UnpreparedBuilder, listing
 from rkd_keras import data, embedding_model, export_student, map_at_r, presets, r_precision, recall_at_k
 from rkd_keras.cli import main
 from rkd_keras.cli.config import ConfigError, RunConfig
@@ -227,6 +228,24 @@ def test_presets_that_use_imagenet_weights_need_download(workdir, capsys, monkey
     monkeypatch.setenv("KERAS_HOME", str(workdir / "keras-home"))
     err = _cli_error(["train-teacher", "--preset", "cub200", "--image-size", "32"], workdir, capsys)
     assert "ImageNet weights of resnet50 are not in Keras's cache" in err and "--download" in err
+
+
+def test_an_unprepared_dataset_is_refused_naming_the_flags_or_compares_config_keys(workdir, capsys, monkeypatch):
+    monkeypatch.setattr(tfds, "builder", UnpreparedBuilder)
+    (workdir / "cub.yaml").write_text("dataset: cub200\ndata_dir: tfds-data\n")
+    argv = ["train-teacher", "--dataset", "cub200", "--data-dir", "tfds-data"]
+    missing = _cli_error(argv, workdir, capsys)
+    assert "cub200 (caltech_birds2011) is not prepared in tfds-data/caltech_birds2011/1.0.0. Pass --download to let" in missing
+    assert "put CUB_200_2011.tgz in a folder FOLDER and pass --manual-dir FOLDER with --download." in missing
+    failed = _cli_error([*argv, "--download"], workdir, capsys)
+    assert "could not be prepared in tfds-data/caltech_birds2011/1.0.0: no network (mocked)." in failed
+    assert failed.endswith("put CUB_200_2011.tgz in a folder FOLDER and pass --manual-dir FOLDER."), failed
+    compare = _cli_error(["compare", "--quick", "--seeds", "0", "--methods", "triplet", "--config", "cub.yaml"], workdir, capsys)
+    assert "is not prepared in tfds-data/caltech_birds2011/1.0.0. Pass the --config key download: true to let" in compare
+    assert "pass the --config key manual_dir: FOLDER with the --config key download: true." in compare
+    assert "--download" not in compare and "--manual-dir" not in compare, compare
+    for err in (missing, failed, compare):
+        assert "download=True" not in err and "manual_dir=" not in err, err
 
 
 def test_command_line_refuses_another_keras_backend(workdir, capsys, monkeypatch):

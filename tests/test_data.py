@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from conftest import UnpreparedBuilder
 from rkd_keras import DatasetNotAvailableError, data, load_dataset, pk_batches
 from rkd_keras.data import FASHION_MNIST_DIR, preprocess_image
 
@@ -65,6 +66,18 @@ def test_missing_dataset_raises_a_clear_error_without_downloading(tmp_path):
     message = str(error.value)
     assert "cub200 (caltech_birds2011) is not prepared" in message
     assert str(tmp_path) in message and "manual_dir" in message and "CUB_200_2011.tgz" in message
+
+
+def test_missing_dataset_messages_name_the_python_arguments(monkeypatch):
+    # The command line names its flags instead (test_bad_input); the API names its own arguments.
+    monkeypatch.setattr(tfds, "builder", UnpreparedBuilder)
+    for download, words in ((False, "is not prepared in tfds-data/caltech_birds2011/1.0.0. Pass `download=True`"),
+                            (True, "could not be prepared in tfds-data/caltech_birds2011/1.0.0: no network (mocked)")):
+        with pytest.raises(DatasetNotAvailableError) as error:
+            load_dataset("cub200", "train", data_dir="tfds-data", download=download)
+        message = str(error.value)
+        assert words in message and "put CUB_200_2011.tgz in a folder FOLDER and pass `manual_dir=FOLDER`" in message
+        assert "--" not in message, message
 
 
 def test_failed_download_is_wrapped(tmp_path, monkeypatch):

@@ -29,13 +29,37 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Keras wraps an error inside a layer call in this frame; the cause is its second paragraph.
 _KERAS_CALL = re.compile(r"Exception encountered when calling [^\n]*\n\n(.*?)(\n\nArguments received by .*)?$", re.S)
 # A flag in a message, with the value it is shown with.
-_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?: (none|PATH))?")
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?: (none|PATH|FOLDER))?")
+# A Python argument in a library message: `download=True`, `manual_dir=FOLDER`.
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)=([^`]*)`")
 
 
 def one_line(error: BaseException) -> str:
     """The error's message on one line, without terminal colour codes or Keras's call frame."""
     text = _KERAS_CALL.sub(r"\1", _ANSI.sub("", str(error)))
     return " ".join(text.split())
+
+
+def _flag_words(message: str) -> str:
+    """`message` as the command line reads: a library argument that is a run setting becomes its flag.
+
+    The library's messages name its Python arguments (`download=True`,
+    `manual_dir=FOLDER`), which a command-line user cannot give; they become
+    `--download` and `--manual-dir FOLDER`. Other arguments stay as they are.
+    """
+    fields = {field.name: field for field in dataclasses.fields(RunConfig) if field.metadata.get("flag", True)}
+
+    def flag(match):
+        name, value = match[1], match[2]
+        if name not in fields:
+            return match[0]
+        spelled = "--" + name.replace("_", "-")
+        if field_kind(fields[name])[0] is bool and value in ("True", "False"):
+            return spelled if value == "True" else f"--no-{spelled[2:]}"
+        shown = {"": "", "None": " none"}.get(value, f" {value}")
+        return spelled + shown
+
+    return _ARGUMENT.sub(flag, message)
 
 
 def _compare_words(message: str, args) -> str:
@@ -108,7 +132,7 @@ def _use_tensorflow() -> None:
 
 def _refuse(command, error, args) -> None:
     """Prints the error as the one line of a refused command."""
-    message = one_line(error)
+    message = _flag_words(one_line(error))
     if args.command == "compare":
         message = _compare_words(message, args)
     print(f"{command}: error: {message}", file=sys.stderr)
