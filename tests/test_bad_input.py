@@ -167,6 +167,9 @@ CLI_CASES = {
     "classifier to evaluate": (["evaluate", "--model", "classifier.keras", "--output", "m.json"], ["the model classifier.keras is a classifier", "evaluate measures the retrieval (Recall@K, MAP@R) of embedding models", "compare --task classification"]),
     "model of other images": (["evaluate", "--model", "rgb.keras", "--image-size", "16"], ["the model takes images of shape (16, 16, 3) but the data gives (16, 16, 1)", "--channels 1"]),
     # Output paths, checked before the work.
+    "evaluate of a training flag": (["evaluate", "--model", "rgb.keras", "--epochs", "3"], ["rkd-keras evaluate: error: evaluate does not read --epochs: it measures the --model as it was trained", "leave --epochs out"]),
+    "evaluate of a training switch": (["evaluate", "--model", "rgb.keras", "--no-augment"], ["evaluate does not read --no-augment", "--dataset, --train-classes, --image-size"]),
+    "evaluate of validation_fraction on test": (["evaluate", "--model", "rgb.keras", "--validation-fraction", "0.2"], ["--validation-fraction chooses the images of --split validation; the test split does not read it"]),
     "output is a folder": (["evaluate", "--model", "rgb.keras", "--output", "notes"], ["--output notes is a folder"]),
     "output in a missing folder": (["evaluate", "--model", "rgb.keras", "--output", "no/such/m.json"], ["the folder no/such does not exist"]),
     "output where nothing can be written": (["evaluate", "--model", "rgb.keras", "--output", "/sys/metrics.json"], ["cannot write in /sys"]),

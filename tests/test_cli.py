@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from conftest import listing, mock_cub
 from rkd_keras import presets, recall_at_k
 from rkd_keras.cli import main, runs, training
 from rkd_keras.cli.config import RunConfig, resolve_config
-from rkd_keras.cli.parser import build_parser
+from rkd_keras.cli.parser import EVALUATE_SETTINGS, build_parser
 from rkd_keras.retrieval import RetrievalRecall, embed, embed_with_gallery
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -70,6 +71,19 @@ def test_help_shows_each_roles_defaults_and_the_choices(capsys):
     assert "--preset {cars196,cub200,sop}" in text
 
 
+def test_evaluate_help_lists_only_the_flags_it_reads(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--help"])
+    flags = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+    assert flags == {
+        "--help", "--model", "--split", "--output", "--gallery-model", "--preset", "--config", "--dataset", "--train-classes",
+        "--image-size", "--resize-size", "--channels", "--validation-fraction", "--max-eval-items", "--data-dir",
+        "--manual-dir", "--download", "--no-download",
+    }, flags
+    # The data settings, as training has them.
+    assert set(EVALUATE_SETTINGS) < {field.name for field in dataclasses.fields(RunConfig)}
+
+
 def test_presets_reach_the_run_settings_unchanged():
     for name, preset in presets.PRESETS.items():
         for role in ("teacher", "student"):
@@ -108,7 +122,7 @@ def test_cub_preset_trains_distills_and_evaluates_on_mocked_tfds(tmp_path, capsy
         assert (student_config["distance_weight"], student_config["angle_weight"], student_config["triplet_weight"]) == (1.0, 2.0, 0.0)
         output = tmp_path / "eval.json"
         evaluate = ["evaluate", "--model", str(tmp_path / "s" / "best.keras"), "--preset", "cub200"]
-        assert main([*evaluate, *TINY[:-1], "--output", str(output)]) == 0  # no --quiet: evaluate shows no progress
+        assert main([*evaluate, "--image-size", "32", "--download", "--output", str(output)]) == 0
     metrics = json.loads(output.read_text())
     # The test split: classes 100–199, 2 images from each tfds split.
     assert metrics["items"] == 400 and metrics["params"] == keras.models.load_model(tmp_path / "s" / "best.keras").count_params()

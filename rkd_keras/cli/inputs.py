@@ -93,6 +93,11 @@ def _tune(args):
 
 def _evaluate(args):
     config = _metric_learning(resolve_config("student", args.preset, args.config, run_overrides(args)), "evaluate")
+    if args.split == "test" and hasattr(args, "validation_fraction"):
+        raise ConfigError(
+            "--validation-fraction chooses the images of --split validation; the test split does not read it. "
+            "Leave it out, or add --split validation."
+        )
     if args.output:
         _check_output_file(args.output)
     gallery_model = None if args.gallery_model is None else check_keras_file(args.gallery_model, "gallery model")

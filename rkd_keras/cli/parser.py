@@ -50,21 +50,53 @@ def _shown(value):
     return "none" if value is None else json.dumps(value) if isinstance(value, (list, bool)) else str(value)
 
 
-def _add_run_flags(parser, role, folder_name=None):
+# The settings `evaluate` reads: the data. The model comes trained from --model.
+EVALUATE_SETTINGS = (
+    "dataset", "train_classes", "image_size", "resize_size", "channels", "validation_fraction", "max_eval_items",
+    "data_dir", "manual_dir", "download",
+)
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+class _NotRead(argparse.Action):
+    """A run setting the command does not read: refused, naming the flag, rather than ignored."""
+
+    def __init__(self, option_strings, dest, reads, **kwargs):
+        self.reads = reads
+        super().__init__(option_strings, dest, nargs="*", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        command = parser.prog.split()[-1]
+        parser.error(
+            f"{command} does not read {option_string}: it measures the --model as it was trained, on the data "
+            f"that {', '.join(map(_flag, self.reads))} choose; leave {option_string} out"
+        )
+
+
+def _add_run_flags(parser, role, folder_name=None, reads=None):
     """A flag per RunConfig setting, whose help shows the role's default and choices.
 
     With `folder_name`, also the run-folder flags (the command writes a run folder).
+    With `reads`, only those settings' flags: the others are refused, naming the flag.
     """
     defaults = presets.get("demo", role)
+    what = "run settings" if reads is None else "data settings, the only flags read (a --config file may hold others)"
     flags = parser.add_argument_group(
-        f"run settings (defaults: the demo's {role}; --preset, then --config, then these flags override them)"
+        f"{what} (defaults: the demo's {role}; --preset, then --config, then these flags override them)"
     )
     flags.add_argument("--preset", choices=sorted(presets.PRESETS), help=f"the paper's {role} recipe for a dataset")
     flags.add_argument("--config", metavar="FILE", help="JSON or YAML file of the settings below (same names, with _)")
     for field in dataclasses.fields(RunConfig):
         if not field.metadata.get("flag", True):
             continue  # config files only
-        flag = "--" + field.name.replace("_", "-")
+        flag = _flag(field.name)
+        if reads is not None and field.name not in reads:
+            negative = ["--no-" + flag[2:]] if field_kind(field)[0] is bool else []
+            parser.add_argument(flag, *negative, action=_NotRead, reads=reads)
+            continue
         default = defaults.get(field.name, field.default)
         text = f"{field.metadata['help']} (default: {_shown(default)})"
         kind, optional = field_kind(field)
@@ -157,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=".keras file of the model that embeds the gallery (e.g. the teacher; same width as --model): "
         "adds the asymmetric protocol's asym_recall_at_K, asym_map_at_r and asym_r_precision",
     )
-    _add_run_flags(evaluate, "student")
+    _add_run_flags(evaluate, "student", reads=EVALUATE_SETTINGS)
 
     tune = commands.add_parser(
         "tune", help="search the RKD loss weights and learning rate with keras-tuner (weights flags are searched)"
