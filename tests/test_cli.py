@@ -37,6 +37,14 @@ def test_demo_quick_writes_the_table_metrics_report_and_export(tmp_path, capsys)
     assert "[3/5] rkd_d student, RKD-D from the teacher: 1 epoch of 4 steps" in out
     for name in models:
         assert any(line.startswith(name) for line in out.splitlines()), out
+    # The minutes after the table (t-SNE, export) each say what they do as they start, in that order.
+    lines = out.splitlines()
+    table = next(i for i, line in enumerate(lines) if line.startswith("rkd_da "))
+    tsne = next(i for i, line in enumerate(lines) if line.startswith("[demo] t-SNE of the test embeddings"))
+    export = next(i for i, line in enumerate(lines) if line.startswith("[demo] exporting"))
+    assert table < tsne < export, out
+    best = json.loads((tmp_path / "demo" / "status.json").read_text())["best_student"]
+    assert f"the best student, {best} (by validation R@1)" in lines[tsne] and f"exporting {best} as a SavedModel" in lines[export]
     metrics = json.loads((root / "metrics.json").read_text())
     assert list(metrics) == models
     for values in metrics.values():

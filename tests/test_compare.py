@@ -89,6 +89,66 @@ def test_the_summary_is_the_mean_and_sample_standard_deviation_over_seeds():
     assert "| ce | 70.0 | 74.0 |" in table
 
 
+# Fake runs as the demo's: R@K near 85 % (where the old chart's axis began at 75), each model its own loss.
+DEMO_RESULTS = {
+    name: {**{f"recall_at_{k}": r1 + k / 100 for k in (1, 2, 4, 8)}, "map_at_r": 0.3, "params": 1}
+    for name, r1 in (("teacher", 0.875), ("triplet", 0.843), ("rkd_da", 0.902))
+}
+DEMO_HISTORIES = {
+    "teacher": {"loss": [0.2, 0.1], "val_recall_at_1": [0.8, 0.85]},
+    "triplet": {"loss": [0.3, 0.2], "task_loss": [0.3, 0.2], "val_recall_at_1": [0.7, 0.8]},
+    "rkd_da": {"loss": [9.0, 4.0], "rkd_distance": [3.0, 1.0], "rkd_angle": [3.0, 1.5], "val_recall_at_1": [0.8, 0.9]},
+}
+
+
+def _axes_read_at_a_glance(figure):
+    """Every panel: a title, both axes labelled; the figure: a title. Returns the panels by title."""
+    assert figure._suptitle is not None and figure._suptitle.get_text()
+    for ax in figure.axes:
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())
+    return {ax.get_title(): ax for ax in figure.axes}
+
+
+def test_the_demo_report_starts_recall_at_0_and_gives_each_loss_its_own_panel(tmp_path):
+    from rkd_keras.cli.report import plot_report
+
+    figure = plot_report(tmp_path / "report.png", DEMO_RESULTS, DEMO_HISTORIES, title="demo")
+    assert (tmp_path / "report.png").read_bytes()[:8] == PNG_SIGNATURE
+    panels = _axes_read_at_a_glance(figure)
+    assert figure._suptitle.get_text() == "demo"
+    bars = panels["Test split: Recall@K on the unseen test classes"]
+    score = panels["Validation Recall@1 per epoch (held-out training images)"]
+    for ax in (bars, score):
+        assert ax.get_ylim() == (0, 100) and ax.get_ylabel().endswith("(%)")
+    # Each bar's height is its R@K in %, from 0, and is written on it.
+    heights = sorted(round(patch.get_height(), 6) for patch in bars.patches)
+    assert heights == sorted(round(100 * m[f"recall_at_{k}"], 6) for m in DEMO_RESULTS.values() for k in (1, 2, 4, 8))
+    assert "91.2" in [text.get_text() for text in bars.texts]
+    # One loss per panel: three panels of one curve each, the model in the title, the parts of its loss named.
+    losses = {title: ax for title, ax in panels.items() if "training loss" in title}
+    assert len(losses) == 3 and all(len(ax.lines) == 1 for ax in losses.values())
+    assert list(losses["rkd_da: training loss\n(weighted rkd_distance + rkd_angle)"].lines[0].get_ydata()) == [9.0, 4.0]
+    assert "teacher: training loss" in losses and len(score.lines) == 3
+
+
+def test_the_comparison_report_starts_every_axis_at_0_one_metric_per_panel(tmp_path):
+    from rkd_keras.cli.report import plot_comparison, summarize
+
+    per_seed = {name: {0: metrics, 1: {**metrics, "recall_at_1": metrics["recall_at_1"] - 0.01}} for name, metrics in DEMO_RESULTS.items()}
+    keys = ["recall_at_1", "map_at_r"]
+    curves = {"triplet": [[0.7, 0.8], [0.72, 0.82]], "rkd_da": [[0.8, 0.9], [0.8, 0.88]]}
+    figure = plot_comparison(tmp_path / "report.png", summarize(per_seed, keys), keys, curves, "metric")
+    panels = _axes_read_at_a_glance(figure)
+    assert figure._suptitle.get_text() == "rkd-keras compare --task metric: test scores, mean ± sd over 2 seeds"
+    recall = panels["R@1 (%; mean ± sd over seeds, higher is better)"]
+    mapr = panels["MAP@R (%; mean ± sd over seeds, higher is better)"]
+    curve = panels["Students' validation Recall@1 (%, mean over seeds)"]
+    assert recall.get_ylim() == (0, 100) and recall.get_ylabel() == "test R@1 (%)"  # 1.15 × 91.2 is capped at 100
+    assert mapr.get_ylim() == pytest.approx((0, 34.5)) and mapr.get_ylabel() == "test MAP@R (%)"  # 1.15 × 30
+    assert curve.get_ylim() == (0, 100)
+    assert [round(patch.get_height(), 6) for patch in recall.patches] == [84.8, 90.7]  # triplet, rkd_da: means over seeds
+
+
 def test_the_header_names_classes_that_are_no_run_as_a_list():
     from rkd_keras.cli.config import RunConfig
     from rkd_keras.cli.report import measured_split

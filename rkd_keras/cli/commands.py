@@ -123,9 +123,18 @@ def _demo(args, inputs):
             )
         report.print_table(results)
         write_json(root / "metrics.json", results)
-        report.plot_report(root / "report.png", results, {name: read_history(root / name) for name in results})
+        report.plot_report(
+            root / "report.png", results, {name: read_history(root / name) for name in results},
+            title=f"rkd-keras demo on {configs['teacher'].dataset}: the teacher, the triplet student and the RKD students",
+        )
         # The best student by validation Recall@1: never select on the test classes.
         best = max((name for name in results if name != "teacher"), key=lambda name: results[name]["val_recall_at_1"])
+        # The steps after the table take minutes on a CPU: each says what it does as it starts.
+        print(
+            f"\n[demo] t-SNE of the test embeddings of the teacher and the best student, {best} (by validation "
+            f"R@1), into {root / 'embedding_map.png'} ({_minutes(time.monotonic() - start)} elapsed) ...",
+            flush=True,
+        )
         student = training.load_model_file(root / best / "best.keras", "student")
         embeddings = {
             "teacher": retrieval.embed(teacher, training.data(configs["teacher"], "test")),
@@ -135,6 +144,11 @@ def _demo(args, inputs):
         names = FASHION_MNIST_CLASSES if configs["teacher"].dataset == "fashion_mnist" else None
         report.plot_embedding_map(
             root / "embedding_map.png", {name: values for name, (values, _) in embeddings.items()}, labels, names
+        )
+        print(
+            f"[demo] exporting {best} as a SavedModel to {root / 'student_savedmodel'} "
+            f"({_minutes(time.monotonic() - start)} elapsed) ...",
+            flush=True,
         )
         export_student(student, root / "student_savedmodel", overwrite=True)
     top.set_status("complete", best_student=best)

@@ -42,34 +42,88 @@ def _pyplot():
     return plt
 
 
-def plot_report(path, results, histories):
-    """Test metrics per model (bars) beside the validation score and training loss per epoch (curves)."""
+def _loss_terms(history):
+    """The logged parts of a run's training loss (task loss, distillation terms): history columns but loss's."""
+    return [key for key in history if key not in ("loss", "learning_rate", "accuracy") and not key.startswith("val_")]
+
+
+def _epochs(history):
+    return np.arange(1, len(history["loss"]) + 1)
+
+
+def _whole_epochs(figure):
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in figure.axes:
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_report(path, results, histories, title=None):
+    """One quantity per panel: test metrics per model (bars), validation score per epoch, each model's training loss.
+
+    Recall and accuracy axes start at 0 and end at 100 %, each bar labelled
+    with its value. Each model's loss is its own objective (a teacher's
+    triplet loss, a student's weighted RKD terms), so each has its own panel
+    and scale: their heights are not comparable.
+
+    Args:
+        path: The PNG to write.
+        results: `{model: test metrics}`.
+        histories: `{model: read_history(its run folder)}`.
+        title: The figure's title; default: the models' names.
+
+    Returns:
+        The matplotlib figure (closed: it is written, not shown).
+    """
     plt = _pyplot()
-    figure, (bars, score, loss) = plt.subplots(1, 3, figsize=(16, 4.5))
+    models = len(histories)
+    figure = plt.figure(figsize=(max(12, 3.2 * models), 8.5))
+    grid = figure.add_gridspec(2, 2 * models)
+    bars = figure.add_subplot(grid[0, :models])
+    score = figure.add_subplot(grid[0, models:])
     # The headline scores: Recall@K, or accuracy (MAP@R's scale would hide the bars).
     keys = [key for key in _shown(next(iter(results.values()))) if key.startswith("recall_at_") or key == "accuracy"]
+    recall = keys[0].startswith("recall_at_")
     width = 0.8 / len(results)
     for i, (name, metrics) in enumerate(results.items()):
-        bars.bar(np.arange(len(keys)) + i * width, [100 * metrics[key] for key in keys], width, label=name)
+        drawn = bars.bar(
+            np.arange(len(keys)) + i * width, [100 * metrics[key] for key in keys], width, label=name, color=f"C{i}"
+        )
+        bars.bar_label(drawn, fmt="%.1f", label_type="center", rotation=90, fontsize=7)
     bars.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [COLUMNS[key][0] for key in keys])
-    low = min(100 * metrics[keys[0]] for metrics in results.values())
-    bars.set_ylim(max(0, low - 10), 100)
-    bars.set_title("Test split (%)" if "accuracy" in keys else "Recall@K on the unseen test classes (%)")
-    bars.legend(fontsize=8)
-    for name, history in histories.items():
-        epochs = np.arange(1, len(history["loss"]) + 1)
-        for monitor in VALIDATION.values():
-            if monitor in history:
-                score.plot(epochs, 100 * np.asarray(history[monitor]), marker="o", label=name)
-        loss.plot(epochs, history["loss"], marker="o", label=name)
-    score.set(title="Validation score (%, held-out training images)", xlabel="epoch")
-    loss.set(title="Training loss", xlabel="epoch", yscale="log")
-    for axes in (score, loss):
-        axes.legend(fontsize=8)
-        axes.grid(alpha=0.3)
+    bars.set_ylim(0, 100)
+    what = "Recall@K on the unseen test classes" if recall else "top-1 accuracy on the test images"
+    bars.set(
+        title=f"Test split: {what}", ylabel=f"{'Recall@K' if recall else 'accuracy'} (%)",
+        xlabel="K, the neighbours searched" if recall else "metric",
+    )
+    validation = "Recall@1" if recall else "accuracy"
+    monitor = VALIDATION["metric" if recall else "classification"]
+    for i, (name, history) in enumerate(histories.items()):
+        if monitor in history:
+            score.plot(_epochs(history), 100 * np.asarray(history[monitor]), marker="o", label=name, color=f"C{i}")
+    score.set(
+        title=f"Validation {validation} per epoch (held-out training images)", xlabel="epoch",
+        ylabel=f"validation {validation} (%)", ylim=(0, 100),
+    )
+    # One legend: every panel draws a model in the same colour.
+    score.legend(fontsize=8, loc="lower right", title="model (every panel)", title_fontsize=8)
+    score.grid(alpha=0.3)
+    for i, (name, history) in enumerate(histories.items()):
+        loss = figure.add_subplot(grid[1, 2 * i : 2 * i + 2])
+        loss.plot(_epochs(history), history["loss"], marker="o", color=f"C{i}")
+        terms = _loss_terms(history)
+        parts = f"\n(weighted {' + '.join(terms)})" if terms else ""
+        loss.set(title=f"{name}: training loss{parts}", xlabel="epoch", ylabel="training loss")
+        loss.title.set_fontsize(9)
+        loss.grid(alpha=0.3)
+    figure.suptitle(title or ", ".join(results) + ": test scores, validation score and training loss")
+    _whole_epochs(figure)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+    return figure
 
 
 def summarize(per_seed: dict, keys) -> dict:
@@ -163,7 +217,7 @@ def comparison_table(title, lines, per_seed, summary, keys, descriptions, params
     return "\n".join(out) + "\n"
 
 
-def plot_comparison(path, summary, keys, curves, task):
+def plot_comparison(path, summary, keys, curves, task, title=None):
     """One panel per metric (mean over seeds, sd as error bars, the teacher dashed) and the students' validation curves.
 
     Args:
@@ -172,6 +226,13 @@ def plot_comparison(path, summary, keys, curves, task):
         keys: The result keys, one panel each.
         curves: `{model: [validation score per epoch, one list per seed]}`.
         task: `"metric"` or `"classification"`, for the titles.
+        title: The figure's title; default: the task's comparison.
+
+    Every axis starts at 0 (Recall, MAP@R and accuracy end at 100 % at most);
+    each bar is labelled with its mean.
+
+    Returns:
+        The matplotlib figure (closed: it is written, not shown).
     """
     plt = _pyplot()
     panels = len(keys) + 1
@@ -187,16 +248,17 @@ def plot_comparison(path, summary, keys, curves, task):
         teacher = [factor * summary["teacher"][key]["mean"]] if "teacher" in summary else []
         means = np.array([factor * summary[name][key]["mean"] for name in students])
         sds = np.array([factor * (summary[name][key]["sd"] or 0.0) for name in students])
-        ax.bar(np.arange(len(students)), means, yerr=sds, capsize=3, color=[colours[name] for name in students])
+        drawn = ax.bar(np.arange(len(students)), means, yerr=sds, capsize=3, color=[colours[name] for name in students])
+        ax.bar_label(drawn, fmt="%.1f" if factor == 100 else "%.3f", label_type="center", rotation=90, fontsize=7)
         if teacher:
-            ax.axhline(teacher[0], color="black", linestyle="--", linewidth=1, label="teacher")
+            ax.axhline(teacher[0], color="black", linestyle="--", linewidth=1, label=f"teacher ({teacher[0]:.1f})")
             ax.legend(fontsize=8, loc="lower right")
         ax.set_xticks(np.arange(len(students)), students, rotation=45, ha="right", fontsize=8)
-        spread = np.concatenate([means - sds, means + sds, teacher])
-        margin = max(0.15 * (spread.max() - spread.min()), 0.005 * abs(spread.max()))
-        ax.set_ylim(spread.min() - margin, spread.max() + margin)
+        top = 1.15 * max(np.concatenate([means + sds, teacher]).max(), 1e-12)
+        ax.set_ylim(0, min(top, 100) if unit == "%" else top)
         lower = "lower is better" if key == "cross_entropy" else "higher is better"
         ax.set_title(f"{header} ({unit}; mean ± sd over seeds, {lower})", fontsize=10)
+        ax.set(ylabel=f"test {header} ({unit})", xlabel="student")
         ax.grid(axis="y", alpha=0.3)
     curve_axes = axes[len(keys)]
     for name in students:
@@ -206,14 +268,21 @@ def plot_comparison(path, summary, keys, curves, task):
             mean = 100 * np.mean([run[:length] for run in runs], axis=0)
             curve_axes.plot(np.arange(1, length + 1), mean, marker="o", markersize=3, color=colours[name], label=name)
     what = "Recall@1" if task == "metric" else "accuracy"
-    curve_axes.set(title=f"Students' validation {what} (%, mean over seeds)", xlabel="epoch")
-    curve_axes.legend(fontsize=7, ncol=2)
+    curve_axes.set(
+        title=f"Students' validation {what} (%, mean over seeds)", xlabel="epoch", ylabel=f"validation {what} (%)",
+        ylim=(0, 100),
+    )
+    curve_axes.legend(fontsize=7, ncol=2, loc="lower right")
     curve_axes.grid(alpha=0.3)
     for ax in axes[panels:]:
         ax.axis("off")
+    seeds = next(iter(summary.values()))[keys[0]]["n"]
+    figure.suptitle(title or f"rkd-keras compare --task {task}: test scores, mean ± sd over {seeds} seed{'s' * (seeds > 1)}")
+    _whole_epochs(figure)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+    return figure
 
 
 def plot_embedding_map(path, embeddings, labels, class_names=None, max_points=2_000, seed=0):
