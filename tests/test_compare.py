@@ -129,6 +129,8 @@ def test_the_demo_report_starts_recall_at_0_and_gives_each_loss_its_own_panel(tm
     assert len(losses) == 3 and all(len(ax.lines) == 1 for ax in losses.values())
     assert list(losses["rkd_da: training loss\n(weighted rkd_distance + rkd_angle)"].lines[0].get_ydata()) == [9.0, 4.0]
     assert "teacher: training loss" in losses and len(score.lines) == 3
+    low, high = score.get_xlim()
+    assert [tick for tick in score.get_xticks() if low <= tick <= high] == [1, 2]  # whole epochs
 
 
 def test_the_comparison_report_starts_every_axis_at_0_one_metric_per_panel(tmp_path):

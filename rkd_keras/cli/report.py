@@ -52,11 +52,14 @@ def _epochs(history):
 
 
 def _whole_epochs(figure):
+    """Epoch axes from the first to the last epoch drawn, ticks on whole epochs (one epoch too)."""
     from matplotlib.ticker import MaxNLocator
 
     for ax in figure.axes:
+        last = max((max(line.get_xdata(), default=1) for line in ax.lines), default=1)
         if ax.get_xlabel() == "epoch":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0.5, last + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def plot_report(path, results, histories, title=None):
