@@ -52,6 +52,8 @@ _PUBLIC = {
     "RetrievalRecall": "rkd_keras.retrieval",
     "export_student": "rkd_keras.export",
     "load_student": "rkd_keras.export",
+    "check_export": "rkd_keras.export",
+    "ExportMismatchError": "rkd_keras.export",
     "RKDHyperModel": "rkd_keras.tuning",
     "search_loss_weights": "rkd_keras.tuning",
 }

@@ -8,13 +8,14 @@ and 1.5 is not rounded to a K); `check_writable_folder` raises
 flags before it loads the library.
 """
 
+import importlib.util
 import math
 import numbers
 import os
 import tempfile
 from pathlib import Path
 
-from rkd_keras.choices import DATASET_ARGUMENTS, DATASET_TASKS, DATASETS, TASKS
+from rkd_keras.choices import DATASET_ARGUMENTS, DATASET_TASKS, DATASETS, EXPORT_FORMATS, EXPORT_QUANTIZATIONS, TASKS
 
 
 def _bounds(low, high, low_open, high_open):
@@ -182,6 +183,79 @@ def check_savedmodel_destination(path, *, overwrite: bool = False) -> Path:
             raise FileExistsError(
                 f"{path} exists and is not a SavedModel folder (no saved_model.pb), so it is not replaced "
                 "even with overwrite; choose another path, or remove it yourself."
+            )
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot export to {path}: the folder {path.parent} does not exist; create it first.")
+    check_writable_folder(path.parent)
+    return path
+
+
+def check_export_format(format, quantize=None):
+    """Refuses an unknown export format, a quantization it does not take, or a runtime that is not installed."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, received {format!r}.")
+    if quantize is not None:
+        if quantize not in EXPORT_QUANTIZATIONS:
+            raise ValueError(f"quantize must be one of {', '.join(EXPORT_QUANTIZATIONS)} or None, received {quantize!r}.")
+        if format != "litert":
+            raise ValueError(f"quantize={quantize!r} applies to format='litert' only, not {format!r}.")
+    missing = [package for package in EXPORT_FORMATS[format][1] if importlib.util.find_spec(package) is None]
+    if missing:
+        raise ImportError(
+            f"exporting to {format} needs {', '.join(missing)}, which is not installed: "
+            "pip install 'rkd-keras[export]'."
+        )
+
+
+def artifact_format(path) -> str:
+    """The format of an exported artifact, from what is at `path` (a SavedModel folder) or its suffix."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "tf_saved_model"
+        raise ValueError(f"{path} is a folder without saved_model.pb, so no SavedModel.")
+    for format, (suffix, _, _) in EXPORT_FORMATS.items():
+        if suffix is not None and path.suffix.lower() == suffix:
+            return format
+    raise ValueError(f"{path} is no exported student: a SavedModel folder, a .onnx or a .tflite file.")
+
+
+def _is_artifact(path, format) -> bool:
+    """Whether the file at `path` is an artifact of `format` (what overwrite may replace)."""
+    if not path.is_file():
+        return False
+    if format == "litert":
+        return path.read_bytes()[4:8] == b"TFL3"  # the FlatBuffer file identifier of TFLite models
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises DecodeError and others for what is not an ONNX model
+        return False
+    return True
+
+
+def check_export_destination(path, format="tf_saved_model", *, overwrite: bool = False) -> Path:
+    """Checks that an artifact of `format` can be written at `path`, before any work is spent.
+
+    A SavedModel as `check_savedmodel_destination`. A file format needs its
+    suffix (`.onnx`, `.tflite`); an existing file is replaced only with
+    `overwrite=True` and only if it is an artifact of the same format.
+    """
+    check_export_format(format)
+    suffix = EXPORT_FORMATS[format][0]
+    if suffix is None:
+        return check_savedmodel_destination(path, overwrite=overwrite)
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{format} is written to a {suffix} file, but {path} ends in {path.suffix or 'no suffix'}.")
+    if path.exists() or path.is_symlink():
+        if path.is_symlink() or not _is_artifact(path, format):
+            raise FileExistsError(
+                f"{path} exists and is not {EXPORT_FORMATS[format][2]}, so it is not replaced even with overwrite; "
+                "choose another path, or remove it yourself."
             )
         if not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")

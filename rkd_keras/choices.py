@@ -92,3 +92,12 @@ DISTILLATION_LOSSES = (
     "attention_transfer",
     "fitnet",
 )
+
+# Keras's `model.export` formats that `export_student` writes and `check_export` runs: format → (file
+# suffix, or None for a folder; the packages that write and run it; what the artifact is).
+EXPORT_FORMATS = {
+    "tf_saved_model": (None, ("tensorflow",), "a TF SavedModel folder"),
+    "onnx": (".onnx", ("tf2onnx", "onnx", "onnxruntime"), "an ONNX file"),
+    "litert": (".tflite", ("ai_edge_litert",), "a LiteRT (TFLite) file"),
+}
+EXPORT_QUANTIZATIONS = ("float16", "int8")

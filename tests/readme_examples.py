@@ -77,6 +77,12 @@ EXAMPLES = [
         "only_tensorflow": ["layer = rkd_keras.load_student("],
         "shrink": [],
     },
+    {
+        "anchor": "rkd_keras.export_student(distiller, \"student.onnx\", format=\"onnx\")",
+        "backends": ("tensorflow",),
+        "story": "api",
+        "shrink": [],
+    },
 ]
 
 

@@ -15,6 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import listing, mock_cub
+import rkd_keras
 from rkd_keras import presets, recall_at_k
 from rkd_keras.cli import main, runs, training
 from rkd_keras.cli.config import RunConfig, resolve_config
@@ -387,3 +388,52 @@ def test_evaluate_with_a_gallery_model_adds_the_asymmetric_metrics(tmp_path, cap
     wide.save(tmp_path / "wide.keras")
     assert main([*argv, "--gallery-model", str(tmp_path / "wide.keras")]) == 2
     assert "needs a gallery model of the same width" in capsys.readouterr().err
+
+
+def _small_student(tmp_path):
+    student = rkd_keras.embedding_model("small_cnn", 8, input_shape=(28, 28, 1), width=4, l2_normalize=False,
+                                         name="student")
+    student.save(tmp_path / "student.keras")
+    (tmp_path / "run.json").write_text(json.dumps({"max_train_items": 300, "max_eval_items": 200}))
+    return student
+
+
+def test_export_writes_each_format_and_checks_it_on_test_images(tmp_path, capsys):
+    _small_student(tmp_path)
+    for format, name in (("onnx", "s.onnx"), ("litert", "s.tflite")):
+        argv = ["export", "--model", str(tmp_path / "student.keras"), "--output", str(tmp_path / name),
+                "--format", format, "--config", str(tmp_path / "run.json"), "--check-items", "32"]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert f"[export] writing {format} to" in out and "checked in its own runtime on 32 test images" in out, out
+        difference = float(out.split("of the largest output")[0].rsplit(", ", 1)[1])
+        assert 0 <= difference <= 1e-4 and (tmp_path / name).is_file()
+
+
+def test_export_removes_an_artifact_that_fails_its_check_and_exits_1(tmp_path, capsys, monkeypatch):
+    import rkd_keras.export
+
+    _small_student(tmp_path)
+    run = rkd_keras.export.run_artifact
+    monkeypatch.setattr(rkd_keras.export, "run_artifact", lambda path, inputs: run(path, inputs) * 1.01)
+    argv = ["export", "--model", str(tmp_path / "student.keras"), "--output", str(tmp_path / "s.onnx"),
+            "--format", "onnx", "--config", str(tmp_path / "run.json")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not give the student's outputs" in err and "was removed" in err, err
+    assert not (tmp_path / "s.onnx").exists() and not any(p.name.startswith(".s") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow  # an int8 LiteRT conversion and two Recall@K passes: ~40 s
+def test_export_int8_reports_recall_of_both_and_the_sizes(tmp_path, capsys):
+    _small_student(tmp_path)
+    argv = ["export", "--model", str(tmp_path / "student.keras"), "--output", str(tmp_path / "s.tflite"),
+            "--format", "litert", "--quantize", "int8", "--config", str(tmp_path / "run.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("[export] Recall@1"))
+    found = re.search(r"test images: ([\d.]+) float32, ([\d.]+) int8; ", line)
+    assert found, line
+    float_recall, int8_recall = map(float, found.groups())
+    assert 0 < float_recall <= 100 and abs(float_recall - int8_recall) < 10, line
+    assert "on the 200 test images" in line and "float32 weights" in line and "kB file" in line

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rkd_keras import Distiller, embedding_model
-from rkd_keras.export import export_student, load_student
+from rkd_keras.export import ExportMismatchError, check_export, export_student, load_student
 
 READ_BACK = """
 import sys
@@ -105,3 +105,65 @@ def test_a_path_that_is_no_savedmodel_is_refused_as_such_with_or_without_overwri
         assert "is not a SavedModel folder (no saved_model.pb)" in str(error.value)
         assert "pass overwrite=True" not in str(error.value)
     assert (tmp_path / "c.yaml").read_text() == "epochs: 1\n"
+
+
+# ONNX and LiteRT (the export extra): each artifact runs in its own runtime (onnxruntime, the LiteRT
+# interpreter) and gives the student's embeddings; check_export says how close, and refuses what is not.
+@pytest.mark.parametrize("format, name", [("tf_saved_model", "student"), ("onnx", "s.onnx"), ("litert", "s.tflite")])
+def test_every_format_gives_the_students_embeddings_in_its_runtime(distiller, tmp_path, rng, format, name):
+    from rkd_keras.export import EXPORT_TOLERANCE, run_artifact
+
+    images = rng.uniform(0, 255, size=(9, 16, 16, 1)).astype("float32")
+    path = export_student(distiller, tmp_path / name, format=format)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no staging file left
+    served = run_artifact(path, images)
+    expected = distiller.student.predict(images, verbose=0)
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    result = check_export(distiller, path, images)
+    assert result["format"] == format and result["items"] == 9
+    assert result["relative_difference"] <= EXPORT_TOLERANCE
+    # Another student's weights (a tampered or stale artifact) fail the check.
+    other = embedding_model("small_cnn", 8, input_shape=(16, 16, 1), width=4, l2_normalize=False, name="other")
+    with pytest.raises(ExportMismatchError, match="does not give the student's outputs"):
+        check_export(other, path, images)
+
+
+@pytest.mark.slow  # three LiteRT conversions: ~40 s
+def test_quantized_litert_students_are_close_and_smaller(distiller, tmp_path, rng):
+    from rkd_keras.export import QUANTIZED_TOLERANCE
+
+    images = rng.uniform(0, 255, size=(32, 16, 16, 1)).astype("float32")
+    sizes = {}
+    for quantize in (None, "float16", "int8"):
+        path = export_student(distiller, tmp_path / f"{quantize}.tflite", format="litert", quantize=quantize,
+                              representative_data=images if quantize == "int8" else None)
+        sizes[quantize] = path.stat().st_size
+        if quantize is not None:
+            result = check_export(distiller, path, images, rtol=QUANTIZED_TOLERANCE[quantize])
+            assert 0 < result["relative_difference"], quantize  # quantized: not the float32 file again
+    assert sizes["int8"] < sizes["float16"] < sizes[None], sizes
+    with pytest.raises(ValueError, match="quantize='int8' needs representative_data"):
+        export_student(distiller, tmp_path / "x.tflite", format="litert", quantize="int8")
+    with pytest.raises(ValueError, match="applies to format='litert' only"):
+        export_student(distiller, tmp_path / "x.onnx", format="onnx", quantize="float16")
+    assert not (tmp_path / "x.tflite").exists() and not (tmp_path / "x.onnx").exists()
+
+
+def test_file_formats_refuse_a_wrong_suffix_and_replace_only_their_own_files(distiller, tmp_path):
+    with pytest.raises(ValueError, match=r"onnx is written to a \.onnx file, but .*s\.tflite ends in \.tflite"):
+        export_student(distiller, tmp_path / "s.tflite", format="onnx")
+    (tmp_path / "notes.onnx").write_text("not a model")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="is not an ONNX file, so it is not replaced"):
+            export_student(distiller, tmp_path / "notes.onnx", format="onnx", overwrite=overwrite)
+    assert (tmp_path / "notes.onnx").read_text() == "not a model"
+    path = export_student(distiller, tmp_path / "s.onnx", format="onnx")
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        export_student(distiller, path, format="onnx")
+    distiller.student.layers[-1].kernel.assign(distiller.student.layers[-1].kernel * 2.0)
+    with pytest.raises(ExportMismatchError):  # the file is the student before the change
+        check_export(distiller, path)
+    export_student(distiller, path, format="onnx", overwrite=True)
+    assert check_export(distiller, path)["relative_difference"] <= 1e-4  # replaced by the changed student
+    with pytest.raises(ValueError, match="format must be one of tf_saved_model, onnx, litert, received 'openvino'"):
+        export_student(distiller, tmp_path / "s.xml", format="openvino")

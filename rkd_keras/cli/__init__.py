@@ -155,6 +155,9 @@ def main(argv=None) -> int:
     except commands.EXPECTED_ERRORS as error:
         _refuse(command, error, args)
         return 2
+    except commands.ArtifactMismatch as error:
+        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             f"\n{command}: interrupted; the run folder is marked incomplete. "

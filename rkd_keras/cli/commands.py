@@ -1,15 +1,20 @@
 """The seven commands of `rkd-keras`, each from its checked inputs to its run folder and printed table."""
 
 import datetime
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from rkd_keras import presets, retrieval
 from rkd_keras.cli import report, training
 from rkd_keras.cli.runs import RunFolder, read_history, write_json
-from rkd_keras.data import DatasetNotAvailableError
-from rkd_keras.export import export_student
+from rkd_keras.data import DatasetNotAvailableError, materialize
+from rkd_keras.export import (
+    EXPORT_TOLERANCE, QUANTIZED_TOLERANCE, ExportMismatchError, check_export, export_student, run_artifact,
+)
 from rkd_keras.models import WeightsNotAvailableError
 
 # Errors that mean a bad input or a missing resource: one line, exit status 2.
@@ -68,10 +73,77 @@ def _evaluate(args, inputs):
         write_json(args.output, metrics)
 
 
+_SERVE = {
+    "tf_saved_model": "loaded = tf.saved_model.load(path); loaded.serve(images)",
+    "onnx": "onnxruntime.InferenceSession(path).run(None, {'input': images})",
+    "litert": "ai_edge_litert.interpreter.Interpreter(model_path=path)",
+}
+
+
 def _export(args, inputs):
     model = training.load_model_file(inputs["model"], "model")
-    export_student(model, inputs["output"], overwrite=args.overwrite)
-    print(f"exported the student to {args.output}; serve it with loaded = tf.saved_model.load(path); loaded.serve(images)")
+    student = getattr(model, "student", model)
+    config = inputs["config"]
+    try:
+        training.check_fits_data(student, config, "model")
+        images = None
+    except ValueError as error:
+        if args.quantize is not None:
+            raise ValueError(f"{error} --quantize measures Recall@1 on the run's test images: give --config "
+                             "runs/NAME/config.json of the run that trained the model.") from None
+        images = False  # the check runs on seeded random inputs of the model's shape
+    if images is None:
+        test_images, test_labels = materialize(training.data(config, "test").unbatch(), "the export check")
+        images = test_images[: args.check_items]
+    representative = None
+    if args.quantize == "int8":
+        print("[export] reading 256 training images to calibrate int8 ...", flush=True)
+        representative = materialize(training.data(config, "train").take(256), "int8 calibration")[0]
+    what = args.format + (f" ({args.quantize})" if args.quantize else "")
+    print(f"[export] writing {what} to {args.output} ...", flush=True)
+    path = export_student(model, inputs["output"], format=args.format, overwrite=args.overwrite,
+                          quantize=args.quantize, representative_data=representative)
+    tolerance = QUANTIZED_TOLERANCE[args.quantize] if args.quantize else EXPORT_TOLERANCE
+    source = "seeded random inputs (the model does not take the --config data's images)" if images is False \
+        else f"{len(images)} test images"
+    try:
+        result = check_export(student, path, None if images is False else images, rtol=tolerance)
+    except ExportMismatchError as error:
+        _remove_artifact(path)
+        raise ArtifactMismatch(f"{error} The artifact was removed.") from None
+    print(
+        f"[export] checked in its own runtime on {source}: largest difference {result['max_abs_difference']:.3g}, "
+        f"{result['relative_difference']:.2g} of the largest output (tolerance {tolerance:g})", flush=True
+    )
+    if args.quantize:
+        embeddings = run_artifact(path, test_images)
+        quantized = retrieval.recall_at_k(embeddings, test_labels)[1]
+        float_recall = training.evaluate(student, config)["recall_at_1"]
+        print(
+            f"[export] Recall@1 on the {len(test_labels)} test images: {100 * float_recall:.2f} float32, "
+            f"{100 * quantized:.2f} {args.quantize}; {_size(student_bytes(student))} float32 weights, "
+            f"{_size(path.stat().st_size)} file", flush=True
+        )
+    print(f"exported the student to {path}; serve it with {_SERVE[args.format]}")
+
+
+class ArtifactMismatch(RuntimeError):
+    """The exported artifact does not give the student's outputs: exit 1 (the export failed, not the input)."""
+
+
+def _remove_artifact(path):
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def student_bytes(model) -> int:
+    return sum(int(np.prod(weight.shape)) * 4 for weight in model.weights)
+
+
+def _size(count):
+    return f"{count / 1e6:.2f} MB" if count >= 1e5 else f"{count / 1e3:.1f} kB"
 
 
 def _what_it_learns(name, config):
@@ -261,5 +333,9 @@ _COMMANDS = {
 
 
 def run(args, inputs) -> None:
-    """Runs the parsed command on its checked inputs (see `rkd_keras.cli.inputs`)."""
+    """Runs the parsed command on its checked inputs (see `rkd_keras.cli.inputs`).
+
+    Raises:
+        ArtifactMismatch: `export` wrote an artifact that failed its check (and removed it): exit 1.
+    """
     _COMMANDS[args.command](args, inputs)

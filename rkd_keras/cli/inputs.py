@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 from rkd_keras import presets
-from rkd_keras.checks import check_savedmodel_destination, check_writable_folder, repeated
+from rkd_keras.checks import check_export_destination, check_export_format, check_writable_folder, repeated
 from rkd_keras.cli.config import ConfigError, check_training, read_config_file, resolve_config
 from rkd_keras.cli.parser import run_overrides
 
@@ -106,7 +106,13 @@ def _evaluate(args):
 
 def _export(args):
     model = check_keras_file(args.model, "model")
-    return {"model": model, "output": check_savedmodel_destination(args.output, overwrite=args.overwrite)}
+    try:
+        check_export_format(args.format, args.quantize)
+    except ImportError as error:
+        raise ValueError(str(error)) from None
+    config = resolve_config("student", None, args.config)
+    output = check_export_destination(args.output, args.format, overwrite=args.overwrite)
+    return {"model": model, "output": output, "config": config}
 
 
 def _demo(args):
