@@ -7,6 +7,7 @@ import sys
 
 import keras
 
+from rkd_keras import checks
 from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
 from rkd_keras.terms import INPUTS, Extractor, Term, cached_inputs, check_cached_rows, check_weight, split_cached
@@ -288,6 +289,7 @@ class Distiller(keras.Model):
         teacher = _check_teacher(teacher)
         student = _check_model("student", student)
         _check_distinct(teacher, student)
+        global_batch_relations = checks.check_bool("`global_batch_relations`", global_batch_relations)
         shortcuts = {"distance_weight": distance_weight, "angle_weight": angle_weight}
         given = [key for key, value in shortcuts.items() if value is not None]
         if terms is not None and given:
@@ -322,7 +324,7 @@ class Distiller(keras.Model):
         self.angle_weight = shortcuts["angle_weight"] if from_shortcuts else None
         self.terms = terms
         self.task_loss_weight = task_loss_weight
-        self.global_batch_relations = bool(global_batch_relations)
+        self.global_batch_relations = global_batch_relations
         self.task_loss = None
         self._teacher_extractor, self._student_extractor = extractors
         self._active_terms = active

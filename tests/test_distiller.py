@@ -319,3 +319,13 @@ def test_a_student_with_a_dict_output_trains_on_selected_layers_but_takes_no_tas
     history = distiller.fit(clusters[0], batch_size=64, epochs=2, verbose=0).history
     assert history["rkd_angle"][-1] < history["rkd_angle"][0]
     assert set(distiller.predict(clusters[0][:4], verbose=0)) == {"embedding", "logits"}
+
+
+def test_global_batch_relations_must_be_a_boolean(teacher):
+    """"no" was read as True (a non-empty string)."""
+    for value in ("no", 0, None):
+        with pytest.raises(ValueError) as raised:
+            Distiller(teacher, mlp(16, 8, "student"), global_batch_relations=value)
+        assert str(raised.value) == f"`global_batch_relations` must be True or False, received {value!r}."
+    assert teacher.trainable  # refused before anything was frozen
+    assert Distiller(teacher, mlp(16, 8, "student"), global_batch_relations=False).global_batch_relations is False
