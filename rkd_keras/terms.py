@@ -46,6 +46,18 @@ def _check_layer(argument, layer):
     return layer
 
 
+def _library_name(loss):
+    """The `LOSSES` name of a library loss function (`rkd_keras.losses.fitnet` → "fitnet"), else `loss`.
+
+    A library function is the same term as its name: the same wrapper, so the
+    same `relational` label, FitNet's regressor, and a config that saves.
+    """
+    for name in losses.LOSSES:
+        if getattr(losses, name, None) is loss:
+            return name
+    return loss
+
+
 @register
 class Term:
     """One weighted comparison of a teacher tensor with a student tensor.
@@ -68,7 +80,9 @@ class Term:
         loss: A name of `rkd_keras.losses.LOSSES` (e.g. `"rkd_angle"`), a
             `keras.losses.Loss` (`y_true` = teacher, `y_pred` = student), or
             a function `fn(teacher, student) -> scalar` (treated as
-            relational; a Distiller holding it cannot be saved).
+            relational; a Distiller holding it cannot be saved). A function
+            of `rkd_keras.losses` (e.g. `rkd_keras.losses.fitnet`) is the
+            same term as its name.
         weight: The term's weight, finite and ≥ 0.
         teacher_layer: Name of the teacher's layer to read, or `None` for
             the teacher's output.
@@ -86,7 +100,7 @@ class Term:
 
     def __init__(self, loss, weight: float = 1.0, teacher_layer: str | None = None,
                  student_layer: str | None = None, name: str | None = None):
-        self.loss = losses.get(loss)
+        self.loss = losses.get(_library_name(loss))
         self.name = self.loss.name if name is None else name
         if not isinstance(self.name, str) or not self.name:
             raise TypeError(f"A term's `name` must be a non-empty string, received {name!r}.")

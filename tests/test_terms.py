@@ -472,3 +472,15 @@ def test_a_term_of_a_plain_function_cannot_be_saved_and_nothing_is_written(teach
     with pytest.raises(ValueError, match="Term 'mean_gap' holds a plain function, which a saved model cannot store"):
         distiller.save(tmp_path / "distiller.keras")
     assert not (tmp_path / "distiller.keras").exists()
+
+
+@pytest.mark.parametrize("name, layer", [("fitnet", "stage3"), ("hinton_kd", None), ("rkd_angle", "pool")])
+def test_a_library_loss_function_is_the_same_term_as_its_name(teacher, name, layer):
+    """`Term(rkd_keras.losses.fitnet)` dropped FitNet's regressor, and KD and FitNet were labelled relational."""
+    function = getattr(losses, name)
+    by_function, by_name = Term(function, 0.5, layer, layer), Term(name, 0.5, layer, layer)
+    assert by_function.get_config() == by_name.get_config()
+    assert by_function.relational == by_name.relational == (name in RELATIONAL)
+    assert by_function.uses_regressor == (name == "fitnet")
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[by_function])
+    assert len(distiller.regressors) == (1 if name == "fitnet" else 0)
