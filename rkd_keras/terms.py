@@ -284,6 +284,16 @@ class Extractor:
             )
         names = [each.name for each in model.layers]
         if layer not in names:
+            nested = _nested_model_holding(model, layer)
+            if nested is not None:
+                raise ValueError(
+                    f"Term {term_name!r} reads {self.role} layer {layer!r}, which is inside the {self.role}'s "
+                    f"layer {nested.name!r}, a nested model (e.g. a keras.applications backbone called on the "
+                    f"inputs); a term reads the {self.role}'s own layers. Read the nested model's output "
+                    f"({self.role}_layer={nested.name!r}), or build the {self.role} flat: create the backbone on "
+                    "your input, e.g. keras.applications.MobileNetV2(..., input_tensor=inputs), and add the "
+                    "head on its .output, so that its layers are the model's own."
+                )
             close = difflib.get_close_matches(layer, names, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             shown = ", ".join(map(repr, names[-10:]))
@@ -293,7 +303,7 @@ class Extractor:
                 f"{' end with' if len(names) > 10 else ' are'}: {shown}."
             )
         try:
-            output = model.get_layer(layer).output
+            output = _output_in_graph(model.get_layer(layer))
         except (AttributeError, ValueError) as error:  # a layer called more than once
             raise ValueError(
                 f"Term {term_name!r} reads {self.role} layer {layer!r}, whose output is ambiguous: {error}"
@@ -325,6 +335,32 @@ class Extractor:
         """`{key: array}` of every tensor read, over `data` (as `Model.predict`)."""
         outputs = self.model.predict(data, batch_size=batch_size, verbose=0)
         return outputs if self._returns_dict else {self.computed[0]: outputs}
+
+
+def _output_in_graph(layer):
+    """The output of `layer` in the graph of the model holding it.
+
+    A nested model's `output` is the tensor of its own graph (Keras then
+    fails with "not connected to inputs"); the tensor it gives in the outer
+    model's graph is the output of its call there.
+    """
+    if not isinstance(layer, keras.Model):
+        return layer.output
+    calls = layer._inbound_nodes
+    if len(calls) != 1:
+        raise ValueError(f"the nested model {layer.name!r} is called {len(calls)} times in the model, not once.")
+    outputs = calls[0].output_tensors
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _nested_model_holding(model, name):
+    """The layer of `model` that is a model holding a layer named `name` (at any depth), else `None`."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and (
+            name in [each.name for each in layer.layers] or _nested_model_holding(layer, name) is not None
+        ):
+            return layer
+    return None
 
 
 def _describe_structure(value):
