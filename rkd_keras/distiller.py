@@ -64,6 +64,27 @@ def _check_distinct(teacher, student):
         )
 
 
+def _check_trainable(student):
+    """A student without trainable weights would "train" without changing (TensorFlow fails obscurely)."""
+    if not student.built or student.trainable_weights:
+        return  # an unbuilt (subclassed) student gets its weights in its first step
+    if not student.weights:
+        raise ValueError(f"The student {student.name!r} has no weights, so distilling would change nothing.")
+    if not student.trainable:
+        raise ValueError(
+            f"The student {student.name!r} has no trainable weights: student.trainable is False, so distilling "
+            "would change nothing. Set `student.trainable = True`."
+        )
+    # Keras sets a model's flag on its layers only when the flag changes: a clone of a frozen teacher has
+    # trainable=True and frozen layers, and `clone.trainable = True` unfreezes none of them.
+    raise ValueError(
+        f"The student {student.name!r} has no trainable weights: its layers are frozen (trainable=False), as in a "
+        "keras.models.clone_model of a teacher that a Distiller froze, so distilling would change nothing. "
+        "Unfreeze them (`for layer in student.layers: layer.trainable = True`), or clone the teacher before "
+        "distilling it."
+    )
+
+
 def _check_terms(terms):
     terms = list(terms)
     for term in terms:
@@ -180,6 +201,24 @@ def _global_batch(tensor):
     return tf.reshape(rows, tf.concat([[-1], shape[1:]], axis=0))
 
 
+def _check_cached_shape(tensor, spec, source):
+    """Cached teacher tensors must have the shape the teacher gives now (checked when the step is traced)."""
+    if spec is None:
+        return  # a subclassed teacher's output: its shape is known only when it runs
+    cached, expected = tuple(tensor.shape[1:]), tuple(spec.shape[1:])
+    if len(cached) == len(expected) and all(c is None or e is None or c == e for c, e in zip(cached, expected)):
+        return
+
+    def size(shape):
+        return f"width {shape[0]}" if len(shape) == 1 else f"shape {shape} per example"
+
+    raise ValueError(
+        f"The cached teacher tensors of {source} have {size(cached)}, but {source} has {size(expected)}: "
+        "they were cached from another teacher or layer. Cache them again with this Distiller's "
+        "cache_teacher_embeddings."
+    )
+
+
 def _checked_finite(tensor, message):
     """`tensor`, or an error with `message` if it holds NaN or ±inf.
 
@@ -289,6 +328,7 @@ class Distiller(keras.Model):
         teacher = _check_teacher(teacher)
         student = _check_model("student", student)
         _check_distinct(teacher, student)
+        _check_trainable(student)
         global_batch_relations = checks.check_bool("`global_batch_relations`", global_batch_relations)
         shortcuts = {"distance_weight": distance_weight, "angle_weight": angle_weight}
         given = [key for key, value in shortcuts.items() if value is not None]
@@ -416,6 +456,7 @@ class Distiller(keras.Model):
                 "compare one output with the labels. Compile without "
                 "`loss=`/`metrics=`, or give the student a single output."
             )
+        _check_trainable(self.student)
         metric_names = _metric_names(metrics, kwargs.get("weighted_metrics"))
         for term in self.terms:
             if term.name in metric_names:
@@ -561,7 +602,11 @@ class Distiller(keras.Model):
         }
 
     def _split(self, x):
-        return split_cached(x, self._teacher_extractor.computed, self._teacher_extractor.output_key)
+        teacher = self._teacher_extractor
+        inputs, cached = split_cached(x, teacher.computed, teacher.output_key)
+        for key, tensor in (cached or {}).items():
+            _check_cached_shape(tensor, teacher.specs[key], teacher.sources[key])
+        return inputs, cached
 
     def _student_terms(self, teacher, inputs, y, sample_weight, training, **distribution):
         """Runs the student once and adds up the terms: `(student output, total, share, values)`."""

@@ -329,3 +329,55 @@ def test_global_batch_relations_must_be_a_boolean(teacher):
         assert str(raised.value) == f"`global_batch_relations` must be True or False, received {value!r}."
     assert teacher.trainable  # refused before anything was frozen
     assert Distiller(teacher, mlp(16, 8, "student"), global_batch_relations=False).global_batch_relations is False
+
+
+FROZEN_STUDENT = (
+    "The student 'teacher' has no trainable weights: its layers are frozen (trainable=False), as in a "
+    "keras.models.clone_model of a teacher that a Distiller froze, so distilling would change nothing. Unfreeze "
+    "them (`for layer in student.layers: layer.trainable = True`), or clone the teacher before distilling it."
+)
+
+
+def test_a_frozen_clone_of_the_teacher_is_refused_as_student_and_trains_once_unfrozen(teacher, clusters):
+    """TensorFlow said `not enough values to unpack (expected 2, got 0)`; JAX trained nothing in silence."""
+    Distiller(teacher, mlp(16, 8, "student"))  # freezes the teacher
+    clone = keras.models.clone_model(teacher)
+    with pytest.raises(ValueError) as raised:
+        Distiller(teacher, clone)
+    assert str(raised.value) == FROZEN_STUDENT
+    clone.trainable = True
+    with pytest.raises(ValueError, match="its layers are frozen"):  # Keras left the clone's layers frozen
+        Distiller(teacher, clone)
+    for layer in clone.layers:  # the fix the message names
+        layer.trainable = True
+    distiller = Distiller(teacher, clone)
+    before = [w.copy() for w in clone.get_weights()]
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    distiller.fit(clusters[0], batch_size=64, epochs=1, verbose=0)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(before, clone.get_weights())) > 1e-3
+
+
+def test_a_student_frozen_after_the_distiller_is_refused_at_compile(teacher):
+    student = mlp(16, 8, "student")
+    distiller = Distiller(teacher, student)
+    student.trainable = False
+    with pytest.raises(ValueError) as raised:
+        distiller.compile("adam")
+    assert str(raised.value) == (
+        "The student 'student' has no trainable weights: student.trainable is False, so distilling would change "
+        "nothing. Set `student.trainable = True`."
+    )
+
+
+def test_cached_teacher_tensors_of_another_width_are_refused(teacher, clusters):
+    """Tensors cached from a 32-d teacher fed to a Distiller of a 16-d one trained on them without a word."""
+    cached = Distiller(teacher, mlp(16, 8, "student")).cache_teacher_embeddings(clusters[0][:64])
+    other = Distiller(mlp(32, 16, "other_teacher"), mlp(16, 8, "student"))
+    other.compile("adam")
+    with pytest.raises(ValueError) as raised:
+        other.fit(cached, batch_size=64, epochs=1, verbose=0)
+    assert str(raised.value) == (
+        "The cached teacher tensors of the teacher's output have width 32, but the teacher's output has width 16: "
+        "they were cached from another teacher or layer. Cache them again with this Distiller's "
+        "cache_teacher_embeddings."
+    )
