@@ -369,6 +369,42 @@ def test_a_student_frozen_after_the_distiller_is_refused_at_compile(teacher):
     )
 
 
+def test_overflowing_batchnorm_statistics_stop_the_step_naming_the_layer():
+    """Images ×1e30 (finite) overflowed the student's BatchNorm variance; the logged loss stayed finite."""
+    from rkd_keras import embedding_model
+
+    images = np.random.default_rng(0).uniform(0, 1, size=(16, 16, 16, 1)).astype("float32") * 1e30
+    teacher = embedding_model("small_cnn", 8, input_shape=(16, 16, 1), width=2, name="teacher")
+    student = embedding_model("small_cnn", 4, input_shape=(16, 16, 1), width=2, name="student")
+    first = next(layer for layer in student.layers if isinstance(layer, keras.layers.BatchNormalization))
+    before = [w.numpy().copy() for w in student.trainable_weights]
+    distiller = Distiller(teacher, student)
+    distiller.compile("sgd", jit_compile=False)  # checked in the graph; XLA drops such runtime checks
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        distiller.fit(images, batch_size=8, epochs=1, verbose=0)
+    assert (
+        f"The student's BatchNorm statistic 'moving_variance' of layer '{first.name}' became NaN/Inf in this step, "
+        "whose inputs are finite, so the weights were not updated: the activations reaching that layer overflow "
+        "float32 (scale or normalize the inputs, e.g. to [0, 1])"
+    ) in str(raised.value)
+    for old, new in zip(before, student.trainable_weights):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_a_non_finite_loss_of_finite_tensors_stops_the_step(teacher, clusters):
+    student = mlp(16, 8, "student")
+    before = student.get_weights()
+    distiller = Distiller(teacher, student, terms=[Term(lambda t, s: keras.ops.log(-keras.ops.mean(s ** 2)), name="log")])
+    distiller.compile("sgd", jit_compile=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=(
+        "The loss is NaN/Inf for this batch, whose inputs, teacher tensors and student BatchNorm statistics are "
+        "finite, so the step was not applied"
+    )):
+        distiller.fit(clusters[0][:64], batch_size=64, epochs=1, verbose=0)
+    for a, b in zip(before[:2] + before[-2:], student.get_weights()[:2] + student.get_weights()[-2:]):
+        np.testing.assert_array_equal(a, b)  # the Dense kernels and biases (BatchNorm's statistics moved)
+
+
 def test_cached_teacher_tensors_of_another_width_are_refused(teacher, clusters):
     """Tensors cached from a 32-d teacher fed to a Distiller of a 16-d one trained on them without a word."""
     cached = Distiller(teacher, mlp(16, 8, "student")).cache_teacher_embeddings(clusters[0][:64])
