@@ -147,14 +147,15 @@ def _refused_steps_leave_the_weights_of_the_last_good_step(out):
     """NaN in the last of 3 batches: the error comes after 2 applied steps, whose weights the model keeps.
 
     JAX reads a step's status after the next step is queued (or at the end of the epoch); with
-    steps_per_execution=2 the failing step is the first of the second execution.
+    steps_per_execution=2 (not on PyTorch, which Keras runs one step at a time) the failing step is
+    the first of the second execution.
     """
     x = X.copy()
     x[70] = np.nan
     reference = Distiller(classifier(16, 12, "teacher", seed=1), classifier(16, 12, "student", seed=2), angle_weight=0.0)
     reference.compile(keras.optimizers.SGD(0.1))
     reference.fit(x[:64], batch_size=32, epochs=1, shuffle=False, verbose=0)
-    for steps in (1, 2):
+    for steps in (1,) if keras.backend.backend() == "torch" else (1, 2):
         model = Distiller(classifier(16, 12, "teacher", seed=1), classifier(16, 12, "student", seed=2), angle_weight=0.0)
         model.compile(keras.optimizers.SGD(0.1), steps_per_execution=steps)
         key = f"guard/nan_last_batch/steps_per_execution={steps}"
