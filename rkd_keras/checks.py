@@ -47,6 +47,18 @@ def check_int(name: str, value, *, low: int | None = None, high: int | None = No
     return int(value)
 
 
+def check_bool(name: str, value) -> bool:
+    """`value` if it is `True` or `False`: a string such as "no" or a number is not read as a truth value.
+
+    Example:
+    >>> check_bool("global_batch_relations", False)
+    False
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, received {value!r}.")
+    return value
+
+
 def check_number(
     name: str,
     value,

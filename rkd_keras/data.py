@@ -422,6 +422,7 @@ def pk_batches(
     check_int("first_epoch", first_epoch, low=0)
     if map_fn is not None and not callable(map_fn):
         raise ValueError(f"map_fn must be a function of (x, label), received {map_fn!r}.")
+    _check_unbatched(dataset)
     features, labels = materialize(dataset)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"Labels must be integers, received {labels.dtype}.")
@@ -469,6 +470,23 @@ def _draw(rng, members, count):
     if len(members) >= count:
         return rng.choice(members, count, replace=False)
     return np.concatenate([members, rng.choice(members, count - len(members))])
+
+
+def _check_unbatched(dataset):
+    """Raises unless `dataset` holds single `(x, label)` examples with a scalar label each."""
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise ValueError(
+            f"pk_batches needs a dataset of (x, label) pairs, received elements of {spec}. Map them to "
+            "pairs first, e.g. dataset.map(lambda example: (example['image'], example['label']))."
+        )
+    shape = getattr(spec[1], "shape", None)
+    if shape is not None and shape.rank is not None and shape.rank > 0:
+        raise ValueError(
+            f"pk_batches samples single (x, label) examples, but this dataset's labels have shape "
+            f"{tuple(shape)}: it is already batched. Unbatch it first (dataset.unbatch()), or pass the "
+            "dataset before its .batch()."
+        )
 
 
 def materialize(dataset, caller="pk_batches"):

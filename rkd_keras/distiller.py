@@ -7,6 +7,7 @@ import sys
 
 import keras
 
+from rkd_keras import checks
 from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
 from rkd_keras.terms import INPUTS, Extractor, Term, cached_inputs, check_cached_rows, check_weight, split_cached
@@ -61,6 +62,27 @@ def _check_distinct(teacher, student):
             "student too. Build the student from its own layers, or copy the teacher's with "
             "`keras.models.clone_model`."
         )
+
+
+def _check_trainable(student):
+    """A student without trainable weights would "train" without changing (TensorFlow fails obscurely)."""
+    if not student.built or student.trainable_weights:
+        return  # an unbuilt (subclassed) student gets its weights in its first step
+    if not student.weights:
+        raise ValueError(f"The student {student.name!r} has no weights, so distilling would change nothing.")
+    if not student.trainable:
+        raise ValueError(
+            f"The student {student.name!r} has no trainable weights: student.trainable is False, so distilling "
+            "would change nothing. Set `student.trainable = True`."
+        )
+    # Keras sets a model's flag on its layers only when the flag changes: a clone of a frozen teacher has
+    # trainable=True and frozen layers, and `clone.trainable = True` unfreezes none of them.
+    raise ValueError(
+        f"The student {student.name!r} has no trainable weights: its layers are frozen (trainable=False), as in a "
+        "keras.models.clone_model of a teacher that a Distiller froze, so distilling would change nothing. "
+        "Unfreeze them (`for layer in student.layers: layer.trainable = True`), or clone the teacher before "
+        "distilling it."
+    )
 
 
 def _check_terms(terms):
@@ -179,25 +201,78 @@ def _global_batch(tensor):
     return tf.reshape(rows, tf.concat([[-1], shape[1:]], axis=0))
 
 
+def _check_cached_shape(tensor, spec, source):
+    """Cached teacher tensors must have the shape the teacher gives now (checked when the step is traced)."""
+    if spec is None:
+        return  # a subclassed teacher's output: its shape is known only when it runs
+    cached, expected = tuple(tensor.shape[1:]), tuple(spec.shape[1:])
+    if len(cached) == len(expected) and all(c is None or e is None or c == e for c, e in zip(cached, expected)):
+        return
+
+    def size(shape):
+        return f"width {shape[0]}" if len(shape) == 1 else f"shape {shape} per example"
+
+    raise ValueError(
+        f"The cached teacher tensors of {source} have {size(cached)}, but {source} has {size(expected)}: "
+        "they were cached from another teacher or layer. Cache them again with this Distiller's "
+        "cache_teacher_embeddings."
+    )
+
+
+INPUTS_NOT_FINITE = (
+    "The inputs of this batch hold NaN/Inf values; check the input pipeline (NaN pixels, a normalization "
+    "dividing by zero)."
+)
+LOSS_NOT_FINITE = (
+    "The loss is NaN/Inf for this batch, whose inputs, teacher tensors and student BatchNorm statistics are "
+    "finite, so the step was not applied: the student's tensors overflow float32 (scale or normalize the "
+    "inputs) or its weights diverged (lower the learning rate)."
+)
+# The status a JAX step logs under this key: -1, or the index of the first failed check (`_guards`).
+_STATUS = "_rkd_keras_status"
+
+
+def _teacher_not_finite(origin, source):
+    return (
+        f"The teacher produced NaN/Inf embeddings for this batch, whose inputs are finite; check {origin}. "
+        f"Tensor: {source}."
+    )
+
+
+def _statistic_not_finite(variable):
+    layer = variable.path.rsplit("/", 1)[0]
+    return (
+        f"The student's BatchNorm statistic {variable.name!r} of layer {layer!r} became NaN/Inf in this step, "
+        "whose inputs are finite, so the weights were not updated: the activations reaching that layer overflow "
+        "float32 (scale or normalize the inputs, e.g. to [0, 1]) or the weights before it diverged (lower the "
+        "learning rate)."
+    )
+
+
 def _checked_finite(tensor, message):
     """`tensor`, or an error with `message` if it holds NaN or ±inf.
 
-    TensorFlow checks in the graph (XLA drops the check). JAX checks when the
-    step runs eagerly (`run_eagerly=True`); in a compiled JAX step the values
-    are not known, and a non-finite tensor gives NaN losses instead (every
-    loss's rule), which `keras.callbacks.TerminateOnNaN` stops on. PyTorch
-    checks at every step.
+    TensorFlow checks in the graph (XLA drops the check); PyTorch at every
+    step. On JAX this returns `tensor`: the step returns the checks' result
+    as its status (`Distiller._jax_status`), eager or compiled, and the
+    host raises once it reads it (`Distiller._raising`), with the model's
+    weights as they were before the failed step.
     """
     if keras.backend.backend() == "tensorflow":
         return tf.debugging.assert_all_finite(tensor, message)
     if keras.backend.backend() == "jax":
-        import jax
-
-        if isinstance(tensor, jax.core.Tracer):
-            return tensor
+        return tensor
     if not bool(keras.ops.all(keras.ops.isfinite(tensor))):
         raise ValueError(message)
     return tensor
+
+
+_TEACHER_ORIGIN = "its weights (was it trained to NaN?)"
+_CACHED_ORIGIN = "the cached tensors (recompute them with cache_teacher_embeddings)"
+
+
+def _is_float(tensor):
+    return "float" in keras.backend.standardize_dtype(tensor.dtype)
 
 
 class _FunctionLoss(keras.losses.Loss):
@@ -288,6 +363,8 @@ class Distiller(keras.Model):
         teacher = _check_teacher(teacher)
         student = _check_model("student", student)
         _check_distinct(teacher, student)
+        _check_trainable(student)
+        global_batch_relations = checks.check_bool("`global_batch_relations`", global_batch_relations)
         shortcuts = {"distance_weight": distance_weight, "angle_weight": angle_weight}
         given = [key for key, value in shortcuts.items() if value is not None]
         if terms is not None and given:
@@ -322,7 +399,7 @@ class Distiller(keras.Model):
         self.angle_weight = shortcuts["angle_weight"] if from_shortcuts else None
         self.terms = terms
         self.task_loss_weight = task_loss_weight
-        self.global_batch_relations = bool(global_batch_relations)
+        self.global_batch_relations = global_batch_relations
         self.task_loss = None
         self._teacher_extractor, self._student_extractor = extractors
         self._active_terms = active
@@ -330,6 +407,7 @@ class Distiller(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.term_trackers = [keras.metrics.Mean(name=term.name) for term in active]
+        self._unread_status = None  # JAX: the status of the latest step, read after the next (`_raising`)
 
     def build(self, input_shape):
         if isinstance(input_shape, dict) and INPUTS in input_shape:
@@ -384,11 +462,13 @@ class Distiller(keras.Model):
     def fit(self, x=None, *args, **kwargs):
         """`Model.fit`, after checking that a cached batch holds as many teacher rows as inputs."""
         check_cached_rows(x)
+        self._unread_status = None  # of a JAX step of an interrupted call
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
         """`Model.evaluate`, after checking that a cached batch holds as many teacher rows as inputs."""
         check_cached_rows(x)
+        self._unread_status = None
         return super().evaluate(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
@@ -414,6 +494,7 @@ class Distiller(keras.Model):
                 "compare one output with the labels. Compile without "
                 "`loss=`/`metrics=`, or give the student a single output."
             )
+        _check_trainable(self.student)
         metric_names = _metric_names(metrics, kwargs.get("weighted_metrics"))
         for term in self.terms:
             if term.name in metric_names:
@@ -535,31 +616,50 @@ class Distiller(keras.Model):
         One reduction per tensor.
         """
         inputs = keras.tree.map_structure(
-            lambda tensor: _checked_finite(
-                tensor,
-                "The inputs of this batch hold NaN/Inf values; check the input pipeline (NaN pixels, a "
-                "normalization dividing by zero).",
-            ) if "float" in keras.backend.standardize_dtype(tensor.dtype) else tensor,
-            inputs,
+            lambda tensor: _checked_finite(tensor, INPUTS_NOT_FINITE) if _is_float(tensor) else tensor, inputs
         )
         teacher = self._teacher_extractor
-        origin = "the cached tensors (recompute them with cache_teacher_embeddings)"
+        origin = _CACHED_ORIGIN
         if cached is None:
             cached = teacher(inputs, training=False)
-            origin = "its weights (was it trained to NaN?)"
+            origin = _TEACHER_ORIGIN
         return inputs, {
-            key: keras.ops.stop_gradient(
-                _checked_finite(
-                    tensor,
-                    f"The teacher produced NaN/Inf embeddings for this batch, whose inputs are finite; check "
-                    f"{origin}. Tensor: {teacher.sources[key]}.",
-                )
-            )
+            key: keras.ops.stop_gradient(_checked_finite(tensor, _teacher_not_finite(origin, teacher.sources[key])))
             for key, tensor in cached.items()
         }
 
+    def _statistics(self):
+        """The moving means and variances of the student's BatchNorm layers that training updates (not frozen ones).
+
+        Checked after each training step; not the other non-trainable weights
+        (a frozen backbone's would cost a pass over its weights every step).
+        """
+        return [
+            statistic
+            for layer in self.student._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+            for statistic in (layer.moving_mean, layer.moving_variance)
+        ]
+
+    def _guards(self):
+        """The messages of a JAX step's checks, in the order of `_jax_status`; the last: an earlier step failed."""
+        sources = [self._teacher_extractor.sources[key] for key in self._teacher_extractor.computed]
+        return [
+            INPUTS_NOT_FINITE,
+            *(_teacher_not_finite(_TEACHER_ORIGIN, source) for source in sources),
+            *(_teacher_not_finite(_CACHED_ORIGIN, source) for source in sources),
+            *map(_statistic_not_finite, self._statistics()),
+            LOSS_NOT_FINITE,
+            "An earlier step of this execution (steps_per_execution > 1) held NaN/Inf values and was not "
+            "applied, nor were the steps after it; run with steps_per_execution=1 to see which check failed.",
+        ]
+
     def _split(self, x):
-        return split_cached(x, self._teacher_extractor.computed, self._teacher_extractor.output_key)
+        teacher = self._teacher_extractor
+        inputs, cached = split_cached(x, teacher.computed, teacher.output_key)
+        for key, tensor in (cached or {}).items():
+            _check_cached_shape(tensor, teacher.specs[key], teacher.sources[key])
+        return inputs, cached
 
     def _student_terms(self, teacher, inputs, y, sample_weight, training, **distribution):
         """Runs the student once and adds up the terms: `(student output, total, share, values)`."""
@@ -594,7 +694,7 @@ class Distiller(keras.Model):
             return result, [scope.get_current_value(v) for v in variables]
 
         def _jax_step(self, trainable, non_trainable, data, training, optimizer_variables=None):
-            """The terms, and with `optimizer_variables` their gradient: `(output, total, values, non-trainable, grads)`."""
+            """The terms, and with `optimizer_variables` their gradient: `(output, total, values, non-trainable, grads, status)`."""
             import jax
 
             x, y, sample_weight = self._unpack(data)
@@ -617,9 +717,34 @@ class Distiller(keras.Model):
                 return share, (output, total, values, updated)
 
             if optimizer_variables is None:
-                return (*objective(trainable)[1], None)
-            (_, aux), gradients = jax.value_and_grad(objective, has_aux=True)(trainable)
-            return (*aux, gradients)
+                aux, gradients = objective(trainable)[1], None
+            else:
+                (_, aux), gradients = jax.value_and_grad(objective, has_aux=True)(trainable)
+            output, total, values, updated = aux
+            status = self._jax_status(inputs, teacher, cached is not None, total if training else None,
+                                      updated if training else None)
+            return output, total, values, updated, gradients, status
+
+        def _jax_status(self, inputs, teacher, cached, total, updated):
+            """-1 if every check of `_guards` passes, else the index of the first that fails (an int32 scalar)."""
+            import jax.numpy as jnp
+
+            def finite(tensor):
+                return jnp.all(jnp.isfinite(tensor))
+
+            passed = jnp.asarray(True)
+            floats = [tensor for tensor in keras.tree.flatten(inputs) if _is_float(tensor)]
+            teachers = [finite(teacher[key]) for key in self._teacher_extractor.computed]
+            position = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
+            checks = [
+                jnp.all(jnp.stack([finite(tensor) for tensor in floats])) if floats else passed,
+                *(passed if cached else check for check in teachers),
+                *(check if cached else passed for check in teachers),
+                *(passed if updated is None else finite(updated[position[id(v)]]) for v in self._statistics()),
+                passed if total is None else finite(total),
+            ]
+            checks = jnp.stack(checks).astype("int32")
+            return jnp.where(jnp.all(checks == 1), -1, jnp.argmin(checks)).astype("int32")
 
         def _jax_metrics(self, metrics_variables, data, output, total, values):
             x, y, sample_weight = self._unpack(data)
@@ -629,19 +754,84 @@ class Distiller(keras.Model):
             )
 
         def train_step(self, state, data):
+            import jax
+            import jax.numpy as jnp
+
             trainable, non_trainable, optimizer_variables, metrics_variables = state
-            output, total, values, non_trainable, gradients = self._jax_step(
+            output, total, values, updated, gradients, status = self._jax_step(
                 trainable, non_trainable, data, True, optimizer_variables
             )
-            trainable, optimizer_variables = self.optimizer.stateless_apply(optimizer_variables, gradients, trainable)
+            # Steps chained by steps_per_execution: one after a failed step (which logged a NaN loss) is not applied either.
+            total_index = next(i for i, v in enumerate(self.metrics_variables) if v is self.loss_tracker.total)
+            earlier = ~jnp.isfinite(metrics_variables[total_index])
+            status = jnp.where((status < 0) & earlier, len(self._guards()) - 1, status)
+            applied = status < 0
+            trainable, optimizer_variables = jax.lax.cond(
+                applied,
+                lambda: tuple(map(list, self.optimizer.stateless_apply(optimizer_variables, gradients, trainable))),
+                lambda: (list(trainable), list(optimizer_variables)),
+            )
+            non_trainable = [new if new is old else jnp.where(applied, new, old) for new, old in zip(updated, non_trainable)]
+            total = jnp.where(applied, total, jnp.nan)
             logs, metrics_variables = self._jax_metrics(metrics_variables, data, output, total, values)
-            return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+            return {**logs, _STATUS: status}, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
         def test_step(self, state, data):
             trainable, non_trainable, metrics_variables = state
-            output, total, values, non_trainable, _ = self._jax_step(trainable, non_trainable, data, False)
+            output, total, values, non_trainable, _, status = self._jax_step(trainable, non_trainable, data, False)
             logs, metrics_variables = self._jax_metrics(metrics_variables, data, output, total, values)
-            return logs, (trainable, non_trainable, metrics_variables)
+            return {**logs, _STATUS: status}, (trainable, non_trainable, metrics_variables)
+
+        def _raising(self, function, state_keys):
+            """`function` (Keras's step function), raising once a step's status names a failed check.
+
+            A step's status is read when the next step has been dispatched, or
+            when the state is synced (the end of an epoch, of `fit`, of
+            `train_on_batch`): reading it at once would make the host wait for
+            every step, where JAX queues the next one. A step after a failed
+            one applies nothing either (`train_step`), so the state the latest
+            step returned is the state before the failed step; it is put back
+            into the model (Keras took the values out of the variables for the
+            step) before the error.
+            """
+            if getattr(function, "raises_on_status", False):
+                return function
+
+            def step(state, iterator):
+                logs, state = function(state, iterator)
+                logs = dict(logs)
+                previous, self._unread_status = self._unread_status, logs.pop(_STATUS)
+                if previous is not None and int(previous) >= 0:
+                    self._jax_state = dict(zip(state_keys, state))
+                    self._jax_state_synced = False
+                    self._unread_status = None
+                    self.jax_state_sync()
+                    raise ValueError(self._guards()[int(previous)])
+                return logs, state
+
+            step.raises_on_status = True
+            return step
+
+        def jax_state_sync(self):
+            """Keras's sync of the step's state into the model, then the error of a failed step not yet raised."""
+            status, self._unread_status = self._unread_status, None
+            super().jax_state_sync()
+            if status is not None and int(status) >= 0:
+                raise ValueError(self._guards()[int(status)])
+
+        def make_train_function(self, force=False):
+            super().make_train_function(force)
+            self.train_function = self._raising(self.train_function, (
+                "trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables"
+            ))
+            return self.train_function
+
+        def make_test_function(self, force=False):
+            super().make_test_function(force)
+            self.test_function = self._raising(
+                self.test_function, ("trainable_variables", "non_trainable_variables", "metrics_variables")
+            )
+            return self.test_function
 
     elif keras.backend.backend() == "torch":
 
@@ -659,12 +849,28 @@ class Distiller(keras.Model):
 
             self.zero_grad()
             (x, y, sample_weight), (output, total, share, values) = self._torch_step(data, training=True)
+            self._check_step(total)
             # Mixed precision: LossScaleOptimizer scales here, unscales in apply.
             self.optimizer.scale_loss(share).backward()
             variables = self.trainable_variables  # the student's and the FitNet regressors'
             with torch.no_grad():
                 self.optimizer.apply([v.value.grad for v in variables], variables)
             return self._update_metrics(x, y, sample_weight, output, total, values)
+
+        def _check_step(self, total):
+            """Raises before the update if a BatchNorm statistic of the student or the loss is NaN/Inf (one sync).
+
+            A statistic first: an overflow in a BatchNorm layer makes the loss NaN too, and the message names the layer.
+            """
+            import torch
+
+            statistics = self._statistics()
+            with torch.no_grad():
+                finite = torch.stack([torch.isfinite(t).all() for t in (*(v.value for v in statistics), total)])
+                if bool(finite.all()):
+                    return
+                failed = int(torch.argmin(finite.int()))
+            raise ValueError(_statistic_not_finite(statistics[failed]) if failed < len(statistics) else LOSS_NOT_FINITE)
 
         def test_step(self, data):
             import torch
@@ -693,6 +899,15 @@ class Distiller(keras.Model):
                 scaled = self.optimizer.scale_loss(share)
             variables = self.trainable_variables  # the student's and the FitNet regressors'
             gradients = tape.gradient(scaled, variables)
+            # The update waits for the checks of the BatchNorm statistics (read after the forward pass updated
+            # them), then of the loss: an overflow in a BatchNorm layer makes the loss NaN too, and the first
+            # message names the layer. The checks stay out of the gradient, which a loss scale may overflow.
+            with tf.control_dependencies(
+                [tf.debugging.assert_all_finite(v.value, _statistic_not_finite(v)) for v in self._statistics()]
+            ):
+                checked = tf.debugging.assert_all_finite(total, LOSS_NOT_FINITE)
+            with tf.control_dependencies([checked]):
+                gradients = [None if g is None else tf.identity(g) for g in gradients]
             self.optimizer.apply_gradients(zip(gradients, variables))
             return self._update_metrics(x, y, sample_weight, output, total, values)
 

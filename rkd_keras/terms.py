@@ -46,6 +46,18 @@ def _check_layer(argument, layer):
     return layer
 
 
+def _library_name(loss):
+    """The `LOSSES` name of a library loss function (`rkd_keras.losses.fitnet` → "fitnet"), else `loss`.
+
+    A library function is the same term as its name: the same wrapper, so the
+    same `relational` label, FitNet's regressor, and a config that saves.
+    """
+    for name in losses.LOSSES:
+        if getattr(losses, name, None) is loss:
+            return name
+    return loss
+
+
 @register
 class Term:
     """One weighted comparison of a teacher tensor with a student tensor.
@@ -68,7 +80,9 @@ class Term:
         loss: A name of `rkd_keras.losses.LOSSES` (e.g. `"rkd_angle"`), a
             `keras.losses.Loss` (`y_true` = teacher, `y_pred` = student), or
             a function `fn(teacher, student) -> scalar` (treated as
-            relational; a Distiller holding it cannot be saved).
+            relational; a Distiller holding it cannot be saved). A function
+            of `rkd_keras.losses` (e.g. `rkd_keras.losses.fitnet`) is the
+            same term as its name.
         weight: The term's weight, finite and ≥ 0.
         teacher_layer: Name of the teacher's layer to read, or `None` for
             the teacher's output.
@@ -86,7 +100,7 @@ class Term:
 
     def __init__(self, loss, weight: float = 1.0, teacher_layer: str | None = None,
                  student_layer: str | None = None, name: str | None = None):
-        self.loss = losses.get(loss)
+        self.loss = losses.get(_library_name(loss))
         self.name = self.loss.name if name is None else name
         if not isinstance(self.name, str) or not self.name:
             raise TypeError(f"A term's `name` must be a non-empty string, received {name!r}.")
@@ -270,6 +284,16 @@ class Extractor:
             )
         names = [each.name for each in model.layers]
         if layer not in names:
+            nested = _nested_model_holding(model, layer)
+            if nested is not None:
+                raise ValueError(
+                    f"Term {term_name!r} reads {self.role} layer {layer!r}, which is inside the {self.role}'s "
+                    f"layer {nested.name!r}, a nested model (e.g. a keras.applications backbone called on the "
+                    f"inputs); a term reads the {self.role}'s own layers. Read the nested model's output "
+                    f"({self.role}_layer={nested.name!r}), or build the {self.role} flat: create the backbone on "
+                    "your input, e.g. keras.applications.MobileNetV2(..., input_tensor=inputs), and add the "
+                    "head on its .output, so that its layers are the model's own."
+                )
             close = difflib.get_close_matches(layer, names, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             shown = ", ".join(map(repr, names[-10:]))
@@ -279,7 +303,7 @@ class Extractor:
                 f"{' end with' if len(names) > 10 else ' are'}: {shown}."
             )
         try:
-            output = model.get_layer(layer).output
+            output = _output_in_graph(model.get_layer(layer))
         except (AttributeError, ValueError) as error:  # a layer called more than once
             raise ValueError(
                 f"Term {term_name!r} reads {self.role} layer {layer!r}, whose output is ambiguous: {error}"
@@ -311,6 +335,32 @@ class Extractor:
         """`{key: array}` of every tensor read, over `data` (as `Model.predict`)."""
         outputs = self.model.predict(data, batch_size=batch_size, verbose=0)
         return outputs if self._returns_dict else {self.computed[0]: outputs}
+
+
+def _output_in_graph(layer):
+    """The output of `layer` in the graph of the model holding it.
+
+    A nested model's `output` is the tensor of its own graph (Keras then
+    fails with "not connected to inputs"); the tensor it gives in the outer
+    model's graph is the output of its call there.
+    """
+    if not isinstance(layer, keras.Model):
+        return layer.output
+    calls = layer._inbound_nodes
+    if len(calls) != 1:
+        raise ValueError(f"the nested model {layer.name!r} is called {len(calls)} times in the model, not once.")
+    outputs = calls[0].output_tensors
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _nested_model_holding(model, name):
+    """The layer of `model` that is a model holding a layer named `name` (at any depth), else `None`."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and (
+            name in [each.name for each in layer.layers] or _nested_model_holding(layer, name) is not None
+        ):
+            return layer
+    return None
 
 
 def _describe_structure(value):

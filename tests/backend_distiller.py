@@ -9,7 +9,8 @@ teacher before and after, two runs from the same Keras seed, a `.keras` round
 trip, a file saved on TensorFlow (`DIR/tensorflow.keras`, if there) loaded
 here, mixed precision, `RetrievalRecall`, `cache_teacher_embeddings`, a
 teacher trained with the triplet loss, a non-finite teacher and
-`export_student`. The TensorFlow suite calls `run()` in its own process to
+inputs, the guards (a frozen student, overflowing BatchNorm statistics, cached
+tensors of another width) and `export_student`. The TensorFlow suite calls `run()` in its own process to
 make the reference.
 """
 
@@ -135,6 +136,62 @@ def _non_finite_inputs(out):
                 out[key] = np.array(f"{type(error).__name__}: {error}")
 
 
+def _error(call):
+    try:
+        return f"returned {call()}"
+    except Exception as error:  # the kind differs per backend; the test reads the message
+        return f"{type(error).__name__}: {error}"
+
+
+def _refused_steps_leave_the_weights_of_the_last_good_step(out):
+    """NaN in the last of 3 batches: the error comes after 2 applied steps, whose weights the model keeps.
+
+    JAX reads a step's status after the next step is queued (or at the end of the epoch); with
+    steps_per_execution=2 (not on PyTorch, which Keras runs one step at a time) the failing step is
+    the first of the second execution.
+    """
+    x = X.copy()
+    x[70] = np.nan
+    reference = Distiller(classifier(16, 12, "teacher", seed=1), classifier(16, 12, "student", seed=2), angle_weight=0.0)
+    reference.compile(keras.optimizers.SGD(0.1))
+    reference.fit(x[:64], batch_size=32, epochs=1, shuffle=False, verbose=0)
+    for steps in (1,) if keras.backend.backend() == "torch" else (1, 2):
+        model = Distiller(classifier(16, 12, "teacher", seed=1), classifier(16, 12, "student", seed=2), angle_weight=0.0)
+        model.compile(keras.optimizers.SGD(0.1), steps_per_execution=steps)
+        key = f"guard/nan_last_batch/steps_per_execution={steps}"
+        out[key] = np.array(_error(lambda: model.fit(x, batch_size=32, epochs=1, shuffle=False, verbose=0).history))
+        out[f"{key}/iterations"] = np.array(int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
+        out[f"{key}/max_difference"] = np.array(max(
+            float(np.max(np.abs(a - b))) for a, b in zip(numpy_weights(model.student), numpy_weights(reference.student))
+        ))
+
+
+def _guards(out):
+    """A frozen student, overflowing BatchNorm statistics, cached teacher tensors of another width."""
+    teacher = classifier(16, 12, "teacher", seed=1)
+    Distiller(teacher, classifier(16, 12, "student", seed=2))  # freezes the teacher
+    out["guard/frozen_clone"] = np.array(_error(lambda: Distiller(teacher, keras.models.clone_model(teacher))))
+
+    images = np.random.default_rng(0).uniform(0, 1, size=(16, 16, 16, 1)).astype("float32") * 1e30
+    student = embedding_model("small_cnn", 4, input_shape=(16, 16, 1), width=2, name="student")
+    model = Distiller(embedding_model("small_cnn", 8, input_shape=(16, 16, 1), width=2, name="teacher"), student)
+    model.compile("sgd")
+    out["guard/overflow"] = np.array(_error(lambda: model.fit(images, batch_size=8, epochs=1, verbose=0).history))
+    out["guard/overflow/first_batchnorm"] = np.array(
+        next(layer.name for layer in student.layers if isinstance(layer, keras.layers.BatchNormalization))
+    )
+    out["guard/overflow/non_finite_after"] = np.array(" ".join(
+        v.path for v in student.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))
+    ))
+
+    terms = [Term("rkd_distance", teacher_layer="embedding")]
+    cached = Distiller(classifier(32, 16, "teacher", seed=1), classifier(16, 8, "student"),
+                       terms=terms).cache_teacher_embeddings(X[:32])
+    model = Distiller(classifier(16, 12, "teacher", seed=1), classifier(16, 8, "student"), terms=terms)
+    model.compile("sgd")
+    out["guard/cached_width"] = np.array(_error(lambda: model.fit(cached, batch_size=32, epochs=1, verbose=0).history))
+
+
 def _export(out, folder):
     student = classifier(16, 8, "student", seed=2)
     try:
@@ -218,6 +275,8 @@ def run(folder):
     _models_leave_their_input_alone(out)
     _non_finite_teacher(out)
     _non_finite_inputs(out)
+    _refused_steps_leave_the_weights_of_the_last_good_step(out)
+    _guards(out)
     _export(out, folder)
     return out
 

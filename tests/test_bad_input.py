@@ -301,6 +301,8 @@ API_CASES = {
     "fractional P": (lambda: _batches(classes_per_batch=2.5), ValueError, ["classes_per_batch must be an integer >= 1, received 2.5"]),
     "negative seed": (lambda: _batches(seed=-1), ValueError, ["seed must be an integer >= 0, received -1"]),
     "P above the classes": (lambda: _batches(classes_per_batch=6), ValueError, ["pk_batches needs at least classes_per_batch=6 classes, but the dataset has 5"]),
+    "batched dataset for pk_batches": (lambda: data.pk_batches(tf.data.Dataset.from_tensor_slices((ROWS, LABELS)).batch(4), 2, 2), ValueError, ["pk_batches samples single (x, label) examples, but this dataset's labels have shape (None,): it is already batched. Unbatch it first (dataset.unbatch()), or pass the dataset before its .batch()."]),
+    "dict elements for pk_batches": (lambda: data.pk_batches(tf.data.Dataset.from_tensor_slices({"image": ROWS, "label": LABELS}), 2, 2), ValueError, ["pk_batches needs a dataset of (x, label) pairs", "dataset.map(lambda example: (example['image'], example['label']))"]),
     "data_dir of fashion_mnist": (lambda: data.load_dataset("fashion_mnist", "train", data_dir="notes"), ValueError, ["data_dir is read only by cub200, cars196, sop, cifar10, cifar100; fashion_mnist does not read it"]),
     "path of a tfds dataset": (lambda: data.load_dataset("cub200", "train", path="notes"), ValueError, ["path is read only by fashion_mnist; cub200 does not read it"]),
     "image size 0": (lambda: data.load_dataset("fashion_mnist", "train", image_size=0), ValueError, ["image_size must be an integer >= 1, received 0"]),

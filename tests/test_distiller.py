@@ -319,3 +319,101 @@ def test_a_student_with_a_dict_output_trains_on_selected_layers_but_takes_no_tas
     history = distiller.fit(clusters[0], batch_size=64, epochs=2, verbose=0).history
     assert history["rkd_angle"][-1] < history["rkd_angle"][0]
     assert set(distiller.predict(clusters[0][:4], verbose=0)) == {"embedding", "logits"}
+
+
+def test_global_batch_relations_must_be_a_boolean(teacher):
+    """"no" was read as True (a non-empty string)."""
+    for value in ("no", 0, None):
+        with pytest.raises(ValueError) as raised:
+            Distiller(teacher, mlp(16, 8, "student"), global_batch_relations=value)
+        assert str(raised.value) == f"`global_batch_relations` must be True or False, received {value!r}."
+    assert teacher.trainable  # refused before anything was frozen
+    assert Distiller(teacher, mlp(16, 8, "student"), global_batch_relations=False).global_batch_relations is False
+
+
+FROZEN_STUDENT = (
+    "The student 'teacher' has no trainable weights: its layers are frozen (trainable=False), as in a "
+    "keras.models.clone_model of a teacher that a Distiller froze, so distilling would change nothing. Unfreeze "
+    "them (`for layer in student.layers: layer.trainable = True`), or clone the teacher before distilling it."
+)
+
+
+def test_a_frozen_clone_of_the_teacher_is_refused_as_student_and_trains_once_unfrozen(teacher, clusters):
+    """TensorFlow said `not enough values to unpack (expected 2, got 0)`; JAX trained nothing in silence."""
+    Distiller(teacher, mlp(16, 8, "student"))  # freezes the teacher
+    clone = keras.models.clone_model(teacher)
+    with pytest.raises(ValueError) as raised:
+        Distiller(teacher, clone)
+    assert str(raised.value) == FROZEN_STUDENT
+    clone.trainable = True
+    with pytest.raises(ValueError, match="its layers are frozen"):  # Keras left the clone's layers frozen
+        Distiller(teacher, clone)
+    for layer in clone.layers:  # the fix the message names
+        layer.trainable = True
+    distiller = Distiller(teacher, clone)
+    before = [w.copy() for w in clone.get_weights()]
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    distiller.fit(clusters[0], batch_size=64, epochs=1, verbose=0)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(before, clone.get_weights())) > 1e-3
+
+
+def test_a_student_frozen_after_the_distiller_is_refused_at_compile(teacher):
+    student = mlp(16, 8, "student")
+    distiller = Distiller(teacher, student)
+    student.trainable = False
+    with pytest.raises(ValueError) as raised:
+        distiller.compile("adam")
+    assert str(raised.value) == (
+        "The student 'student' has no trainable weights: student.trainable is False, so distilling would change "
+        "nothing. Set `student.trainable = True`."
+    )
+
+
+def test_overflowing_batchnorm_statistics_stop_the_step_naming_the_layer():
+    """Images ×1e30 (finite) overflowed the student's BatchNorm variance; the logged loss stayed finite."""
+    from rkd_keras import embedding_model
+
+    images = np.random.default_rng(0).uniform(0, 1, size=(16, 16, 16, 1)).astype("float32") * 1e30
+    teacher = embedding_model("small_cnn", 8, input_shape=(16, 16, 1), width=2, name="teacher")
+    student = embedding_model("small_cnn", 4, input_shape=(16, 16, 1), width=2, name="student")
+    first = next(layer for layer in student.layers if isinstance(layer, keras.layers.BatchNormalization))
+    before = [w.numpy().copy() for w in student.trainable_weights]
+    distiller = Distiller(teacher, student)
+    distiller.compile("sgd", jit_compile=False)  # checked in the graph; XLA drops such runtime checks
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        distiller.fit(images, batch_size=8, epochs=1, verbose=0)
+    assert (
+        f"The student's BatchNorm statistic 'moving_variance' of layer '{first.name}' became NaN/Inf in this step, "
+        "whose inputs are finite, so the weights were not updated: the activations reaching that layer overflow "
+        "float32 (scale or normalize the inputs, e.g. to [0, 1])"
+    ) in str(raised.value)
+    for old, new in zip(before, student.trainable_weights):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_a_non_finite_loss_of_finite_tensors_stops_the_step(teacher, clusters):
+    student = mlp(16, 8, "student")
+    before = student.get_weights()
+    distiller = Distiller(teacher, student, terms=[Term(lambda t, s: keras.ops.log(-keras.ops.mean(s ** 2)), name="log")])
+    distiller.compile("sgd", jit_compile=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=(
+        "The loss is NaN/Inf for this batch, whose inputs, teacher tensors and student BatchNorm statistics are "
+        "finite, so the step was not applied"
+    )):
+        distiller.fit(clusters[0][:64], batch_size=64, epochs=1, verbose=0)
+    for a, b in zip(before[:2] + before[-2:], student.get_weights()[:2] + student.get_weights()[-2:]):
+        np.testing.assert_array_equal(a, b)  # the Dense kernels and biases (BatchNorm's statistics moved)
+
+
+def test_cached_teacher_tensors_of_another_width_are_refused(teacher, clusters):
+    """Tensors cached from a 32-d teacher fed to a Distiller of a 16-d one trained on them without a word."""
+    cached = Distiller(teacher, mlp(16, 8, "student")).cache_teacher_embeddings(clusters[0][:64])
+    other = Distiller(mlp(32, 16, "other_teacher"), mlp(16, 8, "student"))
+    other.compile("adam")
+    with pytest.raises(ValueError) as raised:
+        other.fit(cached, batch_size=64, epochs=1, verbose=0)
+    assert str(raised.value) == (
+        "The cached teacher tensors of the teacher's output have width 32, but the teacher's output has width 16: "
+        "they were cached from another teacher or layer. Cache them again with this Distiller's "
+        "cache_teacher_embeddings."
+    )

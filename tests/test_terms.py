@@ -472,3 +472,65 @@ def test_a_term_of_a_plain_function_cannot_be_saved_and_nothing_is_written(teach
     with pytest.raises(ValueError, match="Term 'mean_gap' holds a plain function, which a saved model cannot store"):
         distiller.save(tmp_path / "distiller.keras")
     assert not (tmp_path / "distiller.keras").exists()
+
+
+@pytest.mark.parametrize("name, layer", [("fitnet", "stage3"), ("hinton_kd", None), ("rkd_angle", "pool")])
+def test_a_library_loss_function_is_the_same_term_as_its_name(teacher, name, layer):
+    """`Term(rkd_keras.losses.fitnet)` dropped FitNet's regressor, and KD and FitNet were labelled relational."""
+    function = getattr(losses, name)
+    by_function, by_name = Term(function, 0.5, layer, layer), Term(name, 0.5, layer, layer)
+    assert by_function.get_config() == by_name.get_config()
+    assert by_function.relational == by_name.relational == (name in RELATIONAL)
+    assert by_function.uses_regressor == (name == "fitnet")
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[by_function])
+    assert len(distiller.regressors) == (1 if name == "fitnet" else 0)
+
+
+def nested_teacher():
+    """A keras.applications backbone called as one layer, a pooled embedding on top (weights=None, 32×32)."""
+    backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inputs))
+    return keras.Model(inputs, keras.layers.Dense(16, name="embedding")(pooled), name="teacher"), backbone
+
+
+def small_rgb_student():
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.Conv2D(4, 3, strides=4, name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    return keras.Model(inputs, keras.layers.Dense(8, name="embedding")(pooled), name="student")
+
+
+def test_a_term_reads_the_output_of_a_nested_keras_applications_backbone(rng):
+    """Keras gives a nested model's own graph's tensor as its `output`: the extractor failed "not connected"."""
+    teacher, backbone = nested_teacher()
+    distiller = Distiller(teacher, small_rgb_student(),
+                          terms=[Term("rkd_angle", teacher_layer=backbone.name, student_layer="conv"), Term("rkd_distance")])
+    x = rng.uniform(size=(8, 32, 32, 3)).astype("float32")
+    read = distiller._teacher_extractor(x, training=False)
+    np.testing.assert_allclose(read[backbone.name], backbone(x, training=False), atol=1e-6)  # one graph: same kernels
+    np.testing.assert_allclose(read["embedding"], teacher(x, training=False), atol=1e-6)
+    distiller.compile("adam")
+    logs = distiller.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["rkd_angle"], float(rkd_angle(backbone(x, training=False), layer_output(
+        distiller.student, "conv", x))), rtol=1e-5)
+
+
+def test_a_layer_inside_a_nested_backbone_is_refused_early_with_the_fix():
+    teacher, backbone = nested_teacher()
+    with pytest.raises(ValueError) as raised:
+        Distiller(teacher, small_rgb_student(), terms=[Term("rkd_angle", teacher_layer="block_13_expand_relu")])
+    assert str(raised.value) == (
+        f"Term 'rkd_angle' reads teacher layer 'block_13_expand_relu', which is inside the teacher's layer "
+        f"{backbone.name!r}, a nested model (e.g. a keras.applications backbone called on the inputs); a term reads "
+        f"the teacher's own layers. Read the nested model's output (teacher_layer={backbone.name!r}), or build the "
+        "teacher flat: create the backbone on your input, e.g. keras.applications.MobileNetV2(..., "
+        "input_tensor=inputs), and add the head on its .output, so that its layers are the model's own."
+    )
+    assert teacher.trainable  # refused before anything was frozen
+    # The fix the message names: the backbone's layers are then the teacher's own.
+    inputs = keras.Input((32, 32, 3))
+    flat = keras.applications.MobileNetV2(include_top=False, weights=None, input_tensor=inputs, alpha=0.35)
+    flat = keras.Model(inputs, keras.layers.Dense(16)(keras.layers.GlobalAveragePooling2D()(flat.output)))
+    distiller = Distiller(flat, small_rgb_student(), terms=[Term("rkd_angle", teacher_layer="block_13_expand_relu")])
+    assert distiller._teacher_extractor.specs["block_13_expand_relu"].shape == (None, 2, 2, 192)
