@@ -3,12 +3,14 @@
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import listing
+import rkd_keras
 from rkd_keras import data, image_folders
 from rkd_keras.cli import main
 from rkd_keras.cli.config import ConfigError, resolve_config
@@ -242,3 +244,17 @@ def test_a_bad_folder_is_refused_in_one_line_naming_the_file_and_nothing_is_writ
     for word in words:
         assert word in err, err
     assert sorted(os.listdir(tmp_path)) == before and not os.listdir(tmp_path / "runs")
+
+
+def test_the_readmes_own_images_example_runs_as_written(tmp_path, monkeypatch):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Your own images") :]
+    code = section[section.index("```python\n") + len("```python\n") : section.index("\n```", section.index("```python"))]
+    write_folder(tmp_path / "my_images", per_class=3)
+    monkeypatch.chdir(tmp_path)
+    namespace = {"rkd_keras": rkd_keras}
+    exec(code, namespace)
+    train, test = namespace["train"], namespace["test"]
+    assert train.class_names == SORTED and train.element_spec[0].shape == (224, 224, 3)
+    labels = np.concatenate([batch_labels for _, batch_labels in test.as_numpy_iterator()])
+    assert sorted(set(labels.tolist())) == [5, 6, 7, 8, 9] and len(labels) == 15
