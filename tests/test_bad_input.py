@@ -302,11 +302,11 @@ API_CASES = {
     "negative seed": (lambda: _batches(seed=-1), ValueError, ["seed must be an integer >= 0, received -1"]),
     "P above the classes": (lambda: _batches(classes_per_batch=6), ValueError, ["pk_batches needs at least classes_per_batch=6 classes, but the dataset has 5"]),
     "data_dir of fashion_mnist": (lambda: data.load_dataset("fashion_mnist", "train", data_dir="notes"), ValueError, ["data_dir is read only by cub200, cars196, sop, cifar10, cifar100; fashion_mnist does not read it"]),
-    "path of a tfds dataset": (lambda: data.load_dataset("cub200", "train", path="notes"), ValueError, ["path is read only by fashion_mnist; cub200 does not read it"]),
+    "path of a tfds dataset": (lambda: data.load_dataset("cub200", "train", path="notes"), ValueError, ["path is read only by fashion_mnist, folder; cub200 does not read it"]),
     "image size 0": (lambda: data.load_dataset("fashion_mnist", "train", image_size=0), ValueError, ["image_size must be an integer >= 1, received 0"]),
     "no classes": (lambda: data.load_dataset("fashion_mnist", "train", classes=[]), ValueError, ["classes must hold at least one label"]),
     "resize below crop": (lambda: data.load_dataset("fashion_mnist", "test", image_size=28, resize_size=20), ValueError, ["resize_size must be an integer >= 28, received 20"]),
-    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100; received 'imagenet'"]),
+    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100, folder; received 'imagenet'"]),
     # Models.
     "images too small for resnet50": (lambda: embedding_model("resnet50", 8, input_shape=(16, 16, 3)), ValueError, ["resnet50 needs images of at least 32×32 pixels"]),
     "missing weights file": (lambda: embedding_model("small_cnn", 8, input_shape=(8, 8, 1), weights="missing.weights.h5"), FileNotFoundError, ["weights file missing.weights.h5 does not exist"]),

@@ -345,8 +345,8 @@ def _check_two_images(config):
     if single:
         raise ConfigError(
             f"image folder {config.dataset_path}: the training class {single[0]} has 1 image, and P×K batches need at "
-            f"least 2 of each class (samples_per_class {config.samples_per_class}: an anchor and a positive); add "
-            "images, or choose other --train-classes."
+            f"least 2 of each class (samples_per_class {config.samples_per_class}; one image would fill them with copies "
+            "of itself); add images, or choose other --train-classes."
         )
 
 
