@@ -7,7 +7,7 @@ images are the same pixels; what differs is their order (a folder's images are l
 order, the named dataset's in file order), so the validation images, the `max_train_items` and `max_eval_items`
 subsets and the P×K batches differ: the two columns differ by data-order noise, which the other seeds measure.
 
-    PYTHONPATH=. python benchmarks/folder_vs_named.py [--seeds 0 1] [--quick] [--work DIR]
+    PYTHONPATH=. python benchmarks/folder_vs_named.py [--seeds 0 1] [--quick] [--sources folder] [--work DIR]
 
 Prints one table: test Recall@K of each model on each source, per seed.
 """
@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--quick", action="store_true", help="the demo's quick settings (a check, not a measurement)")
+    parser.add_argument("--sources", nargs="+", choices=("fashion_mnist", "folder"), default=["fashion_mnist", "folder"])
     parser.add_argument("--work", help="folder for the images and runs (default: a temporary one)")
     args = parser.parse_args()
 
@@ -53,7 +54,8 @@ def main() -> None:
     sources = {"fashion_mnist": [], "folder": ["--dataset", "folder", "--dataset-path", str(images)]}
     rows = []
     for seed in args.seeds:
-        for source, flags in sources.items():
+        for source in args.sources:
+            flags = sources[source]
             common = [*flags, *settings, "--seed", str(seed), "--runs-dir", str(work / "runs"), "--quiet"]
             teacher = f"{source}-seed{seed}-teacher"
             student = f"{source}-seed{seed}-rkd_da"

@@ -200,7 +200,8 @@ def load_dataset(
         folder = _image_folder(path)
         files, labels = image_folders.split(folder, source_split, task=task, classes=classes)
         # Paths, not images: the hold-out below and the decoding after it read only the split's files.
-        dataset = tf.data.Dataset.from_tensor_slices(([str(Path(folder.root, file)) for file in files], np.array(labels, np.int64)))
+        paths = tf.constant([str(Path(folder.root, file)) for file in files], tf.string)
+        dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int64)))
     elif name == "fashion_mnist":
         parts = _fashion_mnist(path)
         if task == "classification":
