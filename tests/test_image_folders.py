@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import listing
+import readme_examples
 import rkd_keras
+from conftest import listing
 from rkd_keras import data, image_folders
 from rkd_keras.cli import main
 from rkd_keras.cli.config import ConfigError, resolve_config
@@ -247,9 +248,8 @@ def test_a_bad_folder_is_refused_in_one_line_naming_the_file_and_nothing_is_writ
 
 
 def test_the_readmes_own_images_example_runs_as_written(tmp_path, monkeypatch):
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Your own images") :]
-    code = section[section.index("```python\n") + len("```python\n") : section.index("\n```", section.index("```python"))]
+    blocks = readme_examples.python_blocks((Path(__file__).parents[1] / "README.md").read_text())
+    code = readme_examples.example_code(blocks, next(e for e in readme_examples.EXAMPLES if e["story"] == "folder"))
     write_folder(tmp_path / "my_images", per_class=3)
     monkeypatch.chdir(tmp_path)
     namespace = {"rkd_keras": rkd_keras}
