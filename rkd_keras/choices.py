@@ -21,7 +21,8 @@ DATASET_CLASSES = {
 }
 # dataset → its classes, for classification: every class in train and test.
 CLASSIFICATION_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
-DATASETS = ("cub200", "cars196", "sop", "fashion_mnist", "cifar10", "cifar100")
+# "folder": your own images, one subfolder per class (`rkd_keras.image_folders`); its classes are the folder's.
+DATASETS = ("cub200", "cars196", "sop", "fashion_mnist", "cifar10", "cifar100", "folder")
 # The tasks each dataset serves: the paper's metric-learning datasets have too
 # few images per class to classify; CIFAR's classes are few and its own split
 # is by image.
@@ -29,6 +30,7 @@ DATASET_TASKS = {
     name: tuple(task for task, table in (("metric", DATASET_CLASSES), ("classification", CLASSIFICATION_CLASSES)) if name in table)
     for name in DATASETS
 }
+DATASET_TASKS["folder"] = TASKS
 # The loader arguments only some datasets read (`load_dataset`'s keywords, the CLI's settings of the same
 # names): given to another dataset they would be ignored in silence (a folder of images as --data-dir trained
 # on Fashion-MNIST), so they are refused. A dataset that reads one of them adds itself to its row.
@@ -36,13 +38,13 @@ TFDS_DATASETS = ("cub200", "cars196", "sop", "cifar10", "cifar100")
 DATASET_ARGUMENTS = {
     "data_dir": TFDS_DATASETS,
     "manual_dir": TFDS_DATASETS,
-    "path": ("fashion_mnist",),
+    "path": ("fashion_mnist", "folder"),
 }
 
 # Metric learning with other training classes (`classes=`, CLI `train_classes`)
 # needs a dataset whose test classes can be "the others": not SOP, whose two
 # splits are separate sets of products.
-CLASS_SPLIT_DATASETS = ("cub200", "cars196", "fashion_mnist")
+CLASS_SPLIT_DATASETS = ("cub200", "cars196", "fashion_mnist", "folder")
 
 # backbone → smallest image side it takes. small_cnn pools twice (4 → 1);
 # the ImageNet-style backbones downsample by 32, and keras.applications

@@ -11,18 +11,24 @@ labels that keep their dataset identity.
 - Classification (`task="classification"`): every class in train and test,
   the dataset's own split by image: CIFAR-10, CIFAR-100, Fashion-MNIST
   (60,000 training images, the 10,000 of its t10k files for test).
+- Your own images (`"folder"`, `path=` a folder of one subfolder per class,
+  `rkd_keras.image_folders`): both tasks; for metric learning the first half
+  of the sorted classes train, for classification a fixed fifth of each
+  class's images is held out for test.
 
 `choices.DATASET_TASKS` says which tasks each dataset serves.
 """
 
 import functools
 import gzip
+import re
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from rkd_keras import image_folders
 from rkd_keras.checks import check_choice, check_dataset_arguments, check_int, check_number, check_task
 from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES, DATASET_TASKS, DATASETS, TASKS  # noqa: F401 (data.DATASETS & co. stay public)
 
@@ -51,8 +57,8 @@ def _default_classes(name, split):
     return range(train, train + test) if split == "test" else range(train)
 
 
-def num_classes(name: str, split: str, classes=None, *, task: str = "metric") -> int:
-    """Number of classes in `load_dataset(name, split, classes=classes, task=task)`.
+def num_classes(name: str, split: str, classes=None, *, task: str = "metric", path: str | None = None) -> int:
+    """Number of classes in `load_dataset(name, split, classes=classes, task=task, path=path)`.
 
     The `"validation"` split holds images of the training classes.
 
@@ -64,6 +70,8 @@ def num_classes(name: str, split: str, classes=None, *, task: str = "metric") ->
     """
     check_task(name, task)
     check_choice("split", split, SPLITS)
+    if name == "folder":
+        return len(set(image_folders.split(_image_folder(path), split, task=task, classes=classes)[1]))
     if classes is not None:
         return len(set(_check_classes(classes, name)))
     if task == "classification":
@@ -110,15 +118,18 @@ def load_dataset(
     the dataset's own training images for train and validation and its test
     images for test. `choices.DATASET_TASKS` lists the tasks of each dataset:
     `cub200`, `cars196` and `sop` serve metric learning, `cifar10` and
-    `cifar100` classification, `fashion_mnist` both.
+    `cifar100` classification, `fashion_mnist` and `folder` (your own images,
+    `path=` a folder with one subfolder of images per class; see
+    `rkd_keras.image_folders`) both.
 
     Images are resized to `resize_size` (shorter side for nothing: the paper
     resizes to a square 256×256), then cropped to `image_size`: a random crop
-    and horizontal flip when `augment`, a centre crop otherwise.
+    and horizontal flip when `augment`, a centre crop otherwise. Images of a
+    folder may differ in size: each is resized so.
 
     Args:
         name: One of `"cub200"`, `"cars196"`, `"sop"`, `"fashion_mnist"`,
-            `"cifar10"`, `"cifar100"`.
+            `"cifar10"`, `"cifar100"`, `"folder"` (with `path`).
         split: `"train"`, `"validation"` (held-out training images, see
             `validation_fraction`) or `"test"`. For metric learning, train and
             validation hold the training classes, test the unseen classes.
@@ -132,13 +143,20 @@ def load_dataset(
         channels: 3 for ImageNet backbones (grey images are repeated), or 1.
         classes: Labels to keep. Metric learning: instead of the paper's class
             split (for Fashion-MNIST the default is 0–4 for train and 5–9 for
-            test). Classification: default all.
+            test; for a folder the first half of its sorted classes, rounded
+            up, for train and the others for test). Classification: default
+            all. A folder's classes may be given by name.
         data_dir: tensorflow-datasets data directory.
         manual_dir: Folder holding the dataset's original archive, used by
             tensorflow-datasets instead of downloading (with `download=True`).
         download: Prepare the dataset with tensorflow-datasets if it is not
             prepared yet. Off by default: nothing is fetched unless asked.
-        path: Fashion-MNIST only: folder of the `*-ubyte.gz` files.
+        path: `"folder"`: the folder holding one subfolder of images per
+            class (PNG, JPEG, BMP or GIF; other and hidden files are skipped
+            with one warning). Each image of the split is decoded once when
+            it is loaded, so that a corrupt, truncated or unreadable file is
+            named (relative to `path`) before anything trains.
+            Fashion-MNIST: folder of the `*-ubyte.gz` files.
         validation_fraction: Share of the training images held out as the
             `"validation"` split and removed from `"train"`,
             deterministically: of the first n images, exactly
@@ -148,7 +166,9 @@ def load_dataset(
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, image float32
-        `(image_size, image_size, channels)` in [0, 255], label int64.
+        `(image_size, image_size, channels)` in [0, 255], label int64. For a
+        folder, its `class_names` attribute holds the sorted class names
+        that the labels index.
 
     Raises:
         DatasetNotAvailableError: the data is not on this machine.
@@ -172,10 +192,17 @@ def load_dataset(
     if resize_size is not None:
         check_int("resize_size", resize_size, low=image_size)
     check_choice("channels", channels, (1, 3))
-    if classes is not None:
+    if classes is not None and name != "folder":
         classes = _check_classes(classes, name)
     source_split = "test" if split == "test" else "train"
-    if name == "fashion_mnist":
+    folder = None
+    if name == "folder":
+        folder = _image_folder(path)
+        files, labels = image_folders.split(folder, source_split, task=task, classes=classes)
+        # Paths, not images: the hold-out below and the decoding after it read only the split's files.
+        paths = tf.constant([str(Path(folder.root, file)) for file in files], tf.string)
+        dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int64)))
+    elif name == "fashion_mnist":
         parts = _fashion_mnist(path)
         if task == "classification":
             images, labels = parts[source_split]
@@ -197,15 +224,89 @@ def load_dataset(
             .filter(lambda index, item: tf.equal(held_out(index), validation))
             .map(lambda index, item: item)
         )
+    if folder is not None:
+        dataset = _decoded(dataset, folder, channels)
     resize_size = resize_size or default_resize_size(image_size, task)
     augment = split == "train" if augment is None else augment
-    return dataset.map(
+    dataset = dataset.map(
         lambda image, label: (
             preprocess_image(image, image_size=image_size, resize_size=resize_size, augment=augment, channels=channels),
             label,
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+    if folder is not None:
+        dataset.class_names = list(folder.class_names)
+    return dataset
+
+
+def _image_folder(path):
+    if path is None:
+        raise ValueError("the dataset folder needs path= the folder that holds one subfolder of images per class.")
+    return image_folders.scan(path)
+
+
+def _decode(file, channels):
+    """The image in `file` (a string tensor) as uint8 `(height, width, channels)`; a GIF's first frame.
+
+    PNG and JPEG are decoded to `channels` directly, so a grey PNG read as
+    grey keeps its exact values; BMP and GIF decode to colour only, and are
+    converted.
+    """
+    contents = tf.io.read_file(file)
+    magic = tf.strings.substr(contents, 0, 3)
+    colour_only = tf.logical_or(tf.equal(tf.strings.substr(magic, 0, 2), "BM"), tf.equal(magic, "GIF"))
+
+    def as_colour():
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        return tf.image.rgb_to_grayscale(image) if channels == 1 else image
+
+    image = tf.cond(
+        colour_only, as_colour, lambda: tf.io.decode_image(contents, channels=channels, expand_animations=False)
+    )
+    image.set_shape((None, None, channels))
+    return image
+
+
+def _decoded(dataset, folder, channels):
+    """`dataset` of `(path, label)` as `(image, label)`, once every one of its images is known to decode."""
+    paths = tuple(path.decode() for path in dataset.map(lambda path, label: path).as_numpy_iterator())
+    _check_images(folder.root, paths, channels)
+    return dataset.map(lambda path, label: (_decode(path, channels), label), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@functools.lru_cache(maxsize=16)
+def _check_images(root, paths, channels):
+    """Decodes every image once (in parallel, then dropped); refuses the first that fails, named relative to `root`.
+
+    A run reads its splits more than once (checks, training, evaluation): each set of images is checked once.
+    """
+    if not paths:
+        return
+    shapes = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+        lambda path: tf.shape(_decode(path, channels)), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    try:
+        for _ in shapes.batch(1024).as_numpy_iterator():
+            pass
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError, tf.errors.UnknownError):
+        for path in paths:  # tf.data does not say which file failed: find it
+            name = Path(path).relative_to(root).as_posix()
+            try:
+                with open(path, "rb") as file:
+                    file.read(1)
+            except OSError as error:
+                raise PermissionError(f"image folder {root}: {name} cannot be read ({error.strerror or error}).") from None
+            try:
+                _decode(tf.constant(path), channels)
+            except tf.errors.OpError as error:
+                # TensorFlow's message, without its op frames: "Invalid PNG data, size 944".
+                reason = " ".join(re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\bname:\s*$", "", error.message).split())
+                raise ValueError(
+                    f"image folder {root}: {name} is not a readable image ({reason}; corrupt or truncated?); "
+                    "replace or remove it."
+                ) from None
+        raise
 
 
 def _held_out(validation_fraction):

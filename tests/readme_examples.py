@@ -46,6 +46,20 @@ EXAMPLES = [
         "shrink": [("batch_size=128", "batch_size=16")],
     },
     {
+        "anchor": "train = rkd_keras.load_dataset(\"folder\", \"train\", path=\"my_images\"",
+        "backends": ALL,
+        "story": "folder",
+        "setup": (
+            "import os, numpy as np, tensorflow as tf, rkd_keras\n"
+            "for c in range(4):\n"
+            "    os.makedirs(f'my_images/class{c}', exist_ok=True)\n"
+            "    for i in range(3):\n"
+            "        image = np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8)\n"
+            "        open(f'my_images/class{c}/{i}.png', 'wb').write(tf.io.encode_png(image).numpy())\n"
+        ),
+        "shrink": [],
+    },
+    {
         "anchor": "cached = distiller.cache_teacher_embeddings(train)",
         "backends": ALL,
         "story": "api",

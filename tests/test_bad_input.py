@@ -304,11 +304,11 @@ API_CASES = {
     "batched dataset for pk_batches": (lambda: data.pk_batches(tf.data.Dataset.from_tensor_slices((ROWS, LABELS)).batch(4), 2, 2), ValueError, ["pk_batches samples single (x, label) examples, but this dataset's labels have shape (None,): it is already batched. Unbatch it first (dataset.unbatch()), or pass the dataset before its .batch()."]),
     "dict elements for pk_batches": (lambda: data.pk_batches(tf.data.Dataset.from_tensor_slices({"image": ROWS, "label": LABELS}), 2, 2), ValueError, ["pk_batches needs a dataset of (x, label) pairs", "dataset.map(lambda example: (example['image'], example['label']))"]),
     "data_dir of fashion_mnist": (lambda: data.load_dataset("fashion_mnist", "train", data_dir="notes"), ValueError, ["data_dir is read only by cub200, cars196, sop, cifar10, cifar100; fashion_mnist does not read it"]),
-    "path of a tfds dataset": (lambda: data.load_dataset("cub200", "train", path="notes"), ValueError, ["path is read only by fashion_mnist; cub200 does not read it"]),
+    "path of a tfds dataset": (lambda: data.load_dataset("cub200", "train", path="notes"), ValueError, ["path is read only by fashion_mnist, folder; cub200 does not read it"]),
     "image size 0": (lambda: data.load_dataset("fashion_mnist", "train", image_size=0), ValueError, ["image_size must be an integer >= 1, received 0"]),
     "no classes": (lambda: data.load_dataset("fashion_mnist", "train", classes=[]), ValueError, ["classes must hold at least one label"]),
     "resize below crop": (lambda: data.load_dataset("fashion_mnist", "test", image_size=28, resize_size=20), ValueError, ["resize_size must be an integer >= 28, received 20"]),
-    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100; received 'imagenet'"]),
+    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100, folder; received 'imagenet'"]),
     # Models.
     "images too small for resnet50": (lambda: embedding_model("resnet50", 8, input_shape=(16, 16, 3)), ValueError, ["resnet50 needs images of at least 32×32 pixels"]),
     "missing weights file": (lambda: embedding_model("small_cnn", 8, input_shape=(8, 8, 1), weights="missing.weights.h5"), FileNotFoundError, ["weights file missing.weights.h5 does not exist"]),

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from rkd_keras import presets
+from rkd_keras import image_folders, presets
 from rkd_keras.checks import check_choice, check_dataset_arguments, check_int, check_number, check_task, repeated
 from rkd_keras.choices import (
     BACKBONE_MIN_IMAGE_SIZE,
@@ -27,6 +27,11 @@ from rkd_keras.choices import (
 
 class ConfigError(ValueError):
     """A flag, config-file value or setting is unknown, of the wrong type, or out of range."""
+
+
+def class_label(text: str):
+    """A class on the command line: a label (an integer) or, for an image folder, a class name."""
+    return int(text) if text.isdigit() else text
 
 
 def _setting(default, help, **rule):
@@ -51,7 +56,8 @@ class RunConfig:
     task: str = _setting("metric", "metric (Recall@K on unseen classes) or classification (accuracy)", choices=TASKS, flag=False)
     dataset: str = _setting(_DEMO["dataset"], "dataset (metric learning: split into disjoint training and test classes)", choices=DATASETS)
     train_classes: list | None = _setting(
-        None, "metric learning: the labels that train, the others test (none: the paper's split)", metavar="CLASS"
+        None, "metric learning: the labels (a folder's: or class names) that train, the others test (none: the paper's split)",
+        metavar="CLASS", item=class_label,
     )
     image_size: int = _setting(_DEMO["image_size"], "side of the square input images", low=1)
     resize_size: int | None = _setting(
@@ -97,6 +103,9 @@ class RunConfig:
     jit_compile: bool = _setting(False, "compile training steps with XLA")
     # Distillation without augmentation runs the teacher once, not every epoch.
     cache_teacher: bool = _setting(True, "distill: compute the teacher's embeddings once")
+    dataset_path: str | None = _setting(
+        None, "dataset folder: the folder of one subfolder of images per class; fashion_mnist: the folder of its *-ubyte.gz files"
+    )
     data_dir: str | None = _setting(None, "tensorflow-datasets data folder")
     manual_dir: str | None = _setting(None, "folder holding a dataset's original archive (offline)")
     download: bool = _setting(False, "let tensorflow-datasets and Keras download data and ImageNet weights")
@@ -114,8 +123,15 @@ class RunConfig:
             check_task(self.dataset, self.task)
         except ValueError as error:
             raise ValueError(f"dataset {error}") from None
-        given = [name for name in ("data_dir", "manual_dir") if getattr(self, name) is not None]
-        check_dataset_arguments(self.dataset, given, spell=lambda name: "--" + name.replace("_", "-"))
+        given = {"data_dir": self.data_dir, "manual_dir": self.manual_dir, "path": self.dataset_path}
+        check_dataset_arguments(
+            self.dataset, [name for name, value in given.items() if value is not None],
+            spell=lambda name: "--" + {"path": "dataset_path"}.get(name, name).replace("_", "-"),
+        )
+        if self.dataset == "folder":
+            if self.dataset_path is None:
+                raise ValueError("dataset folder needs --dataset-path DIR, the folder that holds one subfolder of images per class.")
+            self.image_folder()  # a missing or empty folder, or an empty class, is refused now
         if self.train_classes is not None:
             self._check_train_classes()
         if self.terms and (self.distance_weight or self.angle_weight):
@@ -139,12 +155,20 @@ class RunConfig:
                 "train_classes chooses the training and the unseen classes of metric learning; classification "
                 f"trains and tests on every class of {self.dataset}. Leave train_classes out."
             )
+        names = [label for label in self.train_classes if isinstance(label, str)]
+        if self.dataset == "folder":
+            # Names become labels: config.json keeps the labels, and a resumed run compares them.
+            self.train_classes = self.image_folder().labels_of(self.train_classes, "train_classes")
+            if repeated(self.train_classes):
+                raise ValueError(f"train_classes names the labels {repeated(self.train_classes)} more than once; give each class once.")
+        elif names:
+            raise ValueError(f"train_classes {names} are class names, which only an image folder has; give {self.dataset}'s labels.")
         if self.dataset not in CLASS_SPLIT_DATASETS:
             raise ValueError(
                 f"train_classes needs a dataset whose other classes can be the test classes ({', '.join(CLASS_SPLIT_DATASETS)}); "
                 f"{self.dataset}'s own splits are separate sets of classes."
             )
-        total = sum(DATASET_CLASSES[self.dataset])
+        total = self.total_classes()
         unknown = [label for label in self.train_classes if label >= total]
         if unknown:
             raise ValueError(f"train_classes {unknown} are not classes of {self.dataset}, whose labels are 0–{total - 1}.")
@@ -154,17 +178,35 @@ class RunConfig:
                 f"{self.dataset}'s {total}; received {len(self.train_classes)} training classes."
             )
 
+    def image_folder(self) -> image_folders.ImageFolder:
+        """The scanned image folder of `dataset: folder`."""
+        return image_folders.scan(self.dataset_path)
+
+    def total_classes(self) -> int:
+        """Classes of the dataset, training and test together."""
+        if self.dataset == "folder":
+            return len(self.image_folder().class_names)
+        if self.task == "classification":
+            return CLASSIFICATION_CLASSES[self.dataset]
+        return sum(DATASET_CLASSES[self.dataset])
+
+    def default_train_classes(self) -> list:
+        """Metric learning's training labels when train_classes is not given."""
+        if self.dataset == "folder":
+            return self.image_folder().default_train_classes()
+        return list(range(DATASET_CLASSES[self.dataset][0]))
+
     def training_classes(self) -> int:
         """Classes in the training split: what P×K batches draw from."""
         if self.task == "classification":
-            return CLASSIFICATION_CLASSES[self.dataset]
-        return len(self.train_classes) if self.train_classes is not None else DATASET_CLASSES[self.dataset][0]
+            return self.total_classes()
+        return len(self.train_classes if self.train_classes is not None else self.default_train_classes())
 
     def test_classes(self) -> list | None:
         """The labels of the test split when train_classes chooses them (the others), else None (the default split)."""
         if self.train_classes is None:
             return None
-        return [label for label in range(sum(DATASET_CLASSES[self.dataset])) if label not in self.train_classes]
+        return [label for label in range(self.total_classes()) if label not in self.train_classes]
 
 
 def field_kind(field) -> tuple:
@@ -177,7 +219,7 @@ def _checked(field, value):
     """`value` checked against the field's type and range; ints pass as floats, and so do
     strings that read as numbers (PyYAML reads `1e-3` as a string)."""
     kind, optional = field_kind(field)
-    name, rule = field.name, {k: v for k, v in field.metadata.items() if k not in ("help", "flag", "metavar")}
+    name, rule = field.name, {k: v for k, v in field.metadata.items() if k not in ("help", "flag", "metavar", "item")}
     if value is None and optional:
         return None
     if "choices" in rule:
@@ -220,7 +262,7 @@ def _checked_decay_epochs(name, value):
 def _checked_classes(name, value):
     if not isinstance(value, list):
         raise ValueError(f"{name} must be a list of class labels, received {value!r}.")
-    labels = [check_int(f"each of {name}", label, low=0) for label in value]
+    labels = [label if isinstance(label, str) else check_int(f"each of {name}", label, low=0) for label in value]
     if repeated(labels):
         raise ValueError(f"{name} lists {repeated(labels)} more than once; give each class once.")
     return labels
@@ -280,11 +322,31 @@ def check_training(config: RunConfig, role: str) -> None:
         raise ConfigError("a batch of one image has no relations to learn: classes_per_batch × samples_per_class must be >= 2.")
     available = config.training_classes()
     if config.classes_per_batch > available:
-        which = "train_classes" if config.train_classes is not None else f"{config.dataset}'s training split"
+        dataset = f"the image folder {config.dataset_path}" if config.dataset == "folder" else config.dataset
+        which = "train_classes" if config.train_classes is not None else f"{dataset}'s training split"
         more = " or give more --train-classes" if config.train_classes is not None else ""
         raise ConfigError(
             f"classes_per_batch must be <= {available}, the classes of {which}, received {config.classes_per_batch}; "
             f"lower --classes-per-batch{more}."
+        )
+    if config.dataset == "folder" and config.samples_per_class >= 2:
+        _check_two_images(config)
+
+
+def _check_two_images(config):
+    """Refuses a training class of one image: its K images of a P×K batch would be that image K times."""
+    folder = config.image_folder()
+    if config.task == "classification":
+        labels = range(len(folder.class_names))
+    else:
+        labels = config.train_classes if config.train_classes is not None else config.default_train_classes()
+    counts = folder.counts()
+    single = [folder.class_names[label] for label in labels if counts[label] < 2]
+    if single:
+        raise ConfigError(
+            f"image folder {config.dataset_path}: the training class {single[0]} has 1 image, and P×K batches need at "
+            f"least 2 of each class (samples_per_class {config.samples_per_class}; one image would fill them with copies "
+            "of itself); add images, or choose other --train-classes."
         )
 
 

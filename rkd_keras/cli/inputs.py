@@ -138,7 +138,8 @@ def _compare(args):
     """Every run of the comparison: `{"configs": {seed: {"teacher": config, method: config, ...}}, ...}`.
 
     Settings: the task's preset (`presets.COMPARE`) ← `--quick` ← `--config`
-    ← `--epochs`, `--train-classes` ← each method's terms and the seed.
+    ← `--epochs`, `--train-classes`, `--dataset`, `--dataset-path` ← each
+    method's terms and the seed.
     """
     recipe = presets.COMPARE[args.task]
     methods = args.methods or list(recipe["methods"])
@@ -163,6 +164,9 @@ def _compare(args):
         settings["epochs"] = args.epochs
     if args.train_classes is not None:
         settings["train_classes"] = args.train_classes
+    for name in ("dataset", "dataset_path"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
     configs = {}
     for seed in args.seeds:
         teacher = resolve_config("teacher", None, args.config, {**settings, "seed": seed}, base={**recipe["teacher"], **quick})

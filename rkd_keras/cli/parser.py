@@ -6,8 +6,8 @@ import json
 
 from rkd_keras import presets
 from rkd_keras.checks import check_int
-from rkd_keras.choices import EXPORT_FORMATS, EXPORT_QUANTIZATIONS, TASKS
-from rkd_keras.cli.config import RunConfig, field_kind
+from rkd_keras.choices import DATASETS, EXPORT_FORMATS, EXPORT_QUANTIZATIONS, TASKS
+from rkd_keras.cli.config import RunConfig, class_label, field_kind
 
 PROG = "rkd-keras"
 TUNERS = ("random", "bayesian", "hyperband")
@@ -53,7 +53,7 @@ def _shown(value):
 # The settings `evaluate` reads: the data. The model comes trained from --model.
 EVALUATE_SETTINGS = (
     "dataset", "train_classes", "image_size", "resize_size", "channels", "validation_fraction", "max_eval_items",
-    "data_dir", "manual_dir", "download",
+    "dataset_path", "data_dir", "manual_dir", "download",
 )
 
 
@@ -105,7 +105,8 @@ def _add_run_flags(parser, role, folder_name=None, reads=None):
             flags.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         elif kind is list:
             metavar = field.metadata.get("metavar", "EPOCH")
-            flags.add_argument(flag, type=int, nargs="*", default=argparse.SUPPRESS, metavar=metavar, help=text)
+            item = field.metadata.get("item", int)
+            flags.add_argument(flag, type=item, nargs="*", default=argparse.SUPPRESS, metavar=metavar, help=text)
         elif "choices" in field.metadata:
             flags.add_argument(
                 flag, type=kind, choices=field.metadata["choices"], default=argparse.SUPPRESS, help=text
@@ -165,8 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--quick", action="store_true", help="every method for a few steps (checks that it all runs)")
     compare.add_argument("--epochs", type=_ranged_int(1), help="epochs of every run (default: the task's preset)")
     compare.add_argument(
-        "--train-classes", nargs="+", type=int, metavar="CLASS",
-        help="metric learning: the labels that train; the others are the unseen test classes (default: 0 1 2 3 4)",
+        "--train-classes", nargs="+", type=class_label, metavar="CLASS",
+        help="metric learning: the labels (a folder's: or class names) that train; the others are the unseen test "
+        "classes (default: 0 1 2 3 4; a folder's: the first half of its sorted classes)",
+    )
+    compare.add_argument("--dataset", choices=DATASETS, help="dataset of every run (default: the task's preset's)")
+    compare.add_argument(
+        "--dataset-path", metavar="DIR",
+        help="--dataset folder: the folder of one subfolder of images per class (fashion_mnist: of its *-ubyte.gz files)",
     )
     compare.add_argument(
         "--config", metavar="FILE", help="JSON or YAML file of run settings for every run (e.g. dataset, image_size)"

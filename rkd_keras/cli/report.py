@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 
-from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES
 
 KS = (1, 2, 4, 8)
 # Result key → (column header, factor shown, unit). Recall, MAP@R and accuracy
@@ -172,15 +171,15 @@ def measured_split(config, items: int) -> tuple:
         `({"train_classes", "test_classes", "test_items"}, sentence)`: for metrics.json, and for table.md.
     """
     if config.task == "classification":
-        classes = list(range(CLASSIFICATION_CLASSES[config.dataset]))
+        classes = list(range(config.total_classes()))
         split = {"train_classes": classes, "test_classes": classes, "test_items": items}
         return split, (
             f"{config.dataset}, all {len(classes)} classes: top-1 accuracy and cross-entropy on {items:,} test images."
         )
-    train, test = DATASET_CLASSES[config.dataset]
+    train = config.train_classes or config.default_train_classes()
     split = {
-        "train_classes": config.train_classes or list(range(train)),
-        "test_classes": config.test_classes() or list(range(train, train + test)),
+        "train_classes": train,
+        "test_classes": [label for label in range(config.total_classes()) if label not in train],
         "test_items": items,
     }
     return split, (

@@ -85,14 +85,24 @@ def check_available(configs) -> None:
     """
     sources, networks = {}, {}
     for config in configs:
-        sources.setdefault((config.dataset, config.task, config.data_dir, config.manual_dir, config.download), config)
+        source = (config.dataset, config.task, config.dataset_path, config.data_dir, config.manual_dir, config.download)
+        sources.setdefault((*source, config.channels, tuple(config.train_classes or ())), config)
         if config.weights is not None:
             architecture = (config.task, config.backbone, config.width, config.embedding_dim, input_shape(config))
             networks.setdefault((*architecture, config.weights, config.download), config)
     for config in sources.values():
         data(config, "test")
+        check_images(config)
     for config in networks.values():
         _network(config)
+
+
+def check_images(config) -> None:
+    """Decodes every image of an image folder's splits once (training, validation, test), so that a corrupt or
+    unreadable file is refused before a run folder is written; nothing for the named datasets."""
+    if config.dataset == "folder":
+        for split in ("train", "validation", "test"):
+            data(config, split)
 
 
 def _optimizer(config):
@@ -107,7 +117,7 @@ def _optimizer(config):
 def data(config, split):
     """The split's images: unbatched stored training images, or batched evaluation images."""
     options = dict(
-        task=config.task, channels=config.channels, data_dir=config.data_dir, manual_dir=config.manual_dir,
+        task=config.task, channels=config.channels, data_dir=config.data_dir, manual_dir=config.manual_dir, path=config.dataset_path,
         download=config.download, validation_fraction=config.validation_fraction,
         classes=config.test_classes() if split == "test" else config.train_classes,
     )
@@ -166,7 +176,8 @@ def _network(config):
     """The model a run trains: an embedding model (metric learning) or a classifier."""
     options = dict(input_shape=input_shape(config), weights=config.weights, width=config.width, download=config.download)
     if config.task == "classification":
-        return classifier_model(config.backbone, num_classes(config.dataset, "train", task="classification"), name="classifier", **options)
+        classes = num_classes(config.dataset, "train", task="classification", path=config.dataset_path)
+        return classifier_model(config.backbone, classes, name="classifier", **options)
     return embedding_model(config.backbone, config.embedding_dim, l2_normalize=config.l2_normalize, name="embedding", **options)
 
 
@@ -247,6 +258,7 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True):
     if folder.status() == "complete":
         return read_json(folder.path / "metrics.json")
     keras.utils.set_random_seed(config.seed)
+    check_images(config)
     if teacher is not None:
         check_fits_data(teacher, config, "teacher")
     model, network = _model(config, teacher)
@@ -291,6 +303,7 @@ def tune(config, folder: RunFolder, teacher, tuner, max_trials, verbose=1):
         return read_json(folder.path / "metrics.json")
     keras.utils.set_random_seed(config.seed)
     check_fits_data(teacher, config, "teacher")
+    check_images(config)
     _network(config)  # refuses unavailable weights before the search starts
     hypermodel = RKDHyperModel(
         teacher,
