@@ -86,7 +86,7 @@ def test_evaluate_help_lists_only_the_flags_it_reads(capsys):
     flags = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
     assert flags == {
         "--help", "--model", "--split", "--output", "--gallery-model", "--preset", "--config", "--dataset", "--train-classes",
-        "--image-size", "--resize-size", "--channels", "--validation-fraction", "--max-eval-items", "--data-dir",
+        "--image-size", "--resize-size", "--channels", "--validation-fraction", "--max-eval-items", "--data-dir", "--dataset-path",
         "--manual-dir", "--download", "--no-download",
     }, flags
     # The data settings, as training has them.
