@@ -24,7 +24,10 @@ HERE = Path(__file__).parent
 BACKENDS = ("jax", "torch")
 TIMEOUT = 300  # seconds for each subprocess (they take 10–40 s on 2 cores)
 
-pytestmark = pytest.mark.xdist_group("backends")  # one worker computes the reference once
+pytestmark = [
+    pytest.mark.xdist_group("backends"),  # one worker computes the reference once
+    pytest.mark.slow,  # a JAX and a PyTorch process per fixture: six minutes on 2 cores
+]
 
 
 def _start(script, backend, *args):

@@ -54,6 +54,7 @@ def test_flat_models_expose_every_stage_pool_and_head_at_the_top_level():
         classifier_model("small_cnn", 1, input_shape=(28, 28, 1))
 
 
+@pytest.mark.slow  # an end-to-end training run: a minute or more on 2 cores; .ci/run runs it after the suite
 def test_the_papers_classification_recipe_distils_a_student_on_real_fashion_mnist():
     """Cross-entropy + HKD on the logits + RKD-DA on the L2-normalised pooled features: a short fit beats the untrained student."""
     keras.utils.set_random_seed(0)

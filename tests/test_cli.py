@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--max-train-items", "600", "--max-eval-items", "200", "--width", "4", "--quiet"]
 
 
+@pytest.mark.slow  # an end-to-end training run: a minute or more on 2 cores; .ci/run runs it after the suite
 def test_demo_quick_writes_the_table_metrics_report_and_export(tmp_path, capsys):
     assert main(["demo", "--quick", "--quiet", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -114,6 +115,7 @@ TINY = ["--image-size", "32", "--weights", "none", "--epochs", "1", "--steps-per
         "--classes-per-batch", "3", "--samples-per-class", "2", "--download", "--quiet"]  # fmt: skip
 
 
+@pytest.mark.slow  # an end-to-end training run: a minute or more on 2 cores; .ci/run runs it after the suite
 def test_cub_preset_trains_distills_and_evaluates_on_mocked_tfds(tmp_path, capsys):
     runs_dir = ["--runs-dir", str(tmp_path)]
     # The recipe's pipeline (augmentation, step decay, weight decay, tfds, class split)
@@ -247,6 +249,7 @@ def test_resume_of_a_run_that_does_not_exist_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # an end-to-end training run: a minute or more on 2 cores; .ci/run runs it after the suite
 def test_tune_searches_the_weights_and_saves_the_best_student(tmp_path, capsys):
     common = ["--max-train-items", "600", "--max-eval-items", "200", "--quiet", "--runs-dir", str(tmp_path)]
     assert main(["train-teacher", "--epochs", "1", "--steps-per-epoch", "2", "--width", "4", *common]) == 0

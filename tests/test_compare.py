@@ -34,6 +34,7 @@ MEASURED = {
 }
 
 
+@pytest.mark.slow  # every method trained on a quick budget: two minutes or more on 2 cores
 @pytest.mark.parametrize("task", ["metric", "classification"])
 def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_retrains_nothing(task, tmp_path, capsys):
     methods = list(presets.COMPARE[task]["methods"])

@@ -4,6 +4,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
 import tensorflow_datasets as tfds
 
 from conftest import mock_cub
@@ -16,6 +17,7 @@ def _run(script, *argv, monkeypatch):
     runpy.run_path(str(script), run_name="__main__")
 
 
+@pytest.mark.slow  # an end-to-end training run: a minute or more on 2 cores; .ci/run runs it after the suite
 def test_distill_fashion_mnist_example_runs(monkeypatch, capsys):
     _run(EXAMPLES / "distill_fashion_mnist.py", "--quick", monkeypatch=monkeypatch)
     table = capsys.readouterr().out.splitlines()[-2:]
@@ -23,6 +25,7 @@ def test_distill_fashion_mnist_example_runs(monkeypatch, capsys):
     assert all(0 <= float(value) <= 100 for line in table for value in line.split()[2:])
 
 
+@pytest.mark.slow  # an end-to-end training run: a minute or more on 2 cores; .ci/run runs it after the suite
 def test_cub200_recipe_example_runs_on_mocked_tfds(monkeypatch, capsys):
     with tfds.testing.mock_data(as_dataset_fn=mock_cub):
         _run(EXAMPLES / "cub200_recipe.py", "--quick", "--no-imagenet", "--download", monkeypatch=monkeypatch)

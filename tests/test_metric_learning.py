@@ -1,10 +1,12 @@
 """The paper's teacher recipe works end to end on real data (Fashion-MNIST)."""
 
 import keras
+import pytest
 
 import rkd_keras
 
 
+@pytest.mark.slow  # an end-to-end training run: a minute or more on 2 cores; .ci/run runs it after the suite
 def test_distance_weighted_triplet_teacher_beats_an_untrained_network_on_unseen_classes():
     train = rkd_keras.load_dataset("fashion_mnist", "train", image_size=28, channels=1, augment=False)
     test = rkd_keras.load_dataset("fashion_mnist", "test", image_size=28, channels=1).shuffle(35_000, seed=1)

@@ -23,7 +23,7 @@ import pytest
 SCRIPT = Path(__file__).parent / "backend_multiprocess.py"
 TIMEOUT = 240  # seconds; each run takes about 25 s on 2 cores
 
-pytestmark = pytest.mark.xdist_group("backends")
+pytestmark = [pytest.mark.xdist_group("backends"), pytest.mark.slow]  # two JAX processes: over a minute
 
 
 def _free_port():

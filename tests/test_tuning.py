@@ -26,6 +26,7 @@ def problem(rng):
     return teacher, train, (x[1::2], labels[1::2])
 
 
+@pytest.mark.slow  # an end-to-end training run: a minute or more on 2 cores; .ci/run runs it after the suite
 def test_random_search_completes_every_trial_and_shares_the_teacher(problem, tmp_path):
     teacher, train, validation = problem
     hypermodel = RKDHyperModel(teacher, lambda: mlp(8, 4, "student"))
