@@ -1,10 +1,11 @@
-"""Runs the README's Python examples on the backend KERAS_BACKEND names; prints one JSON line of results.
+"""Runs the Python examples of the README and of the docs site's pages on the backend KERAS_BACKEND names.
 
-Each example is the README's code as written, with only its sizes shrunk (epochs, batches, trials and
-items, by the replacements below, each of which must match) and, where the README leaves a name to the
-reader (`images`, a saved `teacher.keras`), a setup line that defines it. Examples that share the
-README's story (the ten-line API, the teacher cache, the search, serving) run in one namespace, in the
-README's order. `python tests/readme_examples.py README.md WORKDIR`.
+Prints one JSON line of results. Each example is its page's code as written (the README, or a page of
+docs/, the site that mkdocs.yml builds), with only its sizes shrunk (epochs, batches, trials and items,
+by the replacements below, each of which must match) and, where the page leaves a name to the reader
+(`images`, a saved `teacher.keras`), a setup line that defines it. Examples that share a story (the
+ten-line API, the teacher cache, the search, serving) run in one namespace, in the order below, whichever
+page holds them. `python tests/readme_examples.py REPOSITORY WORKDIR`.
 """
 
 import json
@@ -16,12 +17,14 @@ from pathlib import Path
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 ALL = ("tensorflow", "jax", "torch")
+ROOT = Path(__file__).parents[1]
 
-# Where each example starts (a line of its code), the backends the README says it runs on, the namespace
-# it runs in, the code run before it, and the (old, new) replacements that shrink it.
+# Where each example starts (a line of its code), the page that holds it, the backends the page says it
+# runs on, the namespace it runs in, the code run before it, and the (old, new) replacements that shrink it.
 EXAMPLES = [
     {
         "anchor": "train = rkd_keras.load_dataset(\"fashion_mnist\", \"train\"",
+        "page": "README.md",
         "backends": ALL,
         "story": "api",
         "shrink": [
@@ -32,6 +35,7 @@ EXAMPLES = [
     },
     {
         "anchor": "from rkd_keras import Distiller, Term",
+        "page": "README.md",
         "backends": ALL,
         "story": "terms",
         "setup": (
@@ -47,6 +51,7 @@ EXAMPLES = [
     },
     {
         "anchor": "train = rkd_keras.load_dataset(\"folder\", \"train\", path=\"my_images\"",
+        "page": "docs/index.md",
         "backends": ALL,
         "story": "folder",
         "setup": (
@@ -61,6 +66,7 @@ EXAMPLES = [
     },
     {
         "anchor": "cached = distiller.cache_teacher_embeddings(train)",
+        "page": "docs/terms.md",
         "backends": ALL,
         "story": "api",
         "setup": "import numpy as np\nimages = np.stack([x for x, _ in train.take(32).as_numpy_iterator()])\n",
@@ -68,6 +74,7 @@ EXAMPLES = [
     },
     {
         "anchor": "strategy = tf.distribute.MirroredStrategy()",
+        "page": "docs/scaling.md",
         "backends": ("tensorflow",),
         "story": "api",
         "setup": "import tensorflow as tf\nteacher.save('teacher.keras')\n",
@@ -75,6 +82,7 @@ EXAMPLES = [
     },
     {
         "anchor": "from rkd_keras.tuning import RKDHyperModel, search_loss_weights",
+        "page": "docs/terms.md",
         "backends": ALL,
         "story": "api",
         "shrink": [
@@ -84,15 +92,17 @@ EXAMPLES = [
     },
     {
         "anchor": "rkd_keras.export_student(distiller, \"student_savedmodel\")",
+        "page": "docs/serving.md",
         "backends": ("tensorflow", "jax"),
         "story": "api",
         "setup": "import tensorflow as tf\n",
-        # The README's table: load_student (a TFSMLayer) is TensorFlow's only.
+        # The backends table (docs/scaling.md): load_student (a TFSMLayer) is TensorFlow's only.
         "only_tensorflow": ["layer = rkd_keras.load_student("],
         "shrink": [],
     },
     {
         "anchor": "rkd_keras.export_student(distiller, \"student.onnx\", format=\"onnx\")",
+        "page": "docs/serving.md",
         "backends": ("tensorflow",),
         "story": "api",
         "shrink": [],
@@ -100,18 +110,29 @@ EXAMPLES = [
 ]
 
 
-def python_blocks(readme: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+def pages(root=ROOT) -> list[str]:
+    """The README and every page of the docs site, as paths relative to the repository."""
+    return ["README.md", *sorted(path.relative_to(root).as_posix() for path in (root / "docs").glob("*.md"))]
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def page_blocks(example, root=ROOT) -> list[str]:
+    return python_blocks((Path(root) / example["page"]).read_text())
 
 
 def example_code(blocks, example):
     matches = [block for block in blocks if example["anchor"] in block]
     if len(matches) != 1:
-        raise LookupError(f"{len(matches)} README examples hold {example['anchor']!r}; update tests/readme_examples.py")
+        raise LookupError(
+            f"{len(matches)} examples of {example['page']} hold {example['anchor']!r}; update tests/readme_examples.py"
+        )
     code = matches[0]
     for old, new in example["shrink"]:
         if old not in code:
-            raise LookupError(f"the README example {example['anchor']!r} no longer holds {old!r}")
+            raise LookupError(f"the example {example['anchor']!r} of {example['page']} no longer holds {old!r}")
         code = code.replace(old, new)
     code = re.sub(r"\bepochs=\d+", "epochs=1", code)
     if BACKEND != "tensorflow":
@@ -120,8 +141,8 @@ def example_code(blocks, example):
     return code
 
 
-def main(readme, workdir):
-    blocks = python_blocks(Path(readme).read_text())
+def main(root, workdir):
+    blocks = {example["page"]: page_blocks(example, root) for example in EXAMPLES}
     os.chdir(workdir)
     namespaces, results = {}, {}
     for example in EXAMPLES:
@@ -129,7 +150,7 @@ def main(readme, workdir):
             continue
         namespace = namespaces.setdefault(example["story"], {"__name__": "__readme__"})
         try:
-            code = example_code(blocks, example)
+            code = example_code(blocks[example["page"]], example)
             exec(compile(example.get("setup", "") + code, example["anchor"], "exec"), namespace)
             results[example["anchor"]] = "ok"
         except Exception:  # reported by the test, with the traceback
