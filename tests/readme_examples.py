@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -107,6 +108,112 @@ EXAMPLES = [
         "story": "api",
         "shrink": [],
     },
+    # The docstrings' code examples, which the API reference shows (their `>>>` examples run as doctests).
+    # They run in a folder of their own, on small models whose layers have the names the examples read.
+    {
+        "anchor": "train = load_dataset(\"fashion_mnist\", \"train\", task=\"classification\"",
+        "page": "rkd_keras/data.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "import os, keras, numpy as np, tensorflow as tf, rkd_keras\n"
+            "os.makedirs('docstrings', exist_ok=True)\n"
+            "os.chdir('docstrings')\n"
+            "def classifier(width, name):\n"
+            "    x = inputs = keras.Input((32, 32, 3))\n"
+            "    x = keras.layers.Conv2D(width, 3, strides=4, activation='relu')(x)\n"
+            "    pooled = keras.layers.GlobalAveragePooling2D(name='pool')(x)\n"
+            "    return keras.Model(inputs, keras.layers.Dense(10, name='logits')(pooled), name=name)\n"
+            "teacher, student = classifier(16, 'teacher'), classifier(8, 'student')\n"
+            "images = np.random.default_rng(0).uniform(0, 255, size=(48, 32, 32, 3)).astype('float32')\n"
+            "labels = np.arange(48) % 4\n"
+            "from rkd_keras.data import load_dataset\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "distiller = rkd_keras.Distiller(teacher, student)   # RKD-D + 2 · RKD-A on the outputs",
+        "page": "rkd_keras/distiller.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "shrink": [],
+    },
+    {
+        "anchor": "cached = distiller.cache_teacher_embeddings(train_images)",
+        "page": "rkd_keras/distiller.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "distiller = rkd_keras.Distiller(teacher, student)\n"
+            "distiller.compile(keras.optimizers.Adam(1e-4))\n"
+            "train_images = images\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "terms = build_terms(CLASSIFICATION_RECIPE[\"terms\"])",
+        "page": "rkd_keras/presets.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": "from rkd_keras.presets import CLASSIFICATION_RECIPE, build_terms\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "embeddings, labels = embed(student, test.batch(256))",
+        "page": "rkd_keras/retrieval.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "from rkd_keras.retrieval import embed, recall_at_k\n"
+            "test = tf.data.Dataset.from_tensor_slices((images, labels))\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "recall = RetrievalRecall((test_images, test_labels))",
+        "page": "rkd_keras/retrieval.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "from rkd_keras.retrieval import RetrievalRecall\n"
+            "test_images, test_labels, train = images, np.arange(48) % 4, images\n"
+            "distiller = rkd_keras.Distiller(teacher, student)\n"
+            "distiller.compile(keras.optimizers.Adam(1e-4))\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "hypermodel = RKDHyperModel(teacher, lambda: embedding_model(",
+        "page": "rkd_keras/tuning.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": "from rkd_keras.models import embedding_model\nfrom rkd_keras.tuning import RKDHyperModel\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "teacher.compile(optimizer=\"adam\", loss=TripletLoss(margin=0.2))",
+        "page": "rkd_keras/losses/wrappers.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": "from rkd_keras.losses import TripletLoss\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "export_student(distiller, \"student_savedmodel\")\n",
+        "page": "rkd_keras/export.py",
+        "backends": ("tensorflow",),
+        "story": "docstrings",
+        "setup": "from rkd_keras.export import export_student\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "embed = load_student(\"student_savedmodel\")",
+        "page": "rkd_keras/export.py",
+        "backends": ("tensorflow",),
+        "story": "docstrings",
+        "setup": "from rkd_keras.export import load_student\n",
+        "shrink": [],
+    },
 ]
 
 
@@ -115,8 +222,15 @@ def pages(root=ROOT) -> list[str]:
     return ["README.md", *sorted(path.relative_to(root).as_posix() for path in (root / "docs").glob("*.md"))]
 
 
+def sources(root=ROOT) -> list[str]:
+    """The pages, and the package's modules whose docstrings hold Python code examples (the API reference's)."""
+    modules = sorted(path.relative_to(root).as_posix() for path in (root / "rkd_keras").rglob("*.py"))
+    return [*pages(root), *(module for module in modules if python_blocks((root / module).read_text()))]
+
+
 def python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    # A docstring's block is indented as its docstring; a page's is not, and dedent leaves it as it is.
+    return [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
 
 
 def page_blocks(example, root=ROOT) -> list[str]:

@@ -1,4 +1,4 @@
-"""The Python examples of the README and of the docs site run on each backend their page says they run on.
+"""The Python examples of the README, the docs site and the docstrings run on each backend their page names.
 
 tests/readme_examples.py runs them. Slow (about a minute per backend on 2 idle cores): CI runs them after
 the suite (`pytest -m slow`). The several-machines JAX example (docs/scaling.md) runs in
@@ -22,9 +22,10 @@ ROOT = readme_examples.ROOT
 RUN_ELSEWHERE = {"anchor": "keras.distribution.initialize(", "page": "docs/scaling.md", "shrink": []}
 
 
-def test_every_python_example_of_the_readme_and_the_docs_is_run_or_named_here():
-    blocks = {page: readme_examples.python_blocks((ROOT / page).read_text()) for page in readme_examples.pages()}
+def test_every_python_example_of_the_readme_the_docs_and_the_docstrings_is_run_or_named_here():
+    blocks = {page: readme_examples.python_blocks((ROOT / page).read_text()) for page in readme_examples.sources()}
     assert {"README.md", "docs/index.md", "docs/terms.md", "docs/scaling.md", "docs/serving.md"} <= set(blocks)
+    assert {"rkd_keras/distiller.py", "rkd_keras/export.py", "rkd_keras/retrieval.py"} <= set(blocks)
     examples = [*readme_examples.EXAMPLES, RUN_ELSEWHERE]
     others = [(page, block) for page, page_blocks in blocks.items() for block in page_blocks
               if not any(example["anchor"] in block for example in examples)]
