@@ -1,9 +1,10 @@
-"""Runs the Python examples of the README and of the docs site's pages on the backend KERAS_BACKEND names.
+"""Runs the Python examples of the README, the docs site's pages and the docstrings on the KERAS_BACKEND backend.
 
-Prints one JSON line of results. Each example is its page's code as written (the README, or a page of
-docs/, the site that mkdocs.yml builds), with only its sizes shrunk (epochs, batches, trials and items,
-by the replacements below, each of which must match) and, where the page leaves a name to the reader
-(`images`, a saved `teacher.keras`), a setup line that defines it. Examples that share a story (the
+Prints one JSON line of results. Each example is its page's code as written (the README, a page of
+docs/, the site that mkdocs.yml builds, or a docstring, which its API reference shows), with only its
+sizes shrunk (epochs, batches, trials and items, by the replacements below, each of which must match)
+and, where the page leaves a name to the reader (`images`, a saved `teacher.keras`), a setup line that
+defines it. Examples that share a story (the
 ten-line API, the teacher cache, the search, serving) run in one namespace, in the order below, whichever
 page holds them. `python tests/readme_examples.py REPOSITORY WORKDIR`.
 """
