@@ -77,3 +77,18 @@ def test_doctest_lines_become_a_code_block_and_fenced_formulas_stay():
     assert lines[3:7] == ["```", "loss = mean of huber(ψ_t − ψ_s)", ">>> not a doctest inside a fence", "```"]
     assert lines[7:14] == ["Example:", "", "```pycon", ">>> x = 2", ">>> round(x * 1.5, 1)", "3.0", "```"]
     assert lines[-5:] == ["After.", "", "    ```pycon", "    >>> indented = 1", "    ```"]
+
+
+def _anchor(heading):
+    """The anchor GitHub and mkdocs both give a heading of plain words (`## The demo: RKD` → `the-demo-rkd`)."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_readmes_links_into_the_site_name_pages_and_headings_that_exist():
+    links = re.findall(r"\]\(((?!https?:)[^)#]+)(?:#([^)]+))?\)", (ROOT / "README.md").read_text())
+    assert len({page for page, _ in links if page.startswith("docs/")}) >= 9, links
+    for page, anchor in links:
+        assert (ROOT / page).is_file(), page
+        if anchor:
+            headings = re.findall(r"(?m)^#+ (.+)$", (ROOT / page).read_text())
+            assert anchor in {_anchor(heading) for heading in headings}, (page, anchor)
