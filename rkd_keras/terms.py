@@ -131,10 +131,12 @@ class Term:
         instead of inside the first training step.
 
         Args:
-            teacher, student: Symbolic tensors (`keras.KerasTensor`) of the
-                compared tensors (the student's after its regressor, for
-                FitNet); unknown sizes other than the batch's skip the check.
-            teacher_source, student_source: How the message names them.
+            teacher: Symbolic tensor (`keras.KerasTensor`) of the teacher's
+                compared tensor; unknown sizes other than the batch's skip the
+                check.
+            student: The student's, after its regressor for FitNet.
+            teacher_source: How the message names the teacher's tensor.
+            student_source: How the message names the student's.
         """
         if None in (*teacher.shape[1:], *student.shape[1:]):
             return

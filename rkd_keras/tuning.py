@@ -127,9 +127,10 @@ def search_loss_weights(
         tuner: `"random"`, `"bayesian"` or `"hyperband"`.
         max_trials: Trials (Hyperband: `max_epochs` is set to `epochs`).
         epochs: Epochs per trial.
-        directory, project_name, overwrite: As in keras-tuner. `overwrite`
-            defaults to True: keras-tuner would otherwise silently reload an
-            old search of the same name.
+        directory: As in keras-tuner.
+        project_name: As in keras-tuner.
+        overwrite: As in keras-tuner, but True by default: keras-tuner would
+            otherwise silently reload an old search of the same name.
         ks: The K of Recall@K logged each epoch.
         callbacks: More callbacks, run after `RetrievalRecall`.
         verbose: keras-tuner verbosity.

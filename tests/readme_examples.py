@@ -1,27 +1,32 @@
-"""Runs the README's Python examples on the backend KERAS_BACKEND names; prints one JSON line of results.
+"""Runs the Python examples of the README, the docs site's pages and the docstrings on the KERAS_BACKEND backend.
 
-Each example is the README's code as written, with only its sizes shrunk (epochs, batches, trials and
-items, by the replacements below, each of which must match) and, where the README leaves a name to the
-reader (`images`, a saved `teacher.keras`), a setup line that defines it. Examples that share the
-README's story (the ten-line API, the teacher cache, the search, serving) run in one namespace, in the
-README's order. `python tests/readme_examples.py README.md WORKDIR`.
+Prints one JSON line of results. Each example is its page's code as written (the README, a page of
+docs/, the site that mkdocs.yml builds, or a docstring, which its API reference shows), with only its
+sizes shrunk (epochs, batches, trials and items, by the replacements below, each of which must match)
+and, where the page leaves a name to the reader (`images`, a saved `teacher.keras`), a setup line that
+defines it. Examples that share a story (the
+ten-line API, the teacher cache, the search, serving) run in one namespace, in the order below, whichever
+page holds them. `python tests/readme_examples.py REPOSITORY WORKDIR`.
 """
 
 import json
 import os
 import re
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 ALL = ("tensorflow", "jax", "torch")
+ROOT = Path(__file__).parents[1]
 
-# Where each example starts (a line of its code), the backends the README says it runs on, the namespace
-# it runs in, the code run before it, and the (old, new) replacements that shrink it.
+# Where each example starts (a line of its code), the page that holds it, the backends the page says it
+# runs on, the namespace it runs in, the code run before it, and the (old, new) replacements that shrink it.
 EXAMPLES = [
     {
         "anchor": "train = rkd_keras.load_dataset(\"fashion_mnist\", \"train\"",
+        "page": "README.md",
         "backends": ALL,
         "story": "api",
         "shrink": [
@@ -32,6 +37,7 @@ EXAMPLES = [
     },
     {
         "anchor": "from rkd_keras import Distiller, Term",
+        "page": "README.md",
         "backends": ALL,
         "story": "terms",
         "setup": (
@@ -47,6 +53,7 @@ EXAMPLES = [
     },
     {
         "anchor": "train = rkd_keras.load_dataset(\"folder\", \"train\", path=\"my_images\"",
+        "page": "docs/index.md",
         "backends": ALL,
         "story": "folder",
         "setup": (
@@ -61,6 +68,7 @@ EXAMPLES = [
     },
     {
         "anchor": "cached = distiller.cache_teacher_embeddings(train)",
+        "page": "docs/terms.md",
         "backends": ALL,
         "story": "api",
         "setup": "import numpy as np\nimages = np.stack([x for x, _ in train.take(32).as_numpy_iterator()])\n",
@@ -68,6 +76,7 @@ EXAMPLES = [
     },
     {
         "anchor": "strategy = tf.distribute.MirroredStrategy()",
+        "page": "docs/scaling.md",
         "backends": ("tensorflow",),
         "story": "api",
         "setup": "import tensorflow as tf\nteacher.save('teacher.keras')\n",
@@ -75,6 +84,7 @@ EXAMPLES = [
     },
     {
         "anchor": "from rkd_keras.tuning import RKDHyperModel, search_loss_weights",
+        "page": "docs/terms.md",
         "backends": ALL,
         "story": "api",
         "shrink": [
@@ -84,34 +94,160 @@ EXAMPLES = [
     },
     {
         "anchor": "rkd_keras.export_student(distiller, \"student_savedmodel\")",
+        "page": "docs/serving.md",
         "backends": ("tensorflow", "jax"),
         "story": "api",
         "setup": "import tensorflow as tf\n",
-        # The README's table: load_student (a TFSMLayer) is TensorFlow's only.
+        # The backends table (docs/scaling.md): load_student (a TFSMLayer) is TensorFlow's only.
         "only_tensorflow": ["layer = rkd_keras.load_student("],
         "shrink": [],
     },
     {
         "anchor": "rkd_keras.export_student(distiller, \"student.onnx\", format=\"onnx\")",
+        "page": "docs/serving.md",
         "backends": ("tensorflow",),
         "story": "api",
+        "shrink": [],
+    },
+    # The docstrings' code examples, which the API reference shows (their `>>>` examples run as doctests).
+    # They run in a folder of their own, on small models whose layers have the names the examples read.
+    {
+        "anchor": "train = load_dataset(\"fashion_mnist\", \"train\", task=\"classification\"",
+        "page": "rkd_keras/data.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "import os, keras, numpy as np, tensorflow as tf, rkd_keras\n"
+            "os.makedirs('docstrings', exist_ok=True)\n"
+            "os.chdir('docstrings')\n"
+            "def classifier(width, name):\n"
+            "    x = inputs = keras.Input((32, 32, 3))\n"
+            "    x = keras.layers.Conv2D(width, 3, strides=4, activation='relu')(x)\n"
+            "    pooled = keras.layers.GlobalAveragePooling2D(name='pool')(x)\n"
+            "    return keras.Model(inputs, keras.layers.Dense(10, name='logits')(pooled), name=name)\n"
+            "teacher, student = classifier(16, 'teacher'), classifier(8, 'student')\n"
+            "images = np.random.default_rng(0).uniform(0, 255, size=(48, 32, 32, 3)).astype('float32')\n"
+            "labels = np.arange(48) % 4\n"
+            "from rkd_keras.data import load_dataset\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "distiller = rkd_keras.Distiller(teacher, student)   # RKD-D + 2 · RKD-A on the outputs",
+        "page": "rkd_keras/distiller.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "shrink": [],
+    },
+    {
+        "anchor": "cached = distiller.cache_teacher_embeddings(train_images)",
+        "page": "rkd_keras/distiller.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "distiller = rkd_keras.Distiller(teacher, student)\n"
+            "distiller.compile(keras.optimizers.Adam(1e-4))\n"
+            "train_images = images\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "terms = build_terms(CLASSIFICATION_RECIPE[\"terms\"])",
+        "page": "rkd_keras/presets.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": "from rkd_keras.presets import CLASSIFICATION_RECIPE, build_terms\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "embeddings, labels = embed(student, test.batch(256))",
+        "page": "rkd_keras/retrieval.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "from rkd_keras.retrieval import embed, recall_at_k\n"
+            "test = tf.data.Dataset.from_tensor_slices((images, labels))\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "recall = RetrievalRecall((test_images, test_labels))",
+        "page": "rkd_keras/retrieval.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "from rkd_keras.retrieval import RetrievalRecall\n"
+            "test_images, test_labels, train = images, np.arange(48) % 4, images\n"
+            "distiller = rkd_keras.Distiller(teacher, student)\n"
+            "distiller.compile(keras.optimizers.Adam(1e-4))\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "hypermodel = RKDHyperModel(teacher, lambda: embedding_model(",
+        "page": "rkd_keras/tuning.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": "from rkd_keras.models import embedding_model\nfrom rkd_keras.tuning import RKDHyperModel\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "teacher.compile(optimizer=\"adam\", loss=TripletLoss(margin=0.2))",
+        "page": "rkd_keras/losses/wrappers.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": "from rkd_keras.losses import TripletLoss\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "export_student(distiller, \"student_savedmodel\")\n",
+        "page": "rkd_keras/export.py",
+        "backends": ("tensorflow",),
+        "story": "docstrings",
+        "setup": "from rkd_keras.export import export_student\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "embed = load_student(\"student_savedmodel\")",
+        "page": "rkd_keras/export.py",
+        "backends": ("tensorflow",),
+        "story": "docstrings",
+        "setup": "from rkd_keras.export import load_student\n",
         "shrink": [],
     },
 ]
 
 
-def python_blocks(readme: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+def pages(root=ROOT) -> list[str]:
+    """The README and every page of the docs site, as paths relative to the repository."""
+    return ["README.md", *sorted(path.relative_to(root).as_posix() for path in (root / "docs").glob("*.md"))]
+
+
+def sources(root=ROOT) -> list[str]:
+    """The pages, and the package's modules whose docstrings hold Python code examples (the API reference's)."""
+    modules = sorted(path.relative_to(root).as_posix() for path in (root / "rkd_keras").rglob("*.py"))
+    return [*pages(root), *(module for module in modules if python_blocks((root / module).read_text()))]
+
+
+def python_blocks(text: str) -> list[str]:
+    # A docstring's block is indented as its docstring; a page's is not, and dedent leaves it as it is.
+    return [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
+
+
+def page_blocks(example, root=ROOT) -> list[str]:
+    return python_blocks((Path(root) / example["page"]).read_text())
 
 
 def example_code(blocks, example):
     matches = [block for block in blocks if example["anchor"] in block]
     if len(matches) != 1:
-        raise LookupError(f"{len(matches)} README examples hold {example['anchor']!r}; update tests/readme_examples.py")
+        raise LookupError(
+            f"{len(matches)} examples of {example['page']} hold {example['anchor']!r}; update tests/readme_examples.py"
+        )
     code = matches[0]
     for old, new in example["shrink"]:
         if old not in code:
-            raise LookupError(f"the README example {example['anchor']!r} no longer holds {old!r}")
+            raise LookupError(f"the example {example['anchor']!r} of {example['page']} no longer holds {old!r}")
         code = code.replace(old, new)
     code = re.sub(r"\bepochs=\d+", "epochs=1", code)
     if BACKEND != "tensorflow":
@@ -120,8 +256,8 @@ def example_code(blocks, example):
     return code
 
 
-def main(readme, workdir):
-    blocks = python_blocks(Path(readme).read_text())
+def main(root, workdir):
+    blocks = {example["page"]: page_blocks(example, root) for example in EXAMPLES}
     os.chdir(workdir)
     namespaces, results = {}, {}
     for example in EXAMPLES:
@@ -129,7 +265,7 @@ def main(readme, workdir):
             continue
         namespace = namespaces.setdefault(example["story"], {"__name__": "__readme__"})
         try:
-            code = example_code(blocks, example)
+            code = example_code(blocks[example["page"]], example)
             exec(compile(example.get("setup", "") + code, example["anchor"], "exec"), namespace)
             results[example["anchor"]] = "ok"
         except Exception:  # reported by the test, with the traceback

@@ -3,7 +3,6 @@
 import json
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,9 +246,9 @@ def test_a_bad_folder_is_refused_in_one_line_naming_the_file_and_nothing_is_writ
     assert sorted(os.listdir(tmp_path)) == before and not os.listdir(tmp_path / "runs")
 
 
-def test_the_readmes_own_images_example_runs_as_written(tmp_path, monkeypatch):
-    blocks = readme_examples.python_blocks((Path(__file__).parents[1] / "README.md").read_text())
-    code = readme_examples.example_code(blocks, next(e for e in readme_examples.EXAMPLES if e["story"] == "folder"))
+def test_the_docs_own_images_example_runs_as_written(tmp_path, monkeypatch):
+    example = next(e for e in readme_examples.EXAMPLES if e["story"] == "folder")
+    code = readme_examples.example_code(readme_examples.page_blocks(example), example)
     write_folder(tmp_path / "my_images", per_class=3)
     monkeypatch.chdir(tmp_path)
     namespace = {"rkd_keras": rkd_keras}

@@ -1,38 +1,48 @@
-"""The README's Python examples run on each backend the README says they run on (tests/readme_examples.py).
+"""The Python examples of the README, the docs site and the docstrings run on each backend their page names.
 
-Slow (about a minute per backend on 2 idle cores): CI runs them after the suite (`pytest -m slow`). The
-README's several-machines JAX example runs in `tests/test_multiprocess_jax.py`, on two processes.
+tests/readme_examples.py runs them. Slow (about a minute per backend on 2 idle cores): CI runs them after
+the suite (`pytest -m slow`). The several-machines JAX example (docs/scaling.md) runs in
+`tests/test_multiprocess_jax.py`, on two processes.
 """
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import readme_examples
 
-HERE = Path(__file__).parent
-README = HERE.parent / "README.md"
+ROOT = readme_examples.ROOT
 
 
-def test_every_python_example_of_the_readme_is_run_or_named_here():
-    blocks = readme_examples.python_blocks(README.read_text())
-    covered = [block for block in blocks if any(example["anchor"] in block for example in readme_examples.EXAMPLES)]
-    # The one left: the several-machines JAX example (initialize on two processes), run by test_multiprocess_jax.
-    others = [block for block in blocks if block not in covered]
-    assert len(others) == 1 and "keras.distribution.initialize(" in others[0], others
-    assert len(covered) == len(readme_examples.EXAMPLES)
+# The one example run elsewhere: the several-machines JAX example (initialize on two processes), by
+# tests/test_multiprocess_jax.py.
+RUN_ELSEWHERE = {"anchor": "keras.distribution.initialize(", "page": "docs/scaling.md", "shrink": []}
+
+
+def test_every_python_example_of_the_readme_the_docs_and_the_docstrings_is_run_or_named_here():
+    blocks = {page: readme_examples.python_blocks((ROOT / page).read_text()) for page in readme_examples.sources()}
+    assert {"README.md", "docs/index.md", "docs/terms.md", "docs/scaling.md", "docs/serving.md"} <= set(blocks)
+    assert {"rkd_keras/distiller.py", "rkd_keras/export.py", "rkd_keras/retrieval.py"} <= set(blocks)
+    examples = [*readme_examples.EXAMPLES, RUN_ELSEWHERE]
+    others = [(page, block) for page, page_blocks in blocks.items() for block in page_blocks
+              if not any(example["anchor"] in block for example in examples)]
+    assert not others, others
+    for example in examples:
+        # On its own page exactly once; on another page only as the same code (a copy that cannot drift).
+        code = readme_examples.example_code(blocks[example["page"]], example)
+        copies = [block for page_blocks in blocks.values() for block in page_blocks if example["anchor"] in block]
+        assert all(readme_examples.example_code([copy], example) == code for copy in copies), example["anchor"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", readme_examples.ALL)
-def test_the_readme_examples_run(backend, tmp_path):
+def test_the_readme_and_docs_examples_run(backend, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.run(
-        [sys.executable, str(HERE / "readme_examples.py"), str(README), str(tmp_path)],
+        [sys.executable, str(ROOT / "tests" / "readme_examples.py"), str(ROOT), str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert process.returncode == 0, process.stderr[-5000:]

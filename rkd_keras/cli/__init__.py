@@ -125,7 +125,7 @@ def _use_tensorflow() -> None:
     if chosen != "tensorflow":
         raise ValueError(
             f"the command line runs on the TensorFlow backend, but KERAS_BACKEND={chosen}: run rkd-keras "
-            "without it (or with KERAS_BACKEND=tensorflow), and use JAX or PyTorch from Python (README: Backends)"
+            "without it (or with KERAS_BACKEND=tensorflow), and use JAX or PyTorch from Python (docs/scaling.md: Backends)"
         )
     os.environ["KERAS_BACKEND"] = "tensorflow"
 
