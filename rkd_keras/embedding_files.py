@@ -170,13 +170,16 @@ def _read_chunks(file, suffix):
                         f"teacher embeddings file {file} holds the arrays {', '.join(arrays.files) or 'none'}, not "
                         f"{' and '.join(missing)}; write paths (strings) and embeddings (one row per path)."
                     )
-                embeddings = arrays["embeddings"]
-                if embeddings.dtype == object or embeddings.ndim != 2:
+                try:
+                    embeddings, paths = arrays["embeddings"], arrays["paths"]
+                except ValueError:  # an object array (rows of different widths), which loads only by pickle
+                    embeddings = paths = None
+                if embeddings is None or embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.number):
                     raise ValueError(
-                        f"teacher embeddings file {file}: its embeddings are not one (rows, width) array of floats "
-                        "(rows of different widths?); every row must be of one width (one teacher)."
+                        f"teacher embeddings file {file}: its embeddings are not one (rows, width) array of floats and its "
+                        "paths not strings (rows of different widths?); every row must be of one width (one teacher)."
                     )
-                yield arrays["paths"], embeddings
+                yield paths, embeddings
         except (OSError, EOFError) as error:  # a zip that is no .npz, a truncated file
             raise ValueError(f"teacher embeddings file {file} is not a readable .npz file ({error}).") from error
         return
