@@ -344,3 +344,24 @@ def test_acceptance_a_folder_teaches_through_an_embeddings_file_by_cli_and_api(t
     recall = rkd_keras.recall_at_k(*rkd_keras.embed(api_student, test.batch(256)))[1]
     print(f"API student R@1 {100 * recall:.2f}, CLI student R@1 {100 * metrics['recall_at_1']:.2f}")
     assert 0.2 < recall <= 1  # 5 unseen classes: chance is about 0.2
+
+
+def test_a_named_datasets_training_images_find_their_rows_by_split_and_index(tmp_path):
+    from rkd_keras.cli import training
+    from rkd_keras.cli.config import resolve_config
+
+    config = resolve_config("student", overrides={"train_classes": [1, 3, 5], "max_train_items": 300})
+
+    def features(images):  # a row that only this image gives: its mean and its first pixels
+        images = np.asarray(images, np.float64).reshape(len(images), -1)
+        return np.concatenate([images.mean(axis=1, keepdims=True), images[:, 300:304]], axis=1)
+
+    every = data.load_dataset("fashion_mnist", "train", classes=[1, 3, 5], image_size=28, resize_size=32, channels=1, augment=False)
+    images = np.concatenate([batch for batch, _ in every.batch(4096).as_numpy_iterator()])
+    file = tmp_path / "features.npz"
+    rkd_keras.write_embeddings(file, [([f"train/{i}" for i in range(len(images))], features(images))])
+    paths, rows = training.teacher_rows(config, file)
+    trained = np.concatenate([batch for batch, _ in training.data(config, "train").batch(300).as_numpy_iterator()])
+    # Validation (every 10th image, from the first) is held out: the 300 training images are images 1-9, 11-19, ...
+    assert len(paths) == 300 and paths[:10] == [f"train/{i}" for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11)]
+    np.testing.assert_allclose(rows, features(trained), rtol=1e-6)
