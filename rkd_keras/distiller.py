@@ -277,6 +277,7 @@ def _checked_finite(tensor, message):
 
 _TEACHER_ORIGIN = "its weights (was it trained to NaN?)"
 _CACHED_ORIGIN = "the cached tensors (recompute them with cache_teacher_embeddings)"
+_GIVEN_ORIGIN = "the teacher embeddings given with the batch (recompute them; read_embeddings refuses a non-finite row)"
 
 
 def _is_float(tensor):
@@ -644,7 +645,7 @@ class Distiller(keras.Model):
             lambda tensor: _checked_finite(tensor, INPUTS_NOT_FINITE) if _is_float(tensor) else tensor, inputs
         )
         teacher = self._teacher_extractor
-        origin = _CACHED_ORIGIN
+        origin = _GIVEN_ORIGIN if teacher.precomputed else _CACHED_ORIGIN
         if cached is None:
             cached = teacher(inputs, training=False)
             origin = _TEACHER_ORIGIN
@@ -672,7 +673,8 @@ class Distiller(keras.Model):
         return [
             INPUTS_NOT_FINITE,
             *(_teacher_not_finite(_TEACHER_ORIGIN, source) for source in sources),
-            *(_teacher_not_finite(_CACHED_ORIGIN, source) for source in sources),
+            *(_teacher_not_finite(_GIVEN_ORIGIN if self._teacher_extractor.precomputed else _CACHED_ORIGIN, source)
+              for source in sources),
             *map(_statistic_not_finite, self._statistics()),
             LOSS_NOT_FINITE,
             "An earlier step of this execution (steps_per_execution > 1) held NaN/Inf values and was not "

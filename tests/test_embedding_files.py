@@ -160,6 +160,12 @@ def test_a_distiller_without_teacher_refuses_what_needs_the_teacher_model(tmp_pa
     images = np.zeros((4, 8, 8, 1), np.float32)
     with pytest.raises(ValueError, match="has no teacher model to run"):
         distiller.cache_teacher_embeddings(images)
+    rows = np.ones((4, WIDTH), np.float32)
+    rows[2, 0] = np.inf
+    fresh = rkd_keras.Distiller(None, _models()[1], terms=[rkd_keras.Term("rkd_distance", 1.0)])
+    fresh.compile("adam")
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="check the teacher embeddings given with the batch"):
+        fresh.fit({"inputs": images, "teacher_embeddings": rows}, batch_size=4, verbose=0)
     distiller.compile("adam")
     with pytest.raises(ValueError, match="every batch must carry the teacher's embeddings"):
         distiller.fit(images, batch_size=4, verbose=0)
