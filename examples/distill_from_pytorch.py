@@ -14,7 +14,7 @@ writes one row per image: a PyTorch or JAX model, or an embedding service.
    student)` has no teacher model, its batches carry the teacher's rows.
 4. Recall@K of both on the five classes neither has seen.
 
-Run it:  python examples/distill_from_pytorch.py          (about 2 minutes on a CPU)
+Run it:  python examples/distill_from_pytorch.py          (600 images a class, 4 epochs)
          python examples/distill_from_pytorch.py --quick  (a smoke test)
 The command line does step 3 too: rkd-keras distill --teacher-embeddings teacher.parquet
 --dataset folder --dataset-path DIR --no-augment.
