@@ -39,6 +39,10 @@ _PUBLIC = {
     "DarkRank": "rkd_keras.losses",
     "load_dataset": "rkd_keras.data",
     "num_classes": "rkd_keras.data",
+    "image_paths": "rkd_keras.data",
+    "write_embeddings": "rkd_keras.embedding_files",
+    "read_embeddings": "rkd_keras.embedding_files",
+    "with_teacher_embeddings": "rkd_keras.embedding_files",
     "pk_batches": "rkd_keras.data",
     "DatasetNotAvailableError": "rkd_keras.data",
     "embedding_model": "rkd_keras.models",
@@ -57,7 +61,7 @@ _PUBLIC = {
     "RKDHyperModel": "rkd_keras.tuning",
     "search_loss_weights": "rkd_keras.tuning",
 }
-_SUBMODULES = ("data", "models", "losses", "terms", "distiller", "retrieval", "export", "tuning", "presets", "choices")
+_SUBMODULES = ("data", "embedding_files", "models", "losses", "terms", "distiller", "retrieval", "export", "tuning", "presets", "choices")
 # Importing these registers rkd_keras's layers, losses and models with Keras,
 # which `keras.models.load_model` needs to read `rkd_keras>Distiller` & co.
 _REGISTERING = ("models", "losses", "distiller")

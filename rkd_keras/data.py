@@ -240,6 +240,72 @@ def load_dataset(
     return dataset
 
 
+def image_paths(
+    name: str,
+    split: str,
+    *,
+    task: str = "metric",
+    classes=None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    download: bool = False,
+    path: str | None = None,
+    validation_fraction: float = 0.0,
+) -> list:
+    """The path of each image of `load_dataset(name, split, ...)`, in the order it yields them.
+
+    The key that joins an image to its row of a teacher-embeddings file
+    (`rkd_keras.read_embeddings`). For a folder: the image's path relative to
+    `path`, POSIX separators (`"coat/0001.png"`). For a named dataset:
+    `"SPLIT/INDEX"`, SPLIT the split the images come from (`"train"`, which
+    holds the validation images too, or `"test"`), INDEX the image's position
+    in `load_dataset(name, SPLIT, task=task, classes=classes)` without a
+    validation hold-out: so the embeddings of a named dataset must be written
+    with the same `task` and `classes` as they are read with.
+
+    Args:
+        name, split, task, classes, data_dir, manual_dir, download, path,
+            validation_fraction: As `load_dataset`'s (the images' size does
+            not change their paths).
+
+    Returns:
+        A list of strings, one per image.
+
+    Example:
+    >>> image_paths("fashion_mnist", "validation", validation_fraction=0.5)[:3]
+    ['train/0', 'train/2', 'train/4']
+    """
+    check_task(name, task)
+    arguments = {"data_dir": data_dir, "manual_dir": manual_dir, "path": path}
+    check_dataset_arguments(name, [argument for argument, value in arguments.items() if value is not None])
+    check_choice("split", split, SPLITS)
+    check_number("validation_fraction", validation_fraction, low=0.0, high=1.0, high_open=True)
+    if split == "validation" and not validation_fraction:
+        raise ValueError("The validation split needs validation_fraction > 0 (e.g. 0.1); received 0.")
+    if classes is not None and name != "folder":
+        classes = _check_classes(classes, name)
+    source_split = "test" if split == "test" else "train"
+    if name == "folder":
+        paths = image_folders.split(_image_folder(path), source_split, task=task, classes=classes)[0]
+    else:
+        if name == "fashion_mnist":
+            parts = _fashion_mnist(path)
+            if task == "classification":
+                labels = parts[source_split][1]
+            else:
+                labels = np.concatenate([parts["train"][1], parts["test"][1]])
+                classes = _default_classes(name, source_split) if classes is None else classes
+            count = int(np.isin(labels, list(classes)).sum()) if classes is not None else len(labels)
+        else:
+            dataset = _tfds_split(name, source_split, classes, data_dir, manual_dir, download, task)
+            count = int(dataset.reduce(0, lambda total, _: total + 1))
+        paths = [f"{source_split}/{index}" for index in range(count)]
+    if source_split == "train" and validation_fraction:
+        held_out, validation = _held_out(validation_fraction), split == "validation"
+        paths = [item for index, item in enumerate(paths) if held_out(index) == validation]
+    return list(paths)
+
+
 def _image_folder(path):
     if path is None:
         raise ValueError("the dataset folder needs path= the folder that holds one subfolder of images per class.")

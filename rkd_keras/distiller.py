@@ -35,6 +35,8 @@ def _check_model(role, model):
 
 
 def _check_teacher(teacher):
+    if teacher is None:
+        return None  # its embeddings come with every batch
     teacher = _check_model("teacher", teacher)
     if not teacher.built:
         # Building it here would give fresh random weights: nothing to learn from.
@@ -153,6 +155,12 @@ def _specs(term, teacher, student):
 
 def _regressor(term, teacher, student):
     """FitNet's regressor of a term, built on the student tensor's shape so that it can be saved."""
+    if teacher.precomputed:
+        raise ValueError(
+            f"Term {term.name!r} learns a regressor from the student's tensor to the teacher's width, which a "
+            "Distiller without a teacher model does not know when it is built (its embeddings come with the "
+            "batches). Distil from the teacher model for FitNet, or use a relational term (e.g. rkd_distance)."
+        )
     teacher, student, teacher_source, student_source = _specs(term, teacher, student)
     if teacher is None or student is None or student.shape[-1] is None or teacher.shape[-1] is None:
         raise ValueError(
@@ -269,6 +277,7 @@ def _checked_finite(tensor, message):
 
 _TEACHER_ORIGIN = "its weights (was it trained to NaN?)"
 _CACHED_ORIGIN = "the cached tensors (recompute them with cache_teacher_embeddings)"
+_GIVEN_ORIGIN = "the teacher embeddings given with the batch (recompute them; read_embeddings refuses a non-finite row)"
 
 
 def _is_float(tensor):
@@ -314,8 +323,18 @@ class Distiller(keras.Model):
     gradients. The logs hold `loss` (the optimised total), each term under
     its name, and `task_loss`; terms whose weight is 0 are not computed.
 
+    Without a teacher model (`teacher=None`), every batch carries the
+    teacher's embeddings, `{"inputs": x, "teacher_embeddings": rows}`, as
+    `cache_teacher_embeddings` gives them: embeddings of a teacher from any
+    framework, read from a file (`rkd_keras.read_embeddings`,
+    `rkd_keras.with_teacher_embeddings`). The terms then compare the
+    teacher's output only: a term reading a teacher layer, or FitNet (whose
+    regressor needs the teacher's width when the Distiller is built), is
+    refused.
+
     Args:
-        teacher: A trained Keras model.
+        teacher: A trained Keras model, or `None`: its embeddings come with
+            every batch.
         student: A Keras model taking the same inputs.
         terms: A list of `Term`s. Default: RKD-D and RKD-A on the outputs,
             with `distance_weight` and `angle_weight`.
@@ -362,7 +381,8 @@ class Distiller(keras.Model):
     ):
         teacher = _check_teacher(teacher)
         student = _check_model("student", student)
-        _check_distinct(teacher, student)
+        if teacher is not None:
+            _check_distinct(teacher, student)
         _check_trainable(student)
         global_batch_relations = checks.check_bool("`global_batch_relations`", global_batch_relations)
         shortcuts = {"distance_weight": distance_weight, "angle_weight": angle_weight}
@@ -392,7 +412,8 @@ class Distiller(keras.Model):
         super().__init__(name=name, **kwargs)
         self.teacher = teacher
         self.student = student
-        self.teacher.trainable = False
+        if teacher is not None:
+            self.teacher.trainable = False
         # Functional models are built at construction, and so is the Distiller.
         self.built = student.built
         self.distance_weight = shortcuts["distance_weight"] if from_shortcuts else None
@@ -447,6 +468,11 @@ class Distiller(keras.Model):
         distiller.fit(cached, epochs=10, batch_size=128)
         ```
         """
+        if self._teacher_extractor.precomputed:
+            raise ValueError(
+                "This Distiller has no teacher model to run: its batches carry the teacher's embeddings already "
+                "(rkd_keras.with_teacher_embeddings); fit on them."
+            )
         if self._teacher_extractor.model is None:
             raise ValueError("No term reads the teacher, so there is nothing to cache; fit on the data itself.")
         tensorflow = sys.modules.get("tensorflow")  # a tf.data.Dataset means TensorFlow is imported
@@ -620,7 +646,7 @@ class Distiller(keras.Model):
             lambda tensor: _checked_finite(tensor, INPUTS_NOT_FINITE) if _is_float(tensor) else tensor, inputs
         )
         teacher = self._teacher_extractor
-        origin = _CACHED_ORIGIN
+        origin = _GIVEN_ORIGIN if teacher.precomputed else _CACHED_ORIGIN
         if cached is None:
             cached = teacher(inputs, training=False)
             origin = _TEACHER_ORIGIN
@@ -648,7 +674,8 @@ class Distiller(keras.Model):
         return [
             INPUTS_NOT_FINITE,
             *(_teacher_not_finite(_TEACHER_ORIGIN, source) for source in sources),
-            *(_teacher_not_finite(_CACHED_ORIGIN, source) for source in sources),
+            *(_teacher_not_finite(_GIVEN_ORIGIN if self._teacher_extractor.precomputed else _CACHED_ORIGIN, source)
+              for source in sources),
             *map(_statistic_not_finite, self._statistics()),
             LOSS_NOT_FINITE,
             "An earlier step of this execution (steps_per_execution > 1) held NaN/Inf values and was not "

@@ -221,7 +221,9 @@ class Extractor:
     in the order of `computed`.
 
     Args:
-        model: The teacher or the student.
+        model: The teacher or the student; `None` for a teacher whose
+            output comes with every batch (`cached_inputs`), computed
+            elsewhere: no term may then read one of its layers.
         role: `"teacher"` or `"student"`, for messages and to pick
             `Term.teacher_layer` or `Term.student_layer`.
         terms: The terms that read the model.
@@ -230,6 +232,10 @@ class Extractor:
     """
 
     def __init__(self, model, role: str, terms, *, keep_output: bool = False):
+        if model is None:
+            self._init_precomputed(role, terms)
+            return
+        self.precomputed = False
         self.model_name, self.role = model.name, role
         graph = bool(getattr(model, "inputs", None))  # functional or Sequential
         self.structured = graph and _has_structured_output(model)
@@ -268,6 +274,29 @@ class Extractor:
             tensors = {key: self.specs[key] for key in computed}
             self.model = keras.Model(_graph_input(model), tensors, name=f"{model.name}_{role}_extractor")
             self._returns_dict = True
+
+    def _init_precomputed(self, role, terms):
+        """No model: the tensors come with every batch (teacher embeddings computed elsewhere, e.g. read from a file).
+
+        Such a batch holds the teacher's output alone, so a term that reads
+        one of its layers is refused.
+        """
+        for term in terms:
+            layer = getattr(term, f"{role}_layer")
+            if layer is not None:
+                raise ValueError(
+                    f"Term {term.name!r} reads {role} layer {layer!r}, but this Distiller has no {role} model: its "
+                    f"{role} embeddings come with each batch (e.g. read from a file), which hold the {role}'s output "
+                    f"alone. Compare the {role}'s output ({role}_layer=None), or distil from the {role} model itself."
+                )
+        self.precomputed = True
+        self.model_name, self.role, self.structured = TEACHER_TENSORS, role, False
+        self.output_key = TEACHER_TENSORS
+        self.specs = {self.output_key: None}  # the width is known only from the batches
+        self.sources = {self.output_key: f"the {role} embeddings of the batch"}
+        self.keys = {term.name: self.output_key for term in terms}
+        self.computed = [self.output_key] if any(term.weight > 0 for term in terms) else []
+        self.model, self._returns_dict = None, False
 
     def _layer_output(self, model, layer, term_name, graph):
         if not graph and isinstance(model, keras.Sequential):
@@ -319,6 +348,12 @@ class Extractor:
 
     def __call__(self, inputs, training=None) -> dict:
         """`{key: tensor}` of every tensor read, from one run of the model (none if no term reads it)."""
+        if self.precomputed:
+            raise ValueError(
+                f"This Distiller has no {self.role} model, so every batch must carry the {self.role}'s embeddings: "
+                f"{{'{INPUTS}': images, '{TEACHER_TENSORS}': embeddings}} (e.g. from "
+                "rkd_keras.with_teacher_embeddings), but this batch holds the inputs alone."
+            )
         if self.model is None:
             return {}
         outputs = self.model(inputs, training=training)

@@ -63,7 +63,7 @@ def test_demo_quick_writes_the_table_metrics_report_and_export(tmp_path, capsys)
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["demo"], ["compare"], ["train-teacher"], ["distill"], ["evaluate"], ["tune"], ["export"]]
+    "command", [[], ["demo"], ["compare"], ["train-teacher"], ["distill"], ["embed"], ["evaluate"], ["tune"], ["export"]]
 )
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit:
@@ -92,6 +92,18 @@ def test_evaluate_help_lists_only_the_flags_it_reads(capsys):
     }, flags
     # The data settings, as training has them.
     assert set(EVALUATE_SETTINGS) < {field.name for field in dataclasses.fields(RunConfig)}
+
+
+def test_embed_help_lists_only_the_flags_it_reads(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["embed", "--help"])
+    flags = set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+    assert flags == {
+        "--help", "--model", "--output", "--overwrite", "--batch-size", "--quiet", "--preset", "--config", "--dataset",
+        "--train-classes", "--image-size", "--resize-size", "--channels", "--data-dir", "--dataset-path", "--manual-dir",
+        "--download", "--no-download",
+        "--teacher-embeddings",  # named by its description: distill --teacher-embeddings reads the file
+    }, flags
 
 
 def test_presets_reach_the_run_settings_unchanged():

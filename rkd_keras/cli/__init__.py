@@ -1,4 +1,4 @@
-"""`rkd-keras`: train a teacher, distil a student, evaluate, tune, export, and the demo.
+"""`rkd-keras`: train a teacher, embed with it, distil a student, evaluate, tune, export, and the demo.
 
 The command line is apart from the library: it uses all of it, and nothing in
 the library imports it. It parses its flags and checks its settings and files
@@ -8,7 +8,7 @@ before TensorFlow is imported, so `--help` and mistakes return at once:
   `inputs`: each command's inputs, checked before the library loads;
 - `runs`: run folders (start, restart, resume) and the best checkpoint;
 - `training`: one run's data, models, training and evaluation;
-- `commands`: the six commands; `report`: tables and pictures.
+- `commands`: the commands; `report`: tables and pictures.
 
 Every training run writes a folder `runs/<name>/` (see `rkd_keras.cli.runs`).
 """

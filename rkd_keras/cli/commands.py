@@ -1,4 +1,4 @@
-"""The seven commands of `rkd-keras`, each from its checked inputs to its run folder and printed table."""
+"""The eight commands of `rkd-keras`, each from its checked inputs to its run folder and printed table."""
 
 import datetime
 import shutil
@@ -12,6 +12,8 @@ from rkd_keras import presets, retrieval
 from rkd_keras.cli import report, training
 from rkd_keras.cli.runs import RunFolder, read_history, write_json
 from rkd_keras.data import DatasetNotAvailableError, materialize
+from rkd_keras.distiller import Distiller
+from rkd_keras.embedding_files import write_embeddings
 from rkd_keras.export import (
     EXPORT_TOLERANCE, QUANTIZED_TOLERANCE, ExportMismatchError, check_export, export_student, run_artifact,
 )
@@ -44,8 +46,43 @@ def _train_teacher(args, inputs):
 def _distill(args, inputs):
     folder = _folder(args)
     config = folder.prepare(inputs["config"], args.resume)
-    teacher = training.load_model_file(inputs["teacher"], "teacher")
-    report.print_table({"student": training.train(config, folder, teacher, verbose=_verbose(args))})
+    if inputs["teacher_embeddings"] is not None:
+        metrics = training.train(config, folder, verbose=_verbose(args), teacher_embeddings=inputs["teacher_embeddings"])
+    else:
+        teacher = training.load_model_file(inputs["teacher"], "teacher")
+        metrics = training.train(config, folder, teacher, verbose=_verbose(args))
+    report.print_table({"student": metrics})
+
+
+def _embed(args, inputs):
+    """Every image's embedding by --model, into --output (Parquet or .npz), with a progress bar; atomic."""
+    import keras
+
+    model = training.load_model_file(inputs["model"], "model")
+    if isinstance(model, Distiller):
+        raise ValueError(
+            f"the model {args.model} is a Distiller; give the .keras file of the model to embed with (the "
+            "teacher's run folder's best.keras)."
+        )
+    config = inputs["config"]
+    training.check_fits_data(model, config, "model")
+    sources = training.embedding_sources(config)
+    total = sum(len(paths) for _, paths in sources)
+    progress = None if args.quiet else keras.utils.Progbar(total, unit_name="image")
+
+    def rows():
+        for images, paths in sources:
+            start = 0
+            for batch, _ in images.batch(args.batch_size):
+                embeddings = np.asarray(model.predict_on_batch(batch))
+                yield paths[start : start + len(embeddings)], embeddings
+                start += len(embeddings)
+                if progress is not None:
+                    progress.add(len(embeddings))
+
+    count = write_embeddings(inputs["output"], rows())
+    width = int(model.outputs[0].shape[-1])
+    print(f"wrote the embeddings (width {width}) of {count} images to {inputs['output']}")
 
 
 def _tune(args, inputs):
@@ -326,6 +363,7 @@ _COMMANDS = {
     "demo": _demo,
     "train-teacher": _train_teacher,
     "distill": _distill,
+    "embed": _embed,
     "evaluate": _evaluate,
     "tune": _tune,
     "export": _export,

@@ -80,8 +80,43 @@ def _train_teacher(args):
     return _training(args, "teacher")
 
 
+def _teacher_embeddings_file(path) -> Path:
+    """A teacher-embeddings file that exists and whose suffix names its format (read, with its rows, later)."""
+    from rkd_keras.embedding_files import check_suffix  # NumPy only: TensorFlow still unloaded
+
+    path = Path(path)
+    check_suffix(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"teacher embeddings {path} is a folder; give the .parquet or .npz file.")
+    if not path.exists():
+        raise FileNotFoundError(f"teacher embeddings file {path} does not exist; write it with rkd-keras embed.")
+    return path
+
+
 def _distill(args):
-    return {**_training(args, "student"), "teacher": check_keras_file(args.teacher, "teacher")}
+    inputs = _training(args, "student")
+    if args.teacher is not None:
+        return {**inputs, "teacher": check_keras_file(args.teacher, "teacher"), "teacher_embeddings": None}
+    if inputs["config"].augment:
+        raise ConfigError(
+            "--teacher-embeddings holds the teacher's embedding of each image as rkd-keras embed read it, but "
+            "--augment trains on random crops and flips the teacher never embedded; add --no-augment."
+        )
+    return {**inputs, "teacher": None, "teacher_embeddings": _teacher_embeddings_file(args.teacher_embeddings)}
+
+
+def _embed(args):
+    from rkd_keras.embedding_files import check_suffix
+
+    config = resolve_config("teacher", args.preset, args.config, run_overrides(args))
+    output = Path(args.output)
+    check_suffix(output)
+    if output.is_dir():
+        raise IsADirectoryError(f"--output {output} is a folder; give the path of a .parquet or .npz file.")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"--output {output} exists; pass --overwrite to replace it, or give another file.")
+    check_writable_folder(output.parent)
+    return {"config": config, "model": check_keras_file(args.model, "model"), "output": output}
 
 
 def _tune(args):
@@ -189,6 +224,7 @@ _CHECKS = {
     "demo": _demo,
     "train-teacher": _train_teacher,
     "distill": _distill,
+    "embed": _embed,
     "evaluate": _evaluate,
     "tune": _tune,
     "export": _export,

@@ -57,6 +57,13 @@ EVALUATE_SETTINGS = (
 )
 
 
+# The settings `embed` reads: the images and how they are prepared. The model comes trained from --model.
+EMBED_SETTINGS = (
+    "dataset", "train_classes", "image_size", "resize_size", "channels", "dataset_path", "data_dir", "manual_dir",
+    "download",
+)
+
+
 def _flag(name):
     return "--" + name.replace("_", "-")
 
@@ -64,19 +71,30 @@ def _flag(name):
 class _NotRead(argparse.Action):
     """A run setting the command does not read: refused, naming the flag, rather than ignored."""
 
-    def __init__(self, option_strings, dest, reads, **kwargs):
-        self.reads = reads
+    def __init__(self, option_strings, dest, reads, purpose="measures", **kwargs):
+        self.reads, self.purpose = reads, purpose
         super().__init__(option_strings, dest, nargs="*", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     def __call__(self, parser, namespace, values, option_string=None):
         command = parser.prog.split()[-1]
         parser.error(
-            f"{command} does not read {option_string}: it measures the --model as it was trained, on the data "
+            f"{command} does not read {option_string}: it {self.purpose} the --model as it was trained, on the data "
             f"that {', '.join(map(_flag, self.reads))} choose; leave {option_string} out"
         )
 
 
-def _add_run_flags(parser, role, folder_name=None, reads=None):
+class _Refused(argparse.Action):
+    """A flag that a command refuses with its reason (one line), e.g. compare's --teacher-embeddings."""
+
+    def __init__(self, option_strings, dest, reason, **kwargs):
+        self.reason = reason
+        super().__init__(option_strings, dest, nargs="*", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{parser.prog.split()[-1]} does not take {option_string}: {self.reason}")
+
+
+def _add_run_flags(parser, role, folder_name=None, reads=None, purpose="measures"):
     """A flag per RunConfig setting, whose help shows the role's default and choices.
 
     With `folder_name`, also the run-folder flags (the command writes a run folder).
@@ -95,7 +113,7 @@ def _add_run_flags(parser, role, folder_name=None, reads=None):
         flag = _flag(field.name)
         if reads is not None and field.name not in reads:
             negative = ["--no-" + flag[2:]] if field_kind(field)[0] is bool else []
-            parser.add_argument(flag, *negative, action=_NotRead, reads=reads)
+            parser.add_argument(flag, *negative, action=_NotRead, reads=reads, purpose=purpose)
             continue
         default = defaults.get(field.name, field.default)
         text = f"{field.metadata['help']} (default: {_shown(default)})"
@@ -130,7 +148,7 @@ def _add_folder_flags(parser, default_name):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `rkd-keras` parser with its seven subcommands."""
+    """The `rkd-keras` parser with its eight subcommands."""
     parser = _Parser(
         prog=PROG,
         description="Relational Knowledge Distillation (Park et al., CVPR 2019): train, distil, evaluate, export.",
@@ -178,13 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--config", metavar="FILE", help="JSON or YAML file of run settings for every run (e.g. dataset, image_size)"
     )
+    compare.add_argument(
+        "--teacher-embeddings", action=_Refused,
+        reason="compare trains its own teacher for each seed and distils every method from it, and some methods read "
+        "the teacher's layers, which a file of embeddings does not hold; distil from the file with "
+        "rkd-keras distill --teacher-embeddings FILE",
+    )
     _add_folder_flags(compare, None)
 
     teacher = commands.add_parser("train-teacher", help="train an embedding teacher with the triplet loss")
     _add_run_flags(teacher, "teacher", folder_name="teacher")
 
-    distill = commands.add_parser("distill", help="train a student from a frozen teacher with RKD")
-    distill.add_argument("--teacher", required=True, help="teacher .keras file (e.g. runs/NAME/best.keras)")
+    distill = commands.add_parser("distill", help="train a student from a frozen teacher (or its embeddings) with RKD")
+    source = distill.add_mutually_exclusive_group(required=True)
+    source.add_argument("--teacher", help="teacher .keras file (e.g. runs/NAME/best.keras)")
+    source.add_argument(
+        "--teacher-embeddings", metavar="FILE",
+        help="instead of --teacher: a .parquet or .npz file of the teacher's embedding of every training image "
+        "(rkd-keras embed, or any framework; the terms compare the teacher's output only)",
+    )
     _add_run_flags(distill, "student", folder_name="student")
 
     evaluate = commands.add_parser("evaluate", help="Recall@K, MAP@R and R-precision of a model")
@@ -197,6 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
         "adds the asymmetric protocol's asym_recall_at_K, asym_map_at_r and asym_r_precision",
     )
     _add_run_flags(evaluate, "student", reads=EVALUATE_SETTINGS)
+
+    embed = commands.add_parser(
+        "embed", help="write a model's embedding of every image of a dataset to a Parquet or .npz file",
+        description="The file distill --teacher-embeddings reads: for each image its path (for a folder relative to "
+        "it, e.g. coat/0001.png; for a named dataset SPLIT/INDEX, see rkd_keras.image_paths) and its embedding. "
+        "Parquet: columns path and embedding (a list of floats), in row groups; .npz: arrays paths and embeddings. "
+        "Written under a temporary name and renamed when complete.",
+    )
+    embed.add_argument("--model", required=True, help=".keras file of the teacher (e.g. runs/NAME/best.keras)")
+    embed.add_argument("--output", required=True, metavar="FILE", help="the .parquet or .npz file to write")
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    embed.add_argument("--batch-size", type=_ranged_int(1), default=256, help="images per model call (default: 256)")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_flags(embed, "teacher", reads=EMBED_SETTINGS, purpose="embeds with")
 
     tune = commands.add_parser(
         "tune", help="search the RKD loss weights and learning rate with keras-tuner (weights flags are searched)"

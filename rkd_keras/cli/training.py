@@ -17,12 +17,16 @@ import tensorflow as tf
 from rkd_keras.cli import report
 from rkd_keras.cli.inputs import check_keras_file
 from rkd_keras.cli.runs import BestCheckpoint, RunFolder, read_history, read_json, resumed_epoch, write_json
-from rkd_keras.data import default_resize_size, load_dataset, materialize, num_classes, pk_batches, preprocess_image
+from rkd_keras.data import (
+    default_resize_size, image_paths, load_dataset, materialize, num_classes, pk_batches, preprocess_image,
+)
 from rkd_keras.distiller import Distiller
+from rkd_keras.embedding_files import read_embeddings
 from rkd_keras.losses import TripletLoss
 from rkd_keras.models import classifier_model, embedding_model
 from rkd_keras.presets import build_terms
 from rkd_keras.retrieval import RetrievalRecall, embed, embed_with_gallery, map_at_r, r_precision, recall_at_k
+from rkd_keras.terms import INPUTS, TEACHER_TENSORS
 
 # The log key whose best epoch a run keeps, by task: the curves its report draws.
 MONITOR = report.VALIDATION
@@ -114,13 +118,17 @@ def _optimizer(config):
     return keras.optimizers.Adam(learning_rate, weight_decay=config.weight_decay or None)
 
 
-def data(config, split):
-    """The split's images: unbatched stored training images, or batched evaluation images."""
-    options = dict(
+def _data_options(config, split):
+    return dict(
         task=config.task, channels=config.channels, data_dir=config.data_dir, manual_dir=config.manual_dir, path=config.dataset_path,
         download=config.download, validation_fraction=config.validation_fraction,
         classes=config.test_classes() if split == "test" else config.train_classes,
     )
+
+
+def data(config, split):
+    """The split's images: unbatched stored training images, or batched evaluation images."""
+    options = _data_options(config, split)
     resize_size = config.resize_size or default_resize_size(config.image_size, config.task)
     if split == "train":
         # Augmented: stored resized, random crops and flips happen per epoch.
@@ -135,8 +143,60 @@ def data(config, split):
     return images.batch(256)
 
 
-def _batches(config, model=None, first_epoch=0):
-    """P×K training batches; with the teacher's embeddings cached when `model` is a Distiller."""
+def embedding_sources(config) -> list:
+    """What `embed` writes: `[(unbatched images, their paths)]`, every image of the dataset, as training reads them.
+
+    For a folder every image under it (in its fixed order); for a named
+    dataset its training and its test images (without a validation hold-out:
+    the validation images are among the training ones).
+    """
+    resize_size = config.resize_size or default_resize_size(config.image_size, config.task)
+    sizes = dict(image_size=config.image_size, resize_size=resize_size, augment=False)
+    if config.dataset == "folder":
+        # Every class, in the folder's order: the metric split of all labels is every image.
+        options = {**_data_options(config, "train"), "task": "metric", "validation_fraction": 0.0}
+        options["classes"] = list(range(len(config.image_folder().class_names)))
+        parts = [("train", options)]
+    else:
+        parts = [(split, {**_data_options(config, split), "validation_fraction": 0.0}) for split in ("train", "test")]
+    sources = []
+    for split, options in parts:
+        images = load_dataset(config.dataset, split, **sizes, **options)
+        paths_options = {key: value for key, value in options.items() if key != "channels"}
+        sources.append((images, image_paths(config.dataset, split, **paths_options)))
+    return sources
+
+
+def _training_paths(config) -> list:
+    """The path of each training image `data(config, "train")` gives, in its order (`image_paths`)."""
+    options = {key: value for key, value in _data_options(config, "train").items() if key != "channels"}
+    paths = image_paths(config.dataset, "train", **options)
+    return paths[: config.max_train_items] if config.max_train_items else paths
+
+
+def teacher_rows(config, file):
+    """`(paths, rows)` of the training images from a teacher-embeddings file: each image's row, or an error naming it."""
+    paths = _training_paths(config)
+    return paths, read_embeddings(file, paths=paths)
+
+
+def check_teacher_width(distiller, width: int, file) -> None:
+    """Refuses a file whose width a per-example term cannot compare with the student's tensor (relations take any)."""
+    teacher = keras.KerasTensor((None, width))
+    for term in distiller.terms:
+        if term.weight and not term.relational:
+            layer = term.student_layer
+            student = distiller.student.outputs[0] if layer is None else distiller.student.get_layer(layer).output
+            where = "the student's output" if layer is None else f"student layer {layer!r}"
+            term.check_shapes(teacher, student, f"the teacher embeddings of {file} (width {width})", where)
+
+
+def _batches(config, model=None, first_epoch=0, teacher_embeddings=None):
+    """P×K training batches; with the teacher's embeddings cached when `model` is a Distiller.
+
+    `teacher_embeddings`: the rows of the training images (`teacher_rows`),
+    paired with them: the Distiller has no teacher model.
+    """
     augment = None
     if config.augment:
         size = config.image_size
@@ -145,7 +205,10 @@ def _batches(config, model=None, first_epoch=0):
             return preprocess_image(image, image_size=size, resize_size=image.shape[0], augment=True, channels=config.channels), label
 
     train = data(config, "train")
-    if isinstance(model, Distiller) and config.cache_teacher and not config.augment:
+    if teacher_embeddings is not None:
+        images, labels = materialize(train)
+        train = tf.data.Dataset.from_tensor_slices(({INPUTS: images, TEACHER_TENSORS: teacher_embeddings}, labels))
+    elif isinstance(model, Distiller) and config.cache_teacher and not config.augment:
         # No random augmentation: the frozen teacher's tensors are the same every epoch. One pass over the
         # split gives both the count the cache is sized by and the images the teacher runs on.
         images, labels = materialize(train)
@@ -181,15 +244,15 @@ def _network(config):
     return embedding_model(config.backbone, config.embedding_dim, l2_normalize=config.l2_normalize, name="embedding", **options)
 
 
-def _model(config, teacher):
-    """The model to fit and the network it trains (the same, unless it distils from `teacher`)."""
+def _model(config, teacher, from_embeddings=False):
+    """The model to fit and the network it trains (the same, unless it distils from `teacher` or its embeddings)."""
     network = _network(config)
     if config.task == "classification":
         task_loss, metrics, weight = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"], 1.0
     else:
         task_loss, metrics, weight = TripletLoss(margin=config.margin, sampling=config.sampling), None, config.triplet_weight
     distils = config.terms or config.distance_weight or config.angle_weight
-    if teacher is None or not distils:
+    if (teacher is None and not from_embeddings) or not distils:
         network.compile(_optimizer(config), loss=task_loss, loss_weights=weight, metrics=metrics, jit_compile=config.jit_compile)
         return network, network
     terms = dict(terms=build_terms(config.terms)) if config.terms else dict(
@@ -245,7 +308,7 @@ def _classification_metrics(model, config, split):
     }
 
 
-def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True):
+def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher_embeddings=None):
     """Trains one model in a prepared `folder`; returns its test metrics, those of its best epoch.
 
     The best epoch is the one of highest validation Recall@1 (metric
@@ -254,6 +317,8 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True):
     fail before training (weights, data, the teacher's fit to the data) is
     done before the folder is written. `plot=False` leaves out the run's
     `report.png` (a comparison draws one picture of all its runs).
+    `teacher_embeddings`: instead of `teacher`, a teacher-embeddings file
+    (`rkd-keras embed`) holding a row for every training image.
     """
     if folder.status() == "complete":
         return read_json(folder.path / "metrics.json")
@@ -261,9 +326,14 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True):
     check_images(config)
     if teacher is not None:
         check_fits_data(teacher, config, "teacher")
-    model, network = _model(config, teacher)
+    rows = None
+    if teacher_embeddings is not None:
+        rows = teacher_rows(config, teacher_embeddings)[1]
+    model, network = _model(config, teacher, from_embeddings=rows is not None)
+    if rows is not None and isinstance(model, Distiller):
+        check_teacher_width(model, rows.shape[1], teacher_embeddings)
     validation = data(config, "validation")
-    batches = _batches(config, model, first_epoch=resumed_epoch(folder.path / "backup"))
+    batches = _batches(config, model, first_epoch=resumed_epoch(folder.path / "backup"), teacher_embeddings=rows)
     monitor = MONITOR[config.task]
     with folder.running(config):
         # Metric learning: Recall@K written into the logs, first, as the others read it.
