@@ -21,6 +21,8 @@ _PUBLIC = {
     "RKDAngle": "rkd_keras.losses",
     "triplet_loss": "rkd_keras.losses",
     "TripletLoss": "rkd_keras.losses",
+    "prototypical_loss": "rkd_keras.losses",
+    "PrototypicalLoss": "rkd_keras.losses",
     "fitnet": "rkd_keras.losses",
     "FitNet": "rkd_keras.losses",
     "hinton_kd": "rkd_keras.losses",

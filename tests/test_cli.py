@@ -365,7 +365,7 @@ def test_the_command_lines_choices_are_the_librarys():
 
     assert choices.TRIPLET_SAMPLINGS == losses.TRIPLET_SAMPLINGS
     assert data.DATASETS is choices.DATASETS and models.BACKBONES is choices.BACKBONES
-    assert set(choices.DISTILLATION_LOSSES) == set(losses.LOSSES) - {"triplet_loss"}
+    assert set(choices.DISTILLATION_LOSSES) == set(losses.LOSSES) - {"triplet_loss", "prototypical_loss"}
     assert set(choices.BACKBONE_STAGES) == set(choices.BACKBONES)
 
 
