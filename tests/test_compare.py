@@ -46,7 +46,8 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
     assert f"[seed 1/1] [1/{len(methods) + 1}] teacher" in out
     assert f"[seed 1/1] [{methods.index('rkd_da') + 2}/{len(methods) + 1}] rkd_da student, " in out
     metrics = json.loads((root / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["teacher", *methods] and metrics["seeds"] == [1]
+    controls = ["raw_pixels", "untrained"] if task == "metric" else []  # rows that train nothing (issue 21)
+    assert list(metrics["models"]) == ["teacher", *methods, *controls] and metrics["seeds"] == [1]
     for name, model in metrics["models"].items():
         for key in keys:
             value = model["per_seed"]["1"][key]
@@ -58,8 +59,12 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
     assert all(model["per_seed"]["1"]["items"] == 40 for model in metrics["models"].values())
     table = (root / "table.md").read_text()
     assert table.splitlines()[2].startswith(header), table.splitlines()[2]
-    for name in ["teacher", *methods]:
+    for name in ["teacher", *methods, *controls]:
         assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2, name  # mean ± sd, per seed
+    if controls:
+        assert metrics["models"]["raw_pixels"]["params"] == 0
+        assert metrics["models"]["untrained"]["params"] == metrics["models"]["rkd_da"]["params"]
+        assert "| raw_pixels | 0 |" in table and "control: the student's architecture, seeded, no training" in table
     assert (root / "report.png").read_bytes()[:8] == PNG_SIGNATURE
     # Each run in its own folder; the teacher of a seed taught that seed's students.
     run = json.loads((root / "seed1" / "rkd_da" / "config.json").read_text())
