@@ -248,3 +248,14 @@ def test_terms_in_a_config_file_replace_the_default_rkd_terms(tmp_path):
                               "name": "rkd_angle", "options": {"l2_normalize": True}}]  # fmt: skip
     (term,) = presets.build_terms(student.terms)
     assert (term.weight, term.teacher_layer, term.loss.l2_normalize, term.relational) == (50.0, "pool", True, True)
+
+
+@pytest.mark.slow
+def test_quick_compare_on_glyphs_tests_on_the_unseen_half_with_the_control_rows(tmp_path):
+    assert _compare(tmp_path, "metric", "--dataset", "glyphs", "--methods", "rkd_da") == 0
+    metrics = json.loads((tmp_path / "compare-metric" / "metrics.json").read_text())
+    assert metrics["dataset"] == "glyphs" and list(metrics["models"]) == ["teacher", "rkd_da", "raw_pixels", "untrained"]
+    assert metrics["train_classes"] == list(range(200)) and metrics["test_classes"] == list(range(200, 400))
+    assert all(model["per_seed"]["1"]["items"] == 40 for model in metrics["models"].values())
+    table = (tmp_path / "compare-metric" / "table.md").read_text()
+    assert table.splitlines()[2].startswith("glyphs, classes 0–199 train, 200–399 test"), table
