@@ -148,8 +148,9 @@ def load_dataset(
         channels: 3 for ImageNet backbones (grey images are repeated), or 1.
         classes: Labels to keep. Metric learning: instead of the paper's class
             split (for Fashion-MNIST the default is 0–4 for train and 5–9 for
-            test, for glyphs 0–199 and 200–399; for a folder the first half of its sorted classes, rounded
-            up, for train and the others for test). Classification: default
+            test, for glyphs 0–199 and 200–399; for a folder the first half
+            of its sorted classes, rounded up, for train and the others for
+            test). Classification: default
             all. A folder's classes may be given by name.
         data_dir: tensorflow-datasets data directory.
         manual_dir: Folder holding the dataset's original archive, used by
