@@ -12,17 +12,18 @@ TASKS = ("metric", "classification")
 # dataset → classes of its training split and of its test split for metric
 # learning, class-disjoint as in the paper: CUB-200-2011 0–99 / 100–199,
 # Cars196 0–97 / 98–195, Stanford Online Products Ebay_train / Ebay_test,
-# Fashion-MNIST 0–4 / 5–9 (the offline default).
+# Fashion-MNIST 0–4 / 5–9 (the offline default), glyphs 0–199 / 200–399 (generated, `rkd_keras.glyphs`).
 DATASET_CLASSES = {
     "cub200": (100, 100),
     "cars196": (98, 98),
     "sop": (11_318, 11_316),
     "fashion_mnist": (5, 5),
+    "glyphs": (200, 200),
 }
 # dataset → its classes, for classification: every class in train and test.
-CLASSIFICATION_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+CLASSIFICATION_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "glyphs": 400}
 # "folder": your own images, one subfolder per class (`rkd_keras.image_folders`); its classes are the folder's.
-DATASETS = ("cub200", "cars196", "sop", "fashion_mnist", "cifar10", "cifar100", "folder")
+DATASETS = ("cub200", "cars196", "sop", "fashion_mnist", "cifar10", "cifar100", "folder", "glyphs")
 # The tasks each dataset serves: the paper's metric-learning datasets have too
 # few images per class to classify; CIFAR's classes are few and its own split
 # is by image.
@@ -44,7 +45,7 @@ DATASET_ARGUMENTS = {
 # Metric learning with other training classes (`classes=`, CLI `train_classes`)
 # needs a dataset whose test classes can be "the others": not SOP, whose two
 # splits are separate sets of products.
-CLASS_SPLIT_DATASETS = ("cub200", "cars196", "fashion_mnist", "folder")
+CLASS_SPLIT_DATASETS = ("cub200", "cars196", "fashion_mnist", "folder", "glyphs")
 
 # backbone → smallest image side it takes. small_cnn pools twice (4 → 1);
 # the ImageNet-style backbones downsample by 32, and keras.applications

@@ -11,6 +11,10 @@ labels that keep their dataset identity.
 - Classification (`task="classification"`): every class in train and test,
   the dataset's own split by image: CIFAR-10, CIFAR-100, Fashion-MNIST
   (60,000 training images, the 10,000 of its t10k files for test).
+- Glyphs (`"glyphs"`, `rkd_keras.glyphs`): 400 classes of 20 generated
+  32×32 stroke drawings, no download. Metric learning: classes 0–199 /
+  200–399; classification: every class, the first fifth of each class's
+  images held out for test.
 - Your own images (`"folder"`, `path=` a folder of one subfolder per class,
   `rkd_keras.image_folders`): both tasks; for metric learning the first half
   of the sorted classes train, for classification a fixed fifth of each
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from rkd_keras import image_folders
+from rkd_keras import glyphs, image_folders
 from rkd_keras.checks import check_choice, check_dataset_arguments, check_int, check_number, check_task
 from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES, DATASET_TASKS, DATASETS, TASKS  # noqa: F401 (data.DATASETS & co. stay public)
 
@@ -118,7 +122,8 @@ def load_dataset(
     the dataset's own training images for train and validation and its test
     images for test. `choices.DATASET_TASKS` lists the tasks of each dataset:
     `cub200`, `cars196` and `sop` serve metric learning, `cifar10` and
-    `cifar100` classification, `fashion_mnist` and `folder` (your own images,
+    `cifar100` classification, `fashion_mnist`, `glyphs` (generated stroke
+    drawings, 400 classes, `rkd_keras.glyphs`) and `folder` (your own images,
     `path=` a folder with one subfolder of images per class; see
     `rkd_keras.image_folders`) both.
 
@@ -129,7 +134,7 @@ def load_dataset(
 
     Args:
         name: One of `"cub200"`, `"cars196"`, `"sop"`, `"fashion_mnist"`,
-            `"cifar10"`, `"cifar100"`, `"folder"` (with `path`).
+            `"cifar10"`, `"cifar100"`, `"glyphs"`, `"folder"` (with `path`).
         split: `"train"`, `"validation"` (held-out training images, see
             `validation_fraction`) or `"test"`. For metric learning, train and
             validation hold the training classes, test the unseen classes.
@@ -143,8 +148,9 @@ def load_dataset(
         channels: 3 for ImageNet backbones (grey images are repeated), or 1.
         classes: Labels to keep. Metric learning: instead of the paper's class
             split (for Fashion-MNIST the default is 0–4 for train and 5–9 for
-            test; for a folder the first half of its sorted classes, rounded
-            up, for train and the others for test). Classification: default
+            test, for glyphs 0–199 and 200–399; for a folder the first half
+            of its sorted classes, rounded up, for train and the others for
+            test). Classification: default
             all. A folder's classes may be given by name.
         data_dir: tensorflow-datasets data directory.
         manual_dir: Folder holding the dataset's original archive, used by
@@ -211,6 +217,14 @@ def load_dataset(
             images, labels = (np.concatenate(arrays) for arrays in zip(parts["train"], parts["test"]))
             if classes is None:
                 classes = _default_classes(name, source_split)
+        if classes is not None:
+            keep = np.isin(labels, list(classes))
+            images, labels = images[keep], labels[keep]
+        dataset = tf.data.Dataset.from_tensor_slices((images[..., None], labels))
+    elif name == "glyphs":
+        images, labels = _glyphs(source_split, task)
+        if classes is None and task == "metric":
+            classes = _default_classes(name, source_split)
         if classes is not None:
             keep = np.isin(labels, list(classes))
             images, labels = images[keep], labels[keep]
@@ -373,6 +387,23 @@ def _check_images(root, paths, channels):
                     "replace or remove it."
                 ) from None
         raise
+
+
+def _glyphs(split, task):
+    """The generated glyphs of a split, in one fixed shuffled order (as an image folder's).
+
+    Metric learning: every image (the caller keeps the split's classes).
+    Classification: each class's first `glyphs.TEST_FRACTION` of images for test, the others for train.
+    """
+    images, labels = glyphs.generate()
+    if task == "classification":
+        within = np.arange(len(labels)) % glyphs.IMAGES_PER_CLASS  # generated class by class
+        test = within < int(np.ceil(glyphs.IMAGES_PER_CLASS * glyphs.TEST_FRACTION))
+        keep = test if split == "test" else ~test
+        images, labels = images[keep], labels[keep]
+    # Shuffled, so that a validation hold-out or `max_eval_items` reads every class.
+    order = np.random.default_rng(0).permutation(len(labels))
+    return images[order], labels[order]
 
 
 def _held_out(validation_fraction):

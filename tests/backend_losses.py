@@ -53,6 +53,10 @@ def cases():
         lambda _, s: losses.triplet_loss(lonely, s, sampling="distance_weighted", seed=1),
         *as_float32(np.zeros((16, 1)), 0.3 * rng.normal(size=(16, 8))),
     )
+    # A P×K batch of 4 classes × 4: 2 support and 2 queries each; on JAX inside jax.jit as the others.
+    found["prototypical_loss"] = (
+        lambda _, s: losses.prototypical_loss(labels, s, shots=2), *as_float32(np.zeros((16, 1)), rng.normal(size=(16, 8)))
+    )
     return found
 
 

@@ -211,3 +211,19 @@ def fitnet(teacher, student, weight):
         student, teacher = np.moveaxis(student, -1, 1), np.moveaxis(teacher, -1, 1)
     transformed = np.einsum("oi,nihw->nohw", np.asarray(weight, np.float64), student)
     return ((transformed - teacher) ** 2).mean()
+
+
+def prototypical_loss(support, query):
+    """jakesnell/prototypical-networks protonets/models/few_shot.py (8fdc675) `Protonet.loss`, on embeddings.
+
+    `support` `(n_class, n_support, D)` and `query` `(n_class, n_query, D)` are the encoder's outputs `z`
+    of `xs` and `xq`; `euclidean_dist` (protonets/models/utils.py) is the squared distance of every pair.
+    """
+    support, query = np.asarray(support, np.float64), np.asarray(query, np.float64)
+    n_class, n_query, z_dim = query.shape
+    z_proto = support.mean(axis=1)
+    zq = query.reshape(n_class * n_query, z_dim)
+    dists = ((zq[:, None, :] - z_proto[None, :, :]) ** 2).sum(axis=2)
+    log_p_y = _log_softmax(-dists, axis=1).reshape(n_class, n_query, n_class)
+    target_inds = np.arange(n_class)[:, None].repeat(n_query, axis=1)
+    return -np.take_along_axis(log_p_y, target_inds[:, :, None], axis=2).mean()

@@ -48,10 +48,13 @@ def test_demo_quick_writes_the_table_metrics_report_and_export(tmp_path, capsys)
     best = json.loads((tmp_path / "demo" / "status.json").read_text())["best_student"]
     assert f"the best student, {best} (by validation R@1)" in lines[tsne] and f"exporting {best} as a SavedModel" in lines[export]
     metrics = json.loads((root / "metrics.json").read_text())
-    assert list(metrics) == models
+    assert list(metrics) == [*models, "raw_pixels", "untrained"]  # the controls train nothing (issue 21)
     for values in metrics.values():
         assert 0.0 <= values["recall_at_1"] <= values["recall_at_8"] <= 1.0
     assert metrics["teacher"]["params"] >= 10 * metrics["rkd_da"]["params"]
+    assert metrics["raw_pixels"]["params"] == 0 and metrics["untrained"]["params"] == metrics["rkd_da"]["params"]
+    assert metrics["raw_pixels"]["items"] == metrics["teacher"]["items"]
+    assert any(line.startswith("raw_pixels ") for line in lines) and any(line.startswith("untrained ") for line in lines)
     for picture in ("report.png", "embedding_map.png", "rkd_da/report.png"):
         assert (root / picture).read_bytes()[:8] == PNG_SIGNATURE
     with open(root / "rkd_da" / "history.csv") as f:
@@ -380,7 +383,7 @@ def test_the_command_lines_choices_are_the_librarys():
 
     assert choices.TRIPLET_SAMPLINGS == losses.TRIPLET_SAMPLINGS
     assert data.DATASETS is choices.DATASETS and models.BACKBONES is choices.BACKBONES
-    assert set(choices.DISTILLATION_LOSSES) == set(losses.LOSSES) - {"triplet_loss"}
+    assert set(choices.DISTILLATION_LOSSES) == set(losses.LOSSES) - {"triplet_loss", "prototypical_loss"}
     assert set(choices.BACKBONE_STAGES) == set(choices.BACKBONES)
 
 

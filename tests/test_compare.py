@@ -47,7 +47,8 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
     assert f"[seed 1/1] [1/{len(methods) + 1}] teacher" in out
     assert f"[seed 1/1] [{methods.index('rkd_da') + 2}/{len(methods) + 1}] rkd_da student, " in out
     metrics = json.loads((root / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["teacher", *methods] and metrics["seeds"] == [1]
+    controls = ["raw_pixels", "untrained"] if task == "metric" else []  # rows that train nothing (issue 21)
+    assert list(metrics["models"]) == ["teacher", *methods, *controls] and metrics["seeds"] == [1]
     for name, model in metrics["models"].items():
         for key in keys:
             value = model["per_seed"]["1"][key]
@@ -59,8 +60,12 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
     assert all(model["per_seed"]["1"]["items"] == 40 for model in metrics["models"].values())
     table = (root / "table.md").read_text()
     assert table.splitlines()[2].startswith(header), table.splitlines()[2]
-    for name in ["teacher", *methods]:
+    for name in ["teacher", *methods, *controls]:
         assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2, name  # mean ± sd, per seed
+    if controls:
+        assert metrics["models"]["raw_pixels"]["params"] == 0
+        assert metrics["models"]["untrained"]["params"] == metrics["models"]["rkd_da"]["params"]
+        assert "| raw_pixels | 0 |" in table and "control: the student's architecture, seeded, no training" in table
     assert (root / "report.png").read_bytes()[:8] == PNG_SIGNATURE
     # Each run in its own folder; the teacher of a seed taught that seed's students.
     run = json.loads((root / "seed1" / "rkd_da" / "config.json").read_text())
@@ -244,3 +249,14 @@ def test_terms_in_a_config_file_replace_the_default_rkd_terms(tmp_path):
                               "name": "rkd_angle", "options": {"l2_normalize": True}}]  # fmt: skip
     (term,) = presets.build_terms(student.terms)
     assert (term.weight, term.teacher_layer, term.loss.l2_normalize, term.relational) == (50.0, "pool", True, True)
+
+
+@pytest.mark.slow
+def test_quick_compare_on_glyphs_tests_on_the_unseen_half_with_the_control_rows(tmp_path):
+    assert _compare(tmp_path, "metric", "--dataset", "glyphs", "--methods", "rkd_da") == 0
+    metrics = json.loads((tmp_path / "compare-metric" / "metrics.json").read_text())
+    assert metrics["dataset"] == "glyphs" and list(metrics["models"]) == ["teacher", "rkd_da", "raw_pixels", "untrained"]
+    assert metrics["train_classes"] == list(range(200)) and metrics["test_classes"] == list(range(200, 400))
+    assert all(model["per_seed"]["1"]["items"] == 40 for model in metrics["models"].values())
+    table = (tmp_path / "compare-metric" / "table.md").read_text()
+    assert table.splitlines()[2].startswith("glyphs, classes 0–199 train, 200–399 test"), table

@@ -10,7 +10,7 @@ from rkd_keras import losses
 
 RELATIONAL = {
     "rkd_distance", "rkd_angle", "dark_rank", "similarity_preserving", "pkt", "correlation_congruence", "dist_kd",
-    "triplet_loss",
+    "triplet_loss", "prototypical_loss",
 }
 PER_EXAMPLE = {"hinton_kd", "attention_transfer", "fitnet"}
 

@@ -20,7 +20,7 @@ READS = {
     "attention_transfer": ("stage2", "stage2"),
     "fitnet": ("stage3", "stage3"),
 }
-NOT_DISTILLATION = {"triplet_loss"}  # compares labels with embeddings, not a teacher with a student
+NOT_DISTILLATION = {"triplet_loss", "prototypical_loss"}  # compares labels with embeddings, not a teacher with a student
 
 
 class Counting(keras.layers.Layer):

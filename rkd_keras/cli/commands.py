@@ -230,10 +230,13 @@ def _demo(args, inputs):
                 f"{100 * results[name]['recall_at_1']:.2f} (best epoch {results[name]['epoch']})",
                 flush=True,
             )
-        report.print_table(results)
-        write_json(root / "metrics.json", results)
+        # The controls train nothing: the trained rows must beat them for a claim to show learning.
+        student_config = configs[next(name for name in configs if name != "teacher")]
+        table = {**results, **training.controls(student_config)}
+        report.print_table(table)
+        write_json(root / "metrics.json", table)
         report.plot_report(
-            root / "report.png", results, {name: read_history(root / name) for name in results},
+            root / "report.png", table, {name: read_history(root / name) for name in results},
             title=f"rkd-keras demo on {configs['teacher'].dataset}: the teacher, the triplet student and the RKD students",
         )
         # The best student by validation Recall@1: never select on the test classes.
@@ -287,7 +290,8 @@ def _compare(args, inputs):
     )
     monitor = training.MONITOR[task]
     shown = recipe["metrics"][0]
-    results = {name: {} for name in ["teacher", *methods]}
+    controls = list(training.CONTROLS) if task == "metric" else []
+    results = {name: {} for name in ["teacher", *methods, *controls]}
     start = time.monotonic()
     with top.running():
         for seed_index, (seed, runs) in enumerate(configs.items(), 1):
@@ -313,6 +317,11 @@ def _compare(args, inputs):
                         f"{100 * metrics[monitor]:.2f} (best epoch {metrics['epoch']})",
                         flush=True,
                     )
+            if controls:
+                # Computed per seed: the untrained student is that seed's initialisation.
+                student_config = next(config for name, config in runs.items() if name != "teacher")
+                for name, metrics in training.controls(student_config).items():
+                    results[name][seed] = metrics
         teacher_config = next(iter(configs.values()))["teacher"]
         _write_comparison(root, args, task, results, stages, teacher_config, time.monotonic() - start)
     top.set_status("complete")
@@ -329,7 +338,8 @@ def _write_comparison(root, args, task, results, stages, config, seconds):
     keys = list(recipe["metrics"])
     summary = report.summarize(results, keys)
     descriptions = {"teacher": "the teacher, " + ("triplet loss" if task == "metric" else "cross-entropy")}
-    descriptions.update({name: recipe["methods"][name]["description"] for name in results if name != "teacher"})
+    descriptions.update({name: recipe["methods"][name]["description"] for name in results if name in recipe["methods"]})
+    descriptions.update({name: training.CONTROLS[name] for name in results if name in training.CONTROLS})
     params = {name: next(iter(by_seed.values()))["params"] for name, by_seed in results.items()}
     seeds = list(next(iter(results.values())))
     monitor = training.MONITOR[task]
@@ -353,7 +363,7 @@ def _write_comparison(root, args, task, results, stages, config, seconds):
     })
     curves = {
         name: [read_history(stages[seed][name].path).get(monitor, []) for seed in seeds]
-        for name in results if name != "teacher"
+        for name in results if name in recipe["methods"]
     }
     report.plot_comparison(root / "report.png", summary, keys, curves, task)
 

@@ -285,6 +285,26 @@ def evaluate(model, config, split="test", gallery_model=None):
     return {**metrics, "items": int(len(labels)), "params": int(model.count_params())}
 
 
+# The rows of every metric-learning table that train nothing (issue 21): what a trained model must beat
+# before a claim about it shows that learning, not the test, made the difference.
+CONTROLS = {
+    "raw_pixels": "control: the flattened preprocessed test images, Euclidean, no model",
+    "untrained": "control: the student's architecture, seeded, no training",
+}
+
+
+def controls(student_config) -> dict:
+    """`{control: test metrics}` of the raw pixels and of the untrained student of `student_config` (its seed).
+
+    Both are evaluated as every run is (`evaluate`, the same test images); a
+    raw-pixel "model" is a Flatten layer of no parameters.
+    """
+    pixels = keras.Sequential([keras.Input(input_shape(student_config)), keras.layers.Flatten()], name="raw_pixels")
+    keras.utils.set_random_seed(student_config.seed)
+    untrained = _network(student_config)
+    return {"raw_pixels": evaluate(pixels, student_config), "untrained": evaluate(untrained, student_config)}
+
+
 def _retrieval_metrics(embeddings, labels, gallery=None):
     recalls = recall_at_k(embeddings, labels, gallery=gallery)
     return {

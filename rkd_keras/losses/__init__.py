@@ -8,7 +8,7 @@ Relational (they compare relations across the batch, so teacher and student
 may have different widths, and they need the whole batch at once):
 `rkd_distance`, `rkd_angle`, `dark_rank`, `similarity_preserving`, `pkt`,
 `correlation_congruence`, `dist_kd` (its intra-class term), and the
-`triplet_loss` of `(labels, embeddings)`. Per-example (each example compared
+`triplet_loss` and `prototypical_loss` of `(labels, embeddings)`. Per-example (each example compared
 with its own teacher output): `hinton_kd`, `attention_transfer`, `fitnet`.
 
 Rules every loss keeps:
@@ -46,6 +46,7 @@ import keras
 
 from rkd_keras.losses.features import HintRegressor, attention_transfer, fitnet
 from rkd_keras.losses.logits import dist_kd, hinton_kd
+from rkd_keras.losses.prototypical import prototypical_loss
 from rkd_keras.losses.relational import correlation_congruence, dark_rank, pkt, similarity_preserving
 from rkd_keras.losses.rkd import rkd_angle, rkd_distance
 from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
@@ -58,6 +59,7 @@ from rkd_keras.losses.wrappers import (
     FitNet,
     HintonKD,
     LossWrapper,
+    PrototypicalLoss,
     RKDAngle,
     RKDDistance,
     SimilarityPreserving,
@@ -77,6 +79,7 @@ LOSSES = {
     "attention_transfer": AttentionTransfer,
     "fitnet": FitNet,
     "triplet_loss": TripletLoss,
+    "prototypical_loss": PrototypicalLoss,
 }
 
 
@@ -123,6 +126,7 @@ __all__ = [
     "attention_transfer",
     "fitnet",
     "triplet_loss",
+    "prototypical_loss",
     "RKDDistance",
     "RKDAngle",
     "DarkRank",
@@ -135,6 +139,7 @@ __all__ = [
     "FitNet",
     "HintRegressor",
     "TripletLoss",
+    "PrototypicalLoss",
     "LossWrapper",
     "TRIPLET_SAMPLINGS",
 ]

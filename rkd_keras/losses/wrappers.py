@@ -23,6 +23,7 @@ import keras
 from rkd_keras.losses.base import as_float32, check_number, flatten, l2_normalize
 from rkd_keras.losses.features import attention_transfer, fitnet
 from rkd_keras.losses.logits import dist_kd, hinton_kd
+from rkd_keras.losses.prototypical import prototypical_loss
 from rkd_keras.losses.relational import correlation_congruence, dark_rank, pkt, similarity_preserving
 from rkd_keras.losses.rkd import rkd_angle, rkd_distance
 from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
@@ -292,3 +293,22 @@ class TripletLoss(LossWrapper):
             triplet_loss, reduction=reduction, name=name, dtype=dtype, margin=margin, sampling=sampling,
             cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff, seed=seed,
         )
+
+
+@register
+class PrototypicalLoss(LossWrapper):
+    """Prototypical-network loss on `(labels, embeddings)` of a P×K batch; see `prototypical_loss`.
+
+    Usable as a model's loss (`y_true` = labels) and as the student's task
+    loss in `Distiller.compile(loss=PrototypicalLoss(shots=5))`.
+
+    Example:
+    ```python
+    teacher.compile(optimizer="adam", loss=PrototypicalLoss(shots=5))
+    teacher.fit(pk_batches(train, classes_per_batch=20, samples_per_class=5 + 15), epochs=10)
+    ```
+    """
+
+    def __init__(self, shots=1, reduction="sum_over_batch_size", name="prototypical_loss", dtype=None):
+        check_number(shots, "shots", strict=False, minimum=1, integer=True)
+        super().__init__(prototypical_loss, reduction=reduction, name=name, dtype=dtype, shots=shots)
