@@ -10,7 +10,7 @@ import numpy as np
 
 from rkd_keras import presets, retrieval
 from rkd_keras.cli import report, training
-from rkd_keras.cli.runs import RunFolder, read_history, write_json
+from rkd_keras.cli.runs import RunFailed, RunFolder, read_history, write_json
 from rkd_keras.data import DatasetNotAvailableError, materialize
 from rkd_keras.export import (
     EXPORT_TOLERANCE, QUANTIZED_TOLERANCE, ExportMismatchError, check_export, export_student, run_artifact,
@@ -37,23 +37,26 @@ def _folder(args):
 
 def _train_teacher(args, inputs):
     folder = _folder(args)
-    config = folder.prepare(inputs["config"], args.resume)
-    report.print_table({"teacher": training.train(config, folder, verbose=_verbose(args))})
+    with folder.locked():
+        config = folder.prepare(inputs["config"], args.resume)
+        report.print_table({"teacher": training.train(config, folder, verbose=_verbose(args))})
 
 
 def _distill(args, inputs):
     folder = _folder(args)
-    config = folder.prepare(inputs["config"], args.resume)
-    teacher = training.load_model_file(inputs["teacher"], "teacher")
-    report.print_table({"student": training.train(config, folder, teacher, verbose=_verbose(args))})
+    with folder.locked():
+        config = folder.prepare(inputs["config"], args.resume)
+        teacher = training.load_model_file(inputs["teacher"], "teacher")
+        report.print_table({"student": training.train(config, folder, teacher, verbose=_verbose(args))})
 
 
 def _tune(args, inputs):
     folder = _folder(args)
-    config = folder.prepare(inputs["config"], args.resume)
-    teacher = training.load_model_file(inputs["teacher"], "teacher")
-    result = training.tune(config, folder, teacher, args.tuner, args.max_trials, verbose=int(not args.quiet))
-    report.print_table({"tuned": result})
+    with folder.locked():
+        config = folder.prepare(inputs["config"], args.resume)
+        teacher = training.load_model_file(inputs["teacher"], "teacher")
+        result = training.tune(config, folder, teacher, args.tuner, args.max_trials, verbose=int(not args.quiet))
+        report.print_table({"tuned": result})
 
 
 def _evaluate(args, inputs):
@@ -165,8 +168,13 @@ def _minutes(seconds):
 
 def _demo(args, inputs):
     """Teacher, triplet-only student and RKD students on Fashion-MNIST, side by side."""
-    configs = dict(inputs["configs"])
     top = RunFolder(Path(args.runs_dir) / args.name, kind="demo")
+    with top.locked():
+        _run_demo(args, inputs, top)
+
+
+def _run_demo(args, inputs, top):
+    configs = dict(inputs["configs"])
     root = top.path
     top.prepare(None, args.resume)
     training.check_available(configs.values())
@@ -232,9 +240,14 @@ def _demo(args, inputs):
 
 def _compare(args, inputs):
     """Per seed, a teacher and every method's student from it; then table.md, metrics.json and report.png."""
+    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{args.task}"), kind="comparison")
+    with top.locked():
+        _run_comparison(args, inputs, top)
+
+
+def _run_comparison(args, inputs, top):
     configs, methods, task = inputs["configs"], inputs["methods"], args.task
     recipe = presets.COMPARE[task]
-    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"), kind="comparison")
     root = top.path
     top.prepare(None, args.resume)
     stages = {seed: {name: RunFolder(root / f"seed{seed}" / name) for name in runs} for seed, runs in configs.items()}
@@ -337,5 +350,6 @@ def run(args, inputs) -> None:
 
     Raises:
         ArtifactMismatch: `export` wrote an artifact that failed its check (and removed it): exit 1.
+        RunFailed: a write error (a full disk...) stopped a run, marked failed and resumable: exit 1.
     """
     _COMMANDS[args.command](args, inputs)
