@@ -110,7 +110,8 @@ KILLED_IN_THE_SECOND_BACKUP = """
 
 @pytest.mark.slow
 def test_a_run_killed_in_its_backup_write_resumes_with_the_history_of_an_uninterrupted_run(tmp_path, capsys):
-    argv = [*RUN, "--runs-dir", str(tmp_path)]
+    # batch_hard: the distance-weighted sampling draws from an unsaved random state (README: resumed, other negatives).
+    argv = [*RUN, "--sampling", "batch_hard", "--runs-dir", str(tmp_path)]
     killed = _python(KILLED_IN_THE_SECOND_BACKUP, *argv, stderr=subprocess.PIPE, text=True)
     _, err = killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL, err
@@ -122,7 +123,7 @@ def test_a_run_killed_in_its_backup_write_resumes_with_the_history_of_an_uninter
 
     assert main([*argv, "--resume"]) == 0
     assert "ended without unlocking it" in capsys.readouterr().err  # the killed command's lock
-    assert main([*RUN, "--runs-dir", str(tmp_path), "--name", "uninterrupted"]) == 0
+    assert main([*argv, "--name", "uninterrupted"]) == 0
     resumed, uninterrupted = runs.read_history(run), runs.read_history(tmp_path / "uninterrupted")
     assert _epochs(run) == _epochs(tmp_path / "uninterrupted") == ["0", "1", "2"]
     assert resumed.keys() == uninterrupted.keys()
@@ -222,3 +223,66 @@ def test_a_full_disk_that_leaves_no_room_for_status_json_rewrites_it_in_place(tm
             raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(runs, "write_json", write_json)
     assert _status(folder.path)["status"] == "failed" and _partials(tmp_path) == []
+
+
+FILLED_AFTER_THE_FIRST_EPOCH = """
+    import sys
+    from pathlib import Path
+    from rkd_keras.cli import main
+    from rkd_keras.retrieval import RetrievalRecall
+
+    scores = {0: 0.5, 1: 0.9, 2: 0.3}  # epoch 2 is the best: its best.keras is written on the full disk
+
+    def full_after_the_first_epoch(self, epoch, logs=None):
+        logs["val_recall_at_1"] = scores[epoch]
+        if epoch == 1 and "--resume" not in sys.argv:
+            with open(Path(sys.argv[-1]) / "filler", "wb") as filler:
+                try:
+                    while True:
+                        filler.write(bytes(2**16))
+                        filler.flush()
+                except OSError:
+                    pass
+
+    RetrievalRecall.on_epoch_end = full_after_the_first_epoch
+    sys.exit(main(sys.argv[1:-1]))
+"""
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_ends_the_run_with_one_message_and_it_resumes_once_space_is_freed(tmp_path):
+    """A 16 MiB tmpfs, mounted in a mount namespace of its own (gone with it), that fills in the second epoch."""
+    (tmp_path / "run.py").write_text(textwrap.dedent(FILLED_AFTER_THE_FIRST_EPOCH))
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir(), out.mkdir()
+    command = f"{sys.executable} {tmp_path / 'run.py'} {' '.join(RUN)} --sampling batch_hard --runs-dir {disk}/runs"
+    script = f"""
+        set -u
+        mount -t tmpfs -o size=16m tmpfs {disk}
+        {command} {disk} 2> {out}/first.err; echo $? > {out}/first.code
+        cp -a {disk}/runs {out}/failed
+        rm {disk}/filler
+        {command} --resume {disk} 2> {out}/second.err; echo $? > {out}/second.code
+        cp -a {disk}/runs {out}/resumed
+    """
+    # A mount needs root: as root, a mount namespace; otherwise a user namespace maps the user to root in it.
+    namespace = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--mount", "--map-root-user"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([*namespace, "bash", "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0 and (out / "second.code").exists(), done.stderr
+    err = (out / "first.err").read_text().strip()
+    assert (out / "first.code").read_text().strip() == "1", err
+    assert len(err.splitlines()) == 1, err
+    run = out / "failed" / "teacher"
+    assert f"{disk}/runs/teacher stopped: " in err and "No space left on device" in err and "--resume" in err
+    status = _status(run)
+    assert status["status"] == "failed" and "No space left on device" in status["reason"]
+    assert _partials(out / "failed") == []
+    assert json.loads((run / "best.json").read_text())["epoch"] == 1  # epoch 2's could not be written
+    keras.models.load_model(run / "best.keras")  # epoch 1's, whole
+
+    second = (out / "second.err").read_text()
+    assert (out / "second.code").read_text().strip() == "0", second
+    resumed = out / "resumed" / "teacher"
+    assert _epochs(resumed) == ["0", "1", "2"] and _status(resumed)["status"] == "complete"
+    assert json.loads((resumed / "metrics.json").read_text())["epoch"] == 2
