@@ -194,7 +194,8 @@ def test_a_full_disk_ends_the_run_with_one_message_exit_1_marked_failed_and_resu
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"rkd-keras train-teacher: error: {run} stopped: [Errno 28] No space left on device: ")
+    backup = run / "backup" / "epoch-2.weights.h5"
+    assert err.startswith(f"rkd-keras train-teacher: error: {run} stopped: [Errno 28] No space left on device (writing {backup}). ")
     assert "It is marked failed. Its finished epochs and best.keras are kept" in err and "--resume" in err
     status = _status(run)
     assert status["status"] == "failed" and status["reason"].startswith("OSError: [Errno 28] No space left on device")
@@ -228,8 +229,12 @@ def test_a_full_disk_that_leaves_no_room_for_status_json_rewrites_it_in_place(tm
 FILLED_AFTER_THE_FIRST_EPOCH = """
     import sys
     from pathlib import Path
-    from rkd_keras.cli import main
-    from rkd_keras.retrieval import RetrievalRecall
+
+    sys.argv[0] = "rkd-keras"  # as the console script: importing rkd_keras loads no TensorFlow yet
+    from rkd_keras.cli import _tensorflow_start_up_hidden, main
+
+    with _tensorflow_start_up_hidden():  # as the command line imports TensorFlow: stderr holds its messages alone
+        from rkd_keras.retrieval import RetrievalRecall
 
     scores = {0: 0.5, 1: 0.9, 2: 0.3}  # epoch 2 is the best: its best.keras is written on the full disk
 
@@ -267,14 +272,15 @@ def test_a_real_full_disk_ends_the_run_with_one_message_and_it_resumes_once_spac
     """
     # A mount needs root: as root, a mount namespace; otherwise a user namespace maps the user to root in it.
     namespace = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--mount", "--map-root-user"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**{key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([*namespace, "bash", "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0 and (out / "second.code").exists(), done.stderr
     err = (out / "first.err").read_text().strip()
     assert (out / "first.code").read_text().strip() == "1", err
     assert len(err.splitlines()) == 1, err
     run = out / "failed" / "teacher"
-    assert f"{disk}/runs/teacher stopped: " in err and "No space left on device" in err and "--resume" in err
+    assert f"{disk}/runs/teacher stopped: [Errno 28] No space left on device (writing {disk}/runs/teacher/best.keras)" in err
+    assert "--resume" in err
     status = _status(run)
     assert status["status"] == "failed" and "No space left on device" in status["reason"]
     assert _partials(out / "failed") == []

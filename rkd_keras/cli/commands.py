@@ -31,30 +31,40 @@ def _verbose(args):
     return 0 if args.quiet else 1 if sys.stdout.isatty() else 2
 
 
-def _folder(args):
-    return RunFolder(Path(args.runs_dir) / args.name)
+def _single_run(args, inputs):
+    """The run folder of train-teacher, distill or tune, and its decision: the settings and the teacher to run with.
+
+    Every check that can refuse the run (its data, weights, the teacher's
+    fit to the data) runs in the decision, before the folder's lock is
+    taken: a refused command writes nothing, not even the lock file.
+    """
+    folder = RunFolder(Path(args.runs_dir) / args.name)
+
+    def decide():
+        config = folder.prepare(inputs["config"], args.resume)
+        teacher = training.load_model_file(inputs["teacher"], "teacher") if inputs.get("teacher") else None
+        if folder.status() != "complete":
+            training.check_run(config, teacher)
+        return config, teacher
+
+    return folder, decide
 
 
 def _train_teacher(args, inputs):
-    folder = _folder(args)
-    with folder.locked():
-        config = folder.prepare(inputs["config"], args.resume)
+    folder, decide = _single_run(args, inputs)
+    with folder.claimed(decide) as (config, _):
         report.print_table({"teacher": training.train(config, folder, verbose=_verbose(args))})
 
 
 def _distill(args, inputs):
-    folder = _folder(args)
-    with folder.locked():
-        config = folder.prepare(inputs["config"], args.resume)
-        teacher = training.load_model_file(inputs["teacher"], "teacher")
+    folder, decide = _single_run(args, inputs)
+    with folder.claimed(decide) as (config, teacher):
         report.print_table({"student": training.train(config, folder, teacher, verbose=_verbose(args))})
 
 
 def _tune(args, inputs):
-    folder = _folder(args)
-    with folder.locked():
-        config = folder.prepare(inputs["config"], args.resume)
-        teacher = training.load_model_file(inputs["teacher"], "teacher")
+    folder, decide = _single_run(args, inputs)
+    with folder.claimed(decide) as (config, teacher):
         result = training.tune(config, folder, teacher, args.tuner, args.max_trials, verbose=int(not args.quiet))
         report.print_table({"tuned": result})
 
@@ -169,20 +179,25 @@ def _minutes(seconds):
 def _demo(args, inputs):
     """Teacher, triplet-only student and RKD students on Fashion-MNIST, side by side."""
     top = RunFolder(Path(args.runs_dir) / args.name, kind="demo")
-    with top.locked():
-        _run_demo(args, inputs, top)
+    with top.claimed(lambda: _prepare_demo(args, inputs, top)) as (configs, stages):
+        _run_demo(args, top, configs, stages)
 
 
-def _run_demo(args, inputs, top):
+def _prepare_demo(args, inputs, top):
+    """The demo's checks and its folders' decisions (nothing written): the settings and folder of each stage."""
     configs = dict(inputs["configs"])
-    root = top.path
     top.prepare(None, args.resume)
     training.check_available(configs.values())
-    stages = {name: RunFolder(root / name) for name in configs}
+    stages = {name: RunFolder(top.path / name) for name in configs}
     if not top.restart:
         # Every stage decides now, so a refused resume stops before anything trains.
         for name, stage in stages.items():
             configs[name] = stage.prepare(configs[name], resume=stage.path.exists())
+    return configs, stages
+
+
+def _run_demo(args, top, configs, stages):
+    root = top.path
     results, teacher, start = {}, None, time.monotonic()
     with top.running():
         for index, (name, config) in enumerate(configs.items(), 1):
@@ -241,13 +256,13 @@ def _run_demo(args, inputs, top):
 def _compare(args, inputs):
     """Per seed, a teacher and every method's student from it; then table.md, metrics.json and report.png."""
     top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{args.task}"), kind="comparison")
-    with top.locked():
-        _run_comparison(args, inputs, top)
+    with top.claimed(lambda: _prepare_comparison(args, inputs, top)) as (configs, stages):
+        _run_comparison(args, inputs, top, configs, stages)
 
 
-def _run_comparison(args, inputs, top):
-    configs, methods, task = inputs["configs"], inputs["methods"], args.task
-    recipe = presets.COMPARE[task]
+def _prepare_comparison(args, inputs, top):
+    """The comparison's checks and its folders' decisions (nothing written): the settings and folder of each run."""
+    configs = {seed: dict(runs) for seed, runs in inputs["configs"].items()}
     root = top.path
     top.prepare(None, args.resume)
     stages = {seed: {name: RunFolder(root / f"seed{seed}" / name) for name in runs} for seed, runs in configs.items()}
@@ -261,6 +276,13 @@ def _run_comparison(args, inputs, top):
         config for seed, runs in configs.items() for name, config in runs.items()
         if stages[seed][name].status() != "complete"
     )
+    return configs, stages
+
+
+def _run_comparison(args, inputs, top, configs, stages):
+    methods, task = inputs["methods"], args.task
+    recipe = presets.COMPARE[task]
+    root = top.path
     monitor = training.MONITOR[task]
     shown = recipe["metrics"][0]
     results = {name: {} for name in ["teacher", *methods]}

@@ -138,17 +138,30 @@ def trim_history(path, epochs: int) -> None:
     """Keeps the rows of history.csv's first `epochs` epochs: those a resumed run continues from.
 
     A run killed after logging an epoch but before its backup was whole
-    trains that epoch again; its row is logged again then, once.
+    trains that epoch again; its row is logged again then, once. (A row
+    cut short by the kill is dropped too.)
     """
     path = Path(path)
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines[1:] if line.startswith("epoch") or int(line.split(",", 1)[0]) < epochs]
+    first = [line.split(",", 1)[0] for line in lines]
+    kept = [line for line, epoch in zip(lines[1:], first[1:]) if epoch == "epoch" or (epoch.isdigit() and int(epoch) < epochs)]
     if len(kept) < len(lines) - 1:
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text("".join(lines[:1] + kept))
         os.replace(partial, path)
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Names `path` in an OSError raised while it is written: h5py and zipfile name their temporary file, or none."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise OSError(f"{error} (writing {path})") from error
+        raise OSError(error.errno, f"{error.strerror} (writing {path})") from error
 
 
 def _on_disk(path) -> None:
@@ -193,8 +206,9 @@ class RunBackup(keras.callbacks.Callback):
         self.backup.mkdir(exist_ok=True)
         name = f"epoch-{epoch + 1}.weights.h5"
         partial = self.backup / f".partial.{name}"
-        self.model.save_weights(partial, overwrite=True)
-        _on_disk(partial)
+        with writing(self.backup / name):
+            self.model.save_weights(partial, overwrite=True)
+            _on_disk(partial)
         entry = {"epoch": epoch + 1, "file": name, "bytes": partial.stat().st_size, "sha256": _sha256(partial)}
         os.replace(partial, self.backup / name)
         self.kept = [entry, *[kept for kept in self.kept if kept["file"] != name][:1]]
@@ -265,6 +279,7 @@ class RunFolder:
             FileNotFoundError: `resume` and there is no run.
             ConfigError: `resume` with settings that differ from the saved ones.
         """
+        self.restart = False
         status = self.status()
         if status is None:
             if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
@@ -304,6 +319,48 @@ class RunFolder:
         return config
 
     @contextlib.contextmanager
+    def claimed(self, decide):
+        """Decides how a command uses this folder, then holds its lock while the block runs the command.
+
+        `decide` (the command's `prepare` and checks, which write nothing)
+        runs first, so a refused command leaves the disk as it was; a
+        command already holding the lock is named before that. `decide` runs
+        again under the lock if the folder changed in between (another
+        command wrote it). The block gets what `decide` returned.
+
+        Raises:
+            RunFolderInUse: another process holds the lock.
+        """
+        self._refuse_if_locked()
+        state = self._state()
+        decided = decide()
+        with self.locked():
+            if self._state() != state:
+                decided = decide()
+            yield decided
+
+    def _state(self):
+        file = self.path / "status.json"
+        return file.read_bytes() if file.exists() else None
+
+    def _lock_file(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    def _refuse_if_locked(self) -> None:
+        """Refuses the command if another holds the lock, creating nothing."""
+        with contextlib.suppress(FileNotFoundError):
+            descriptor = os.open(self._lock_file(), os.O_RDONLY)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderInUse(self._in_use(descriptor)) from None
+            finally:
+                os.close(descriptor)
+
+    def _in_use(self, descriptor) -> str:
+        return f"{self.path} is in use by another command ({_read_lock(descriptor)}); wait for it to end, or give another --name."
+
+    @contextlib.contextmanager
     def locked(self):
         """Holds the run folder's lock while the block runs: one command writes a run folder at a time.
 
@@ -317,7 +374,7 @@ class RunFolder:
         Raises:
             RunFolderInUse: another process holds the lock.
         """
-        lock = self.path.with_name(f".{self.path.name}.lock")
+        lock = self._lock_file()
         created = not lock.parent.exists()
         lock.parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -325,14 +382,13 @@ class RunFolder:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _read_lock(descriptor)
+                message = self._in_use(descriptor)
                 os.close(descriptor)
-                raise RunFolderInUse(
-                    f"{self.path} is in use by another command ({holder}); wait for it to end, or give another --name."
-                ) from None
+                raise RunFolderInUse(message) from None
             # Its holder removes the file as it ends: a lock taken on a removed file is taken again on the new one.
-            if lock.exists() and os.stat(lock).st_ino == os.fstat(descriptor).st_ino:
-                break
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(lock).st_ino == os.fstat(descriptor).st_ino:
+                    break
             os.close(descriptor)
         try:
             if os.fstat(descriptor).st_size:
@@ -446,7 +502,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         if value > self.best:
             self.best = value
             partial = self.path.with_name(".partial." + self.path.name)
-            self.network.save(partial)
+            with writing(self.path):
+                self.network.save(partial)
             os.replace(partial, self.path)
             write_json(self.record, {"epoch": epoch + 1, self.monitor: float(value)})
 

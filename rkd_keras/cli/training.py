@@ -99,6 +99,16 @@ def check_available(configs) -> None:
         _network(config)
 
 
+def check_run(config, teacher=None) -> None:
+    """Refuses a run as `train` would before it writes the run folder, in the same order: its images, the
+    teacher's fit to them, its network's weights, its data. A command runs these before it takes the folder's lock."""
+    check_images(config)
+    if teacher is not None:
+        check_fits_data(teacher, config, "teacher")
+    _network(config)
+    data(config, "validation")
+
+
 def check_images(config) -> None:
     """Decodes every image of an image folder's splits once (training, validation, test), so that a corrupt or
     unreadable file is refused before a run folder is written; nothing for the named datasets."""
