@@ -145,8 +145,12 @@ def trim_history(path, epochs: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    first = [line.split(",", 1)[0] for line in lines]
-    kept = [line for line, epoch in zip(lines[1:], first[1:]) if epoch == "epoch" or (epoch.isdigit() and int(epoch) < epochs)]
+
+    def continued(line):
+        epoch = line.split(",", 1)[0]
+        return epoch == "epoch" or (epoch.isdigit() and int(epoch) < epochs)
+
+    kept = [line for line in lines[1:] if continued(line)]
     if len(kept) < len(lines) - 1:
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text("".join(lines[:1] + kept))
@@ -358,7 +362,8 @@ class RunFolder:
                 os.close(descriptor)
 
     def _in_use(self, descriptor) -> str:
-        return f"{self.path} is in use by another command ({_read_lock(descriptor)}); wait for it to end, or give another --name."
+        holder = _read_lock(descriptor)
+        return f"{self.path} is in use by another command ({holder}); wait for it to end, or give another --name."
 
     @contextlib.contextmanager
     def locked(self):
@@ -392,7 +397,8 @@ class RunFolder:
             os.close(descriptor)
         try:
             if os.fstat(descriptor).st_size:
-                notice(f"{self.path} was locked by a command that ended without unlocking it ({_read_lock(descriptor)}); taking it over.")
+                holder = _read_lock(descriptor)
+                notice(f"{self.path} was locked by a command that ended without unlocking it ({holder}); taking it over.")
             started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             record = json.dumps({"pid": os.getpid(), "started": started, "command": " ".join(["rkd-keras", *sys.argv[1:]])})
             os.ftruncate(descriptor, 0)
