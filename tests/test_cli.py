@@ -219,9 +219,9 @@ def test_a_run_that_failed_at_start_up_is_retried_by_the_same_command(tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(keras.Model, "fit", full_disk)
-    assert main(argv) == 2
+    assert main(argv) == 1  # a write error, not a bad input
     status = json.loads((tmp_path / "teacher" / "status.json").read_text())
-    assert status["status"] == "incomplete" and "No space left" in status["reason"]
+    assert status["status"] == "failed" and "No space left" in status["reason"]
     monkeypatch.setattr(keras.Model, "fit", fit)
     assert main(argv) == 0
     err = capsys.readouterr().err

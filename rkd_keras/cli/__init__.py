@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     except commands.EXPECTED_ERRORS as error:
         _refuse(command, error, args)
         return 2
-    except commands.ArtifactMismatch as error:
+    except (commands.ArtifactMismatch, commands.RunFailed) as error:
         print(f"{command}: error: {one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import numpy as np
 
 from rkd_keras import presets, retrieval
 from rkd_keras.cli import report, training
-from rkd_keras.cli.runs import RunFolder, read_history, write_json
+from rkd_keras.cli.runs import RunFailed, RunFolder, read_history, write_json
 from rkd_keras.data import DatasetNotAvailableError, materialize
 from rkd_keras.distiller import Distiller
 from rkd_keras.embedding_files import write_embeddings
@@ -33,25 +33,40 @@ def _verbose(args):
     return 0 if args.quiet else 1 if sys.stdout.isatty() else 2
 
 
-def _folder(args):
-    return RunFolder(Path(args.runs_dir) / args.name)
+def _single_run(args, inputs):
+    """The run folder of train-teacher, distill or tune, and its decision: the settings and the teacher to run with.
+
+    Every check that can refuse the run (its data, weights, the teacher's
+    fit to the data) runs in the decision, before the folder's lock is
+    taken: a refused command writes nothing, not even the lock file.
+    """
+    folder = RunFolder(Path(args.runs_dir) / args.name)
+
+    def decide():
+        config = folder.prepare(inputs["config"], args.resume)
+        teacher = training.load_model_file(inputs["teacher"], "teacher") if inputs.get("teacher") else None
+        if folder.status() != "complete":
+            training.check_run(config, teacher)
+            if inputs.get("teacher_embeddings") is not None:
+                training.teacher_rows(config, inputs["teacher_embeddings"])  # a missing, bad or short file
+        return config, teacher
+
+    return folder, decide
 
 
 def _train_teacher(args, inputs):
-    folder = _folder(args)
-    config = folder.prepare(inputs["config"], args.resume)
-    report.print_table({"teacher": training.train(config, folder, verbose=_verbose(args))})
+    folder, decide = _single_run(args, inputs)
+    with folder.claimed(decide) as (config, _):
+        report.print_table({"teacher": training.train(config, folder, verbose=_verbose(args))})
 
 
 def _distill(args, inputs):
-    folder = _folder(args)
-    config = folder.prepare(inputs["config"], args.resume)
-    if inputs["teacher_embeddings"] is not None:
-        metrics = training.train(config, folder, verbose=_verbose(args), teacher_embeddings=inputs["teacher_embeddings"])
-    else:
-        teacher = training.load_model_file(inputs["teacher"], "teacher")
-        metrics = training.train(config, folder, teacher, verbose=_verbose(args))
-    report.print_table({"student": metrics})
+    folder, decide = _single_run(args, inputs)
+    with folder.claimed(decide) as (config, teacher):
+        metrics = training.train(
+            config, folder, teacher, verbose=_verbose(args), teacher_embeddings=inputs.get("teacher_embeddings")
+        )
+        report.print_table({"student": metrics})
 
 
 def _embed(args, inputs):
@@ -86,11 +101,10 @@ def _embed(args, inputs):
 
 
 def _tune(args, inputs):
-    folder = _folder(args)
-    config = folder.prepare(inputs["config"], args.resume)
-    teacher = training.load_model_file(inputs["teacher"], "teacher")
-    result = training.tune(config, folder, teacher, args.tuner, args.max_trials, verbose=int(not args.quiet))
-    report.print_table({"tuned": result})
+    folder, decide = _single_run(args, inputs)
+    with folder.claimed(decide) as (config, teacher):
+        result = training.tune(config, folder, teacher, args.tuner, args.max_trials, verbose=int(not args.quiet))
+        report.print_table({"tuned": result})
 
 
 def _evaluate(args, inputs):
@@ -202,16 +216,26 @@ def _minutes(seconds):
 
 def _demo(args, inputs):
     """Teacher, triplet-only student and RKD students on Fashion-MNIST, side by side."""
-    configs = dict(inputs["configs"])
     top = RunFolder(Path(args.runs_dir) / args.name, kind="demo")
-    root = top.path
+    with top.claimed(lambda: _prepare_demo(args, inputs, top)) as (configs, stages):
+        _run_demo(args, top, configs, stages)
+
+
+def _prepare_demo(args, inputs, top):
+    """The demo's checks and its folders' decisions (nothing written): the settings and folder of each stage."""
+    configs = dict(inputs["configs"])
     top.prepare(None, args.resume)
     training.check_available(configs.values())
-    stages = {name: RunFolder(root / name) for name in configs}
+    stages = {name: RunFolder(top.path / name) for name in configs}
     if not top.restart:
         # Every stage decides now, so a refused resume stops before anything trains.
         for name, stage in stages.items():
             configs[name] = stage.prepare(configs[name], resume=stage.path.exists())
+    return configs, stages
+
+
+def _run_demo(args, top, configs, stages):
+    root = top.path
     results, teacher, start = {}, None, time.monotonic()
     with top.running():
         for index, (name, config) in enumerate(configs.items(), 1):
@@ -272,9 +296,14 @@ def _demo(args, inputs):
 
 def _compare(args, inputs):
     """Per seed, a teacher and every method's student from it; then table.md, metrics.json and report.png."""
-    configs, methods, task = inputs["configs"], inputs["methods"], args.task
-    recipe = presets.COMPARE[task]
-    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{task}"), kind="comparison")
+    top = RunFolder(Path(args.runs_dir) / (args.name or f"compare-{args.task}"), kind="comparison")
+    with top.claimed(lambda: _prepare_comparison(args, inputs, top)) as (configs, stages):
+        _run_comparison(args, inputs, top, configs, stages)
+
+
+def _prepare_comparison(args, inputs, top):
+    """The comparison's checks and its folders' decisions (nothing written): the settings and folder of each run."""
+    configs = {seed: dict(runs) for seed, runs in inputs["configs"].items()}
     root = top.path
     top.prepare(None, args.resume)
     stages = {seed: {name: RunFolder(root / f"seed{seed}" / name) for name in runs} for seed, runs in configs.items()}
@@ -288,6 +317,13 @@ def _compare(args, inputs):
         config for seed, runs in configs.items() for name, config in runs.items()
         if stages[seed][name].status() != "complete"
     )
+    return configs, stages
+
+
+def _run_comparison(args, inputs, top, configs, stages):
+    methods, task = inputs["methods"], args.task
+    recipe = presets.COMPARE[task]
+    root = top.path
     monitor = training.MONITOR[task]
     shown = recipe["metrics"][0]
     controls = list(training.CONTROLS) if task == "metric" else []
@@ -385,5 +421,6 @@ def run(args, inputs) -> None:
 
     Raises:
         ArtifactMismatch: `export` wrote an artifact that failed its check (and removed it): exit 1.
+        RunFailed: a write error (a full disk...) stopped a run, marked failed and resumable: exit 1.
     """
     _COMMANDS[args.command](args, inputs)

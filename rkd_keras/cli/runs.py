@@ -1,17 +1,21 @@
 """Run folders: start, restart or resume a run, its best checkpoint, and its files.
 
 `runs/<name>/` holds `config.json` (the resolved settings), `status.json`
-(running / complete / incomplete), `history.csv`, `best.keras` and
+(running / complete / incomplete / failed), `history.csv`, `best.keras` and
 `best.json` (the best epoch on validation Recall@1, or validation accuracy
-for classification), `backup/` (Keras's
-`BackupAndRestore` state, removed when the run is complete), `metrics.json`,
+for classification), `backup/` (the training state of the last two finished
+epochs, `RunBackup`; removed when the run is complete), `metrics.json`,
 `tensorboard/` and `report.png` (not for the runs of a comparison, whose
 own `report.png` shows them all). Every file is written whole under a temporary
-name and renamed, so a reader never sees half of one.
+name and renamed, so a reader never sees half of one. One command at a time
+writes a run folder: it holds `.<name>.lock` beside it (`RunFolder.locked`).
 """
 
 import contextlib
 import dataclasses
+import datetime
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -34,6 +38,13 @@ KINDS = {
 }
 
 
+# Temporary names of files being written: `.NAME.partial` (JSON) and `.partial.NAME` (Keras files, whose
+# name must end as Keras expects). Any left by a killed command are removed by the next one.
+PARTIAL_NAMES = (".*.partial", ".partial.*")
+# A backup folder's manifest, written last: the epoch, file, size and SHA-256 of its last two backups.
+MANIFEST = "backup.json"
+
+
 def write_json(path, value) -> None:
     """Writes JSON atomically: a reader never sees half a file."""
     path = Path(path)
@@ -47,9 +58,169 @@ def read_json(path):
 
 
 def resumed_epoch(backup) -> int:
-    """Epochs finished and backed up in a `BackupAndRestore` folder: where a resumed run starts (0: none)."""
-    metadata = Path(backup) / "training_metadata.json"
-    return read_json(metadata)["epoch"] if metadata.exists() else 0
+    """Epochs finished and backed up in `backup` as its manifest says (0: none), whether or not the files are whole.
+
+    Folders written before `RunBackup` hold Keras's `BackupAndRestore` state (`training_metadata.json`).
+    """
+    for name in (MANIFEST, "training_metadata.json"):
+        if (Path(backup) / name).exists():
+            return read_json(Path(backup) / name)["epoch"]
+    return 0
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _backups(backup) -> list:
+    """The backups `backup`'s manifest lists, newest first; Keras's `BackupAndRestore` state as one without a checksum."""
+    backup = Path(backup)
+    if (backup / MANIFEST).exists():
+        return read_json(backup / MANIFEST)["backups"]
+    if (backup / "training_metadata.json").exists():
+        return [{"epoch": read_json(backup / "training_metadata.json")["epoch"], "file": "latest.weights.h5"}]
+    return []
+
+
+def _damage(path, entry) -> str | None:
+    """What is wrong with a backup file, or None when it is whole: its size and SHA-256 are those recorded."""
+    if not path.exists():
+        return "missing"
+    size = path.stat().st_size
+    if "bytes" not in entry:  # Keras's BackupAndRestore recorded no size: h5py must open it
+        import h5py
+
+        try:
+            h5py.File(path, "r").close()
+        except OSError as error:
+            return f"unreadable ({error})"
+        return None
+    if size != entry["bytes"]:
+        return f"truncated ({size} of its {entry['bytes']} bytes)"
+    if _sha256(path) != entry["sha256"]:
+        return "damaged (its SHA-256 is not the one recorded when it was written)"
+    return None
+
+
+def usable_backup(backup) -> tuple:
+    """The newest whole backup in `backup`: (its epoch, its file), or (0, None) when there is none.
+
+    A damaged backup (truncated, changed, missing) is named on stderr and
+    the one before it is used: a resumed run trains the epochs after that
+    one again.
+
+    Raises:
+        ValueError: backups are listed but none is whole.
+    """
+    damaged = []
+    for entry in _backups(backup):
+        path = Path(backup) / entry["file"]
+        problem = _damage(path, entry)
+        if problem is None:
+            if damaged:
+                notice(f"{'; '.join(damaged)}; resuming from the backup of epoch {entry['epoch']}, {path}.")
+            return entry["epoch"], path
+        damaged.append(f"the backup of epoch {entry['epoch']}, {path}, is {problem}")
+    if damaged:
+        folder = Path(backup).parent
+        raise ValueError(
+            f"cannot resume {folder}: {'; '.join(damaged)}, and no earlier backup is whole. Its best.keras is "
+            f"kept; delete {folder} to train it again, or give --name to start a new run."
+        )
+    return 0, None
+
+
+def trim_history(path, epochs: int) -> None:
+    """Keeps the rows of history.csv's first `epochs` epochs: those a resumed run continues from.
+
+    A run killed after logging an epoch but before its backup was whole
+    trains that epoch again; its row is logged again then, once. (A row
+    cut short by the kill is dropped too.)
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+
+    def continued(line):
+        epoch = line.split(",", 1)[0]
+        return epoch == "epoch" or (epoch.isdigit() and int(epoch) < epochs)
+
+    kept = [line for line in lines[1:] if continued(line)]
+    if len(kept) < len(lines) - 1:
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text("".join(lines[:1] + kept))
+        os.replace(partial, path)
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Names `path` in an OSError raised while it is written: h5py and zipfile name their temporary file, or none."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise OSError(f"{error} (writing {path})") from error
+        raise OSError(error.errno, f"{error.strerror} (writing {path})") from error
+
+
+def _on_disk(path) -> None:
+    """Flushes a written file to the disk, so that a rename after it never names a file the disk holds half of."""
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+class RunBackup(keras.callbacks.Callback):
+    """The training state (weights and optimizer) at each epoch end, to continue an interrupted run.
+
+    Keras's `BackupAndRestore` rewrites `latest.weights.h5` in place, so a
+    process killed during the write leaves a truncated file that cannot be
+    resumed. Here epoch N is written to `.partial.epoch-N.weights.h5`,
+    flushed to disk and renamed `epoch-N.weights.h5`; then the manifest
+    `backup.json` (the epoch, file, size and SHA-256 of this backup and the
+    one before) is written the same way, last. Only then is an older file
+    removed: a whole backup is on disk at every moment.
+
+    Args:
+        backup: The backup folder.
+        start: The backup to continue from, as `usable_backup` chose it
+            (None: the run starts at epoch 0).
+    """
+
+    def __init__(self, backup, start=None):
+        super().__init__()
+        self.backup, self.start = Path(backup), start
+        self.kept = [entry for entry in _backups(backup) if start is not None and "bytes" in entry]
+
+    def on_train_begin(self, logs=None):
+        if self.start is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # its variables are in the file
+        try:
+            self.model.load_weights(self.start)
+        except Exception as error:  # h5py and Keras raise OSError, ValueError... for a file they cannot read
+            raise ValueError(f"the backup {self.start} could not be loaded: {error}") from error
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup.mkdir(exist_ok=True)
+        name = f"epoch-{epoch + 1}.weights.h5"
+        partial = self.backup / f".partial.{name}"
+        with writing(self.backup / name):
+            self.model.save_weights(partial, overwrite=True)
+            _on_disk(partial)
+        entry = {"epoch": epoch + 1, "file": name, "bytes": partial.stat().st_size, "sha256": _sha256(partial)}
+        os.replace(partial, self.backup / name)
+        self.kept = [entry, *[kept for kept in self.kept if kept["file"] != name][:1]]
+        write_json(self.backup / MANIFEST, {"epoch": epoch + 1, "backups": self.kept})
+        files = {kept["file"] for kept in self.kept}
+        for path in [*self.backup.glob("*.weights.h5"), self.backup / "training_metadata.json"]:
+            if path.name not in files:
+                path.unlink(missing_ok=True)
 
 
 def notice(message):
@@ -112,6 +283,7 @@ class RunFolder:
             FileNotFoundError: `resume` and there is no run.
             ConfigError: `resume` with settings that differ from the saved ones.
         """
+        self.restart = False
         status = self.status()
         if status is None:
             if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
@@ -151,23 +323,168 @@ class RunFolder:
         return config
 
     @contextlib.contextmanager
-    def running(self, config: RunConfig | None = None):
-        """Writes the settings and marks the run running; on any exception (Ctrl-C too) incomplete, with the reason."""
-        if self.restart:
-            shutil.rmtree(self.path)
-            self.restart = False
-        self.path.mkdir(parents=True, exist_ok=True)
-        if config is not None:
-            write_json(self.path / "config.json", dataclasses.asdict(config))
-        self.set_status("running")
+    def claimed(self, decide):
+        """Decides how a command uses this folder, then holds its lock while the block runs the command.
+
+        `decide` (the command's `prepare` and checks, which write nothing)
+        runs first, so a refused command leaves the disk as it was; a
+        command already holding the lock is named before that. `decide` runs
+        again under the lock if the folder changed in between (another
+        command wrote it). The block gets what `decide` returned.
+
+        Raises:
+            RunFolderInUse: another process holds the lock.
+        """
+        self._refuse_if_locked()
+        state = self._state()
+        decided = decide()
+        with self.locked():
+            if self._state() != state:
+                decided = decide()
+            yield decided
+
+    def _state(self):
+        file = self.path / "status.json"
+        return file.read_bytes() if file.exists() else None
+
+    def _lock_file(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    def _refuse_if_locked(self) -> None:
+        """Refuses the command if another holds the lock, creating nothing."""
+        with contextlib.suppress(FileNotFoundError):
+            descriptor = os.open(self._lock_file(), os.O_RDONLY)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderInUse(self._in_use(descriptor)) from None
+            finally:
+                os.close(descriptor)
+
+    def _in_use(self, descriptor) -> str:
+        holder = _read_lock(descriptor)
+        return f"{self.path} is in use by another command ({holder}); wait for it to end, or give another --name."
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Holds the run folder's lock while the block runs: one command writes a run folder at a time.
+
+        The lock is `fcntl.flock` on `.<name>.lock` beside the folder (the
+        folder itself is replaced when a run starts again). The kernel
+        releases it when its process ends, killed or not; the file holds the
+        holder's pid, start time and command, for the message of a command
+        refused. A lock file that no process holds (its command was killed)
+        is taken over, and stderr says so.
+
+        Raises:
+            RunFolderInUse: another process holds the lock.
+        """
+        lock = self._lock_file()
+        created = not lock.parent.exists()
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                message = self._in_use(descriptor)
+                os.close(descriptor)
+                raise RunFolderInUse(message) from None
+            # Its holder removes the file as it ends: a lock taken on a removed file is taken again on the new one.
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(lock).st_ino == os.fstat(descriptor).st_ino:
+                    break
+            os.close(descriptor)
         try:
+            if os.fstat(descriptor).st_size:
+                holder = _read_lock(descriptor)
+                notice(f"{self.path} was locked by a command that ended without unlocking it ({holder}); taking it over.")
+            started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            record = json.dumps({"pid": os.getpid(), "started": started, "command": " ".join(["rkd-keras", *sys.argv[1:]])})
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, record.encode(), 0)
             yield
+        finally:
+            lock.unlink(missing_ok=True)
+            os.close(descriptor)
+            if created:
+                with contextlib.suppress(OSError):
+                    lock.parent.rmdir()  # only if the command wrote nothing there
+
+    def remove_partials(self) -> None:
+        """Removes the temporary files of writes that did not finish (`PARTIAL_NAMES`)."""
+        if self.path.is_dir():
+            for pattern in PARTIAL_NAMES:
+                for path in self.path.rglob(pattern):
+                    path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def running(self, config: RunConfig | None = None):
+        """Writes the settings and marks the run running, then runs the block.
+
+        On an exception it marks the run incomplete (Ctrl-C too), with the
+        reason; on an OSError (a full disk, a write refused) failed, after
+        removing its temporary files, and raises `RunFailed`: the finished
+        epochs and `best.keras` are kept for `--resume`.
+        """
+        try:
+            if self.restart:
+                shutil.rmtree(self.path)
+                self.restart = False
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.remove_partials()  # a killed command's
+            if config is not None:
+                write_json(self.path / "config.json", dataclasses.asdict(config))
+            self.set_status("running")
+            yield
+        except (OSError, RunFailed) as error:
+            self.remove_partials()
+            marked = self._mark_failed(error)
+            if isinstance(error, RunFailed):  # a run of this folder's (the demo's, a comparison's) failed
+                raise
+            kept = "Its finished epochs and best.keras are kept" if self.has_progress() else "No epoch had finished"
+            raise RunFailed(
+                f"{self.path} stopped: {error}. {marked} {kept}: free space (or fix the cause) and continue it "
+                "with the same command and --resume."
+            ) from error
         except BaseException as error:
             self.set_status("incomplete", reason=f"{type(error).__name__}: {error}"[:500])
             raise
 
+    def _mark_failed(self, error) -> str:
+        """Marks the run failed, rewriting status.json in place if a new file finds no room; says how it went."""
+        status = {"status": "failed", "kind": self.kind, "reason": f"{type(error).__name__}: {error}"[:500]}
+        try:
+            write_json(self.path / "status.json", status)
+        except OSError:
+            try:
+                with open(self.path / "status.json", "w") as file:
+                    file.write(json.dumps(status, indent=2) + "\n")
+            except OSError as again:
+                return f"Its status.json could not be marked failed either ({again})."
+            finally:
+                (self.path / ".status.json.partial").unlink(missing_ok=True)
+        return "It is marked failed."
+
     def set_status(self, status, **details):
         write_json(self.path / "status.json", {"status": status, "kind": self.kind, **details})
+
+
+class RunFolderInUse(FileExistsError):
+    """Another command holds the run folder's lock (`RunFolder.locked`)."""
+
+
+class RunFailed(RuntimeError):
+    """A run stopped by a write error (a full disk...): marked failed, resumable; exit status 1, not 2 (not an input)."""
+
+
+def _read_lock(descriptor) -> str:
+    """The holder a lock file names: its pid, start time and command."""
+    try:
+        record = json.loads(os.pread(descriptor, 4096, 0))
+        return f"pid {record['pid']}, started {record['started']}: {record['command']}"
+    except (ValueError, KeyError):  # written as this one reads it, or not yet
+        return "its pid is not written yet"
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -191,7 +508,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         if value > self.best:
             self.best = value
             partial = self.path.with_name(".partial." + self.path.name)
-            self.network.save(partial)
+            with writing(self.path):
+                self.network.save(partial)
             os.replace(partial, self.path)
             write_json(self.record, {"epoch": epoch + 1, self.monitor: float(value)})
 

@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from rkd_keras.cli import report
 from rkd_keras.cli.inputs import check_keras_file
-from rkd_keras.cli.runs import BestCheckpoint, RunFolder, read_history, read_json, resumed_epoch, write_json
+from rkd_keras.cli.runs import (
+    BestCheckpoint, RunBackup, RunFolder, read_history, read_json, trim_history, usable_backup, write_json,
+)
 from rkd_keras.data import (
     default_resize_size, image_paths, load_dataset, materialize, num_classes, pk_batches, preprocess_image,
 )
@@ -99,6 +101,16 @@ def check_available(configs) -> None:
         check_images(config)
     for config in networks.values():
         _network(config)
+
+
+def check_run(config, teacher=None) -> None:
+    """Refuses a run as `train` would before it writes the run folder, in the same order: its images, the
+    teacher's fit to them, its network's weights, its data. A command runs these before it takes the folder's lock."""
+    check_images(config)
+    if teacher is not None:
+        check_fits_data(teacher, config, "teacher")
+    _network(config)
+    data(config, "validation")
 
 
 def check_images(config) -> None:
@@ -353,9 +365,11 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher
     if rows is not None and isinstance(model, Distiller):
         check_teacher_width(model, rows.shape[1], teacher_embeddings)
     validation = data(config, "validation")
-    batches = _batches(config, model, first_epoch=resumed_epoch(folder.path / "backup"), teacher_embeddings=rows)
+    start, backup = usable_backup(folder.path / "backup")
+    batches = _batches(config, model, first_epoch=start, teacher_embeddings=rows)
     monitor = MONITOR[config.task]
     with folder.running(config):
+        trim_history(folder.path / "history.csv", start)
         # Metric learning: Recall@K written into the logs, first, as the others read it.
         scores = [RetrievalRecall(validation)] if config.task == "metric" else []
         callbacks = [
@@ -364,12 +378,12 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher
             keras.callbacks.CSVLogger(str(folder.path / "history.csv"), append=True),
             keras.callbacks.TensorBoard(str(folder.path / "tensorboard")),
             # Kept after fit: a run stopped while evaluating resumes there, not at epoch 0.
-            keras.callbacks.BackupAndRestore(str(folder.path / "backup"), delete_checkpoint=False),
+            RunBackup(folder.path / "backup", backup),
         ]
         # Classification: fit evaluates the loss and accuracy on validation after each epoch (val_accuracy);
         # its number of batches given, as Keras warns of "running out of data" on a dataset of unknown length.
         model.fit(
-            batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False,
+            batches, epochs=config.epochs, initial_epoch=start, callbacks=callbacks, verbose=verbose, shuffle=False,
             validation_data=None if scores else validation, validation_steps=None if scores else _length(validation),
         )
         best = keras.models.load_model(folder.path / "best.keras")
