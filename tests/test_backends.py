@@ -149,7 +149,8 @@ def test_every_loss_at_extreme_scales_gives_the_tensorflow_value(runs, backend):
     for key in keys:
         value, expected = float(ours[key]), float(reference[key])
         if np.isfinite(expected):
-            assert abs(value - expected) <= 1e-4 * abs(expected) + np.finfo(np.float32).tiny, (backend, key, value, expected)
+            tolerance = 1e-4 * abs(expected) + np.finfo(np.float32).tiny
+            assert abs(value - expected) <= tolerance, (backend, key, value, expected)
         else:
             assert not np.isfinite(value), (backend, key, value, expected)
 

@@ -113,6 +113,16 @@ def test_gradient_of_a_scale_invariant_loss_at_1e19_is_its_gradient_at_1_over_1e
     np.testing.assert_allclose(gradient(1e19) * 1e19, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("wrapper", [losses.RKDDistance, losses.RKDAngle])
+def test_rkd_on_l2_normalized_rows_of_1e20_is_rkd_on_the_rows_of_1(wrapper):
+    # The wrappers' l2_normalize squared rows ×1e20 to inf, which normalized every row to 0.
+    _, teacher, student = _scaled("rkd_distance", "both", 1.0)
+    loss = wrapper(l2_normalize=True)
+    expected = float(loss(teacher, student))
+    assert expected > 1e-3
+    np.testing.assert_allclose(float(loss(teacher * np.float32(1e20), student * np.float32(1e20))), expected, rtol=1e-5)
+
+
 def test_correlation_congruence_beyond_float32_is_nan_or_inf_not_0():
     # Features ×1e10: inner products² of 1e41 overflow float32, and the loss (1.4e40) is beyond its range.
     fn, teacher, student = _scaled("correlation_congruence", "both", 1e10)

@@ -51,7 +51,7 @@ def _distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff):
 
 
 def _distances(embeddings, eps=1e-12):
-    """`sqrt(max(‖x_i − x_j‖², eps))`, the squares taken of `x / magnitude(x)` (exact) so that rows ×1e20 fit float32."""
+    """`sqrt(max(‖x_i − x_j‖², eps))`, the squares taken of `x / magnitude(x)` (exact): rows ×1e20 fit float32."""
     scale = magnitude(embeddings)
     squared = squared_distances(centered_gram(embeddings / scale))
     return scale * keras.ops.sqrt(keras.ops.maximum(squared, scaled_eps(eps, scale)))
