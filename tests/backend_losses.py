@@ -3,7 +3,7 @@
 `python tests/backend_losses.py OUT.npz` (with `KERAS_BACKEND` set) writes each
 case's value and student gradient, and the package's rules as numbers: the
 value for a non-finite input, for an empty batch, the gradients of degenerate
-batches, the dtype of half-precision inputs. The TensorFlow suite calls
+batches, the dtype of half-precision inputs, the values at extreme scales. The TensorFlow suite calls
 `compute()` in its own process; the JAX and PyTorch runs are subprocesses.
 On JAX every loss runs inside `jax.jit`, as in training.
 """
@@ -58,6 +58,10 @@ def cases():
         lambda _, s: losses.prototypical_loss(labels, s, shots=2), *as_float32(np.zeros((16, 1)), rng.normal(size=(16, 8)))
     )
     return found
+
+
+SCALES = (1e-20, 1e5, 1e19, 1e20)
+SCALED_SIDES = ("both", "teacher")
 
 
 def value_and_gradient(fn, teacher, student):
@@ -120,6 +124,19 @@ def compute():
         rounded = (teacher.astype(np.float16).astype(np.float32), student.astype(np.float16).astype(np.float32))
         out[f"rule/{name}/float16_value"] = np.array([float(keras.ops.convert_to_numpy(half)), float(
             keras.ops.convert_to_numpy(fn(*rounded)))])
+    # Extreme but finite scales (tests/test_losses_scales.py checks TensorFlow's values against the ports).
+    for name, (fn, teacher, student) in cases().items():
+        if name not in DISTILLATION:
+            continue
+        if keras.backend.backend() == "jax":  # compiled once for the eight calls (eager JAX took 80 s here)
+            import jax
+
+            fn = jax.jit(fn)
+        for side in SCALED_SIDES:
+            for scale in SCALES:
+                t = teacher * np.float32(scale) if side in ("both", "teacher") else teacher
+                s = student * np.float32(scale) if side in ("both", "student") else student
+                out[f"scale/{name}/{side}/{scale:g}"] = np.array(float(keras.ops.convert_to_numpy(fn(t, s))))
     embeddings = cases()["triplet_all"][2]
     labels = np.repeat(np.arange(4), 4)
     for sampling in losses.TRIPLET_SAMPLINGS:

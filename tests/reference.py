@@ -29,11 +29,14 @@ def normalized_distances(x, eps=1e-12):
     return d / d[d > 0].mean()
 
 
-def angles(x):
+def angles(x, no_direction_below=0.0):
+    """`no_direction_below`: the library's deliberate difference (differences shorter than sqrt(eps) = 1e-6 have
+    direction 0; the official `F.normalize` only divides by max(norm, 1e-12))."""
     x = _flat64(x)
     difference = x[None, :, :] - x[:, None, :]  # [j, i] = x_i - x_j
     norm = np.linalg.norm(difference, axis=2, keepdims=True)
     unit = difference / np.maximum(norm, 1e-12)  # torch F.normalize
+    unit = np.where(norm <= no_direction_below, 0.0, unit)
     return np.einsum("jid,jkd->jik", unit, unit)
 
 
@@ -41,8 +44,8 @@ def rkd_distance(teacher, student, delta=1.0):
     return huber(normalized_distances(student) - normalized_distances(teacher), delta).mean()
 
 
-def rkd_angle(teacher, student, delta=1.0):
-    return huber(angles(student) - angles(teacher), delta).mean()
+def rkd_angle(teacher, student, delta=1.0, no_direction_below=0.0):
+    return huber(angles(student, no_direction_below) - angles(teacher, no_direction_below), delta).mean()
 
 
 # --- The other distillation losses, each ported line by line from the file named in its docstring. ---
@@ -147,10 +150,10 @@ def pkt(teacher, student, eps=1e-7):
     return np.mean(target_similarity * np.log((target_similarity + eps) / (model_similarity + eps)))
 
 
-def _cc_mat_by_gaussian_rbf(linear_outputs, gamma, max_p):
+def _cc_mat_by_gaussian_rbf(linear_outputs, gamma, max_p, constant=1):
     row_list = []
     for linear_output in linear_outputs:
-        row = 1
+        row = constant
         right_term = linear_output @ linear_outputs.T
         for p in range(1, max_p + 1):
             left_term = ((2 * gamma) ** p) / math.factorial(p)
@@ -160,15 +163,17 @@ def _cc_mat_by_gaussian_rbf(linear_outputs, gamma, max_p):
     return np.stack(row_list)
 
 
-def correlation_congruence(teacher, student, gamma=0.4, order=2):
+def correlation_congruence(teacher, student, gamma=0.4, order=2, constant=1):
     """yoshitomo-matsubara/torchdistill torchdistill/losses/mid_level.py (3e4373c) `CCKDLoss.forward`.
 
     kernel_config {'type': 'gaussian', 'gamma': gamma, 'max_p': order}, reduction 'batchmean'.
+    `constant=0` leaves out the Taylor sums' first term, equal for both kernels (the same loss, without
+    the float64 cancellation of 1 + 1e-20 − 1 for tiny features).
     """
     teacher_linear_outputs, student_linear_outputs = _flat64(teacher), _flat64(student)
     batch_size = teacher_linear_outputs.shape[0]
-    teacher_cc = _cc_mat_by_gaussian_rbf(teacher_linear_outputs, gamma, order)
-    student_cc = _cc_mat_by_gaussian_rbf(student_linear_outputs, gamma, order)
+    teacher_cc = _cc_mat_by_gaussian_rbf(teacher_linear_outputs, gamma, order, constant)
+    student_cc = _cc_mat_by_gaussian_rbf(student_linear_outputs, gamma, order, constant)
     cc_loss = np.sqrt(((student_cc - teacher_cc) ** 2).sum())  # torch.dist(student_cc, teacher_cc, 2)
     return cc_loss / (batch_size**2)
 

@@ -143,6 +143,22 @@ def test_every_loss_keeps_the_package_rules(runs, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_every_loss_at_extreme_scales_gives_the_tensorflow_value(runs, backend):
+    """Inputs ×1e-20, ×1e5, ×1e19, ×1e20 (both sides, the teacher only): TensorFlow's value to 1e-4 relative
+    (tests/test_losses_scales.py holds it to the float64 port), or inf/NaN where TensorFlow's is."""
+    ours, reference = runs[backend]["losses"], runs["tensorflow"]["losses"]
+    keys = [key for key in reference if key.startswith("scale/")]
+    assert len(keys) == len(DISTILLATION) * len(backend_losses.SCALED_SIDES) * len(backend_losses.SCALES)
+    for key in keys:
+        value, expected = float(ours[key]), float(reference[key])
+        if np.isfinite(expected):
+            tolerance = 1e-4 * abs(expected) + np.finfo(np.float32).tiny
+            assert abs(value - expected) <= tolerance, (backend, key, value, expected)
+        else:
+            assert not np.isfinite(value), (backend, key, value, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_distiller_trains_as_on_tensorflow_and_leaves_the_teacher_untouched(runs, backend):
     """RKD-D and RKD-A on the embeddings, KD on the logits, FitNet on the hidden layers, cross-entropy: 3 epochs."""
     ours, reference = runs[backend]["distiller"], runs["tensorflow"]["distiller"]

@@ -20,6 +20,12 @@ Rules every loss keeps:
   loss, never a finite number, also where the formula would hide it behind
   a sort, a mask or a clamp (e.g. the official PKT code zeroes NaN features).
   `keras.callbacks.TerminateOnNaN` stops training on it.
+- Finite inputs of any scale (×1e-20 … ×1e20 in float32) give the loss of
+  the float64 reference: inputs whose largest magnitude is beyond 2^±40 are
+  divided by a power of two (`base.magnitude`, exact) before any square,
+  Gram matrix or norm, their clamps rescaled alike (`base.scaled_eps`).
+  Where the loss itself is beyond float32's range it is inf or NaN, never
+  a finite number.
 - An empty batch (N = 0, e.g. a replica's share of a short last batch under
   `tf.distribute`) gives 0 with a finite (empty) gradient, as Keras's own
   losses do, instead of a mean over nothing.

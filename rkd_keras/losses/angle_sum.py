@@ -19,7 +19,7 @@ import functools
 
 import keras
 
-from rkd_keras.losses.base import centered_gram, squared_distances
+from rkd_keras.losses.base import centered_gram, magnitude, scaled_eps, squared_distances
 
 # Angles in one `(chunk, N, N)` slab: 4M keeps a chunk's working set (about
 # ten such float32/float64 tensors) in the low hundreds of MB at any N.
@@ -27,9 +27,15 @@ CHUNK_ELEMENTS = 2**22
 
 
 def factors(x, eps):
-    """The centred float64 Gram matrix and the inverse lengths `1/‖x_i − x_j‖`."""
-    gram = centered_gram(x)
+    """The centred float64 Gram matrix and the inverse lengths `1/‖x_i − x_j‖` of `x / magnitude(x)`.
+
+    Angles do not change with the scale of `x`; the power of two (exact) keeps
+    the squared distances of embeddings ×1e20 inside float32's range.
+    """
+    scale = magnitude(x)
+    gram = centered_gram(x / scale)
     squared = squared_distances(gram)
+    eps = scaled_eps(eps, scale)
     # A zero difference has direction 0 (F.normalize in the official code).
     inverse_norm = keras.ops.where(squared > eps, keras.ops.rsqrt(keras.ops.maximum(squared, eps)), 0.0)
     return gram, inverse_norm

@@ -83,18 +83,53 @@ def flatten(x):
     return keras.ops.reshape(x, (-1, math.prod(x.shape[1:])))
 
 
+# Magnitudes within 2^±40 keep every square, Gram entry and norm of a loss inside float32's range.
+_SAFE_EXPONENT = 40
+
+
+def magnitude(x, axis=None, keepdims=False):
+    """1, or the power of two at or below `max |x|` along `axis` where that is beyond 2^±40; no gradient.
+
+    Dividing by a power of two is exact, so a loss computed on `x / magnitude(x)`
+    (with its clamps rescaled by `scaled_eps`) is the loss of `x`, while the
+    squares and Gram entries of inputs ×1e20 or ×1e-20 stay inside float32's
+    range. Within 2^±40 it is 1 and nothing changes, bit for bit. Zero and
+    non-finite maxima give 1 (`guard` makes the loss NaN for the latter).
+    """
+    top = keras.ops.max(keras.ops.abs(x), axis=axis, keepdims=keepdims, initial=0.0)
+    top = keras.ops.where(keras.ops.logical_and(keras.ops.isfinite(top), top > 0.0), top, 1.0)
+    exponent = keras.ops.floor(keras.ops.log2(top))
+    exponent = keras.ops.where(keras.ops.abs(exponent) > _SAFE_EXPONENT, keras.ops.clip(exponent, -126, 126), 0.0)
+    return keras.ops.stop_gradient(keras.ops.ldexp(keras.ops.ones_like(top), keras.ops.cast(exponent, "int32")))
+
+
+def scaled_eps(eps, scale):
+    """A clamp `eps` on squares of `x`, in units of `x / scale`: `eps / scale²`, kept finite and non-zero.
+
+    The bounds change nothing a clamp does: 2^100 is beyond every squared
+    distance of rows scaled into [−2, 2], and 2^−126 (float32's smallest
+    normal number) below every one that float32 tells from 0 at that scale.
+    """
+    return keras.ops.clip(eps / scale / scale, min(eps, 2.0**-126), max(eps, 2.0**100))
+
+
 def norm(x, axis=-1, keepdims=False):
     """The Euclidean norm along `axis`, with gradient 0 at the zero vector (as PyTorch's `norm`).
 
     `sqrt` has an infinite slope at 0, so a plain norm of a zero row (a
-    dead ReLU map, a constant batch centred) gives NaN gradients.
+    dead ReLU map, a constant batch centred) gives NaN gradients. The squares
+    are taken of `x / magnitude(x)`, so a norm does not overflow (entries of
+    1e20) or underflow before the result does, and a NaN or inf in `x` gives
+    a NaN or inf norm, never 0.
     """
-    squared = keras.ops.sum(keras.ops.square(x), axis=axis, keepdims=keepdims)
+    scale = magnitude(x, axis=axis, keepdims=True)
+    squared = keras.ops.sum(keras.ops.square(x / scale), axis=axis, keepdims=True)
     positive = squared > 0.0
-    return keras.ops.where(positive, keras.ops.sqrt(keras.ops.where(positive, squared, 1.0)), 0.0)
+    result = scale * keras.ops.where(positive, keras.ops.sqrt(keras.ops.where(positive, squared, 1.0)), squared)
+    return result if keepdims else keras.ops.squeeze(result, axis=axis)
 
 
-def l2_normalize(x, axis=-1, eps: float = 1e-12):
+def l2_normalize(x, axis=-1, eps=1e-12):
     """`x / max(‖x‖, eps)` along `axis`: PyTorch's `F.normalize`, a zero vector stays zero."""
     return x / keras.ops.maximum(norm(x, axis=axis, keepdims=True), eps)
 

@@ -7,7 +7,7 @@ Both compare each example's features with its own teacher features
 
 import keras
 
-from rkd_keras.losses.base import as_float32, check_batch, flatten, guard, l2_normalize
+from rkd_keras.losses.base import as_float32, check_batch, flatten, guard, l2_normalize, magnitude, scaled_eps
 from rkd_keras.saving import register
 
 
@@ -41,12 +41,22 @@ def fitnet(teacher, student):
             f"regressed student {tuple(student.shape)}. Select layers of equal spatial size; the "
             "HintRegressor only maps the channels."
         )
-    return guard(keras.ops.mean(keras.ops.square(student - teacher)), teacher, student)
+    difference = student - teacher
+    # Squares of `difference / scale` (exact), so features ×1e18 do not overflow before their mean does.
+    scale = magnitude(difference)
+    return guard(keras.ops.mean(keras.ops.square(difference / scale)) * scale * scale, teacher, student)
 
 
-def _attention(feature_map):
-    """Each example's spatial attention: mean of squares over channels, flattened, L2-normalized."""
-    return l2_normalize(flatten(keras.ops.mean(keras.ops.square(feature_map), axis=-1)), axis=1)
+def _attention(feature_map, eps=1e-12):
+    """Each example's spatial attention: mean of squares over channels, flattened, L2-normalized.
+
+    Each example's map is divided by its `magnitude` first (exact; the
+    normalization's `eps` in the same units), so maps ×1e10, whose attention's
+    norm overflows float32, give the attention of the map itself.
+    """
+    scale = magnitude(feature_map, axis=tuple(range(1, len(feature_map.shape))), keepdims=True)
+    attention = flatten(keras.ops.mean(keras.ops.square(feature_map / scale), axis=-1))
+    return l2_normalize(attention, axis=1, eps=scaled_eps(eps, keras.ops.reshape(scale, (-1, 1))))
 
 
 def attention_transfer(teacher_map, student_map):

@@ -11,7 +11,17 @@ import math
 
 import keras
 
-from rkd_keras.losses.base import as_float32, check_batch, check_number, flatten, guard, l2_normalize, norm
+from rkd_keras.losses.base import (
+    as_float32,
+    check_batch,
+    check_number,
+    flatten,
+    guard,
+    l2_normalize,
+    magnitude,
+    norm,
+    scaled_eps,
+)
 
 
 def _feature_pair(teacher, student):
@@ -54,10 +64,16 @@ def similarity_preserving(teacher, student):
     0.2929
     """
     teacher, student = _feature_pair(teacher, student)
-    teacher_similarity = l2_normalize(keras.ops.matmul(teacher, keras.ops.transpose(teacher)), axis=1)
-    student_similarity = l2_normalize(keras.ops.matmul(student, keras.ops.transpose(student)), axis=1)
-    squared = keras.ops.sum(keras.ops.square(teacher_similarity - student_similarity))
+    squared = keras.ops.sum(keras.ops.square(_normalized_similarity(teacher) - _normalized_similarity(student)))
     return guard(squared / (_rows(student) * _rows(student)), teacher, student)
+
+
+def _normalized_similarity(x, eps=1e-12):
+    """`normalize_rows(x xᵀ)`, the Gram matrix of `x / magnitude(x)` (its entries of x ×1e10 overflow float32)."""
+    scale = magnitude(x)
+    x = x / scale
+    return l2_normalize(keras.ops.matmul(x, keras.ops.transpose(x)), axis=1, eps=scaled_eps(eps, scale))
+
 
 
 def _pkt_probabilities(x, eps):
@@ -114,15 +130,15 @@ def pkt(teacher, student, *, eps: float = 1e-7):
     return guard(keras.ops.mean(divergence), teacher, student)
 
 
-def _gaussian_correlation(x, gamma, order):
-    """CC's kernel by its Taylor sum: `exp(−2γ) · Σ_{p=0}^{order} (2γ)^p / p! · ⟨x_i, x_j⟩^p`."""
+def _gaussian_correlation_terms(x, gamma, order):
+    """CC's kernel by its Taylor sum without its constant term: `Σ_{p=1}^{order} (2γ)^p / p! · ⟨x_i, x_j⟩^p`."""
     inner = keras.ops.matmul(x, keras.ops.transpose(x))
-    term = keras.ops.ones_like(inner)
+    term = inner * (2.0 * gamma)
     total = term
-    for p in range(1, order + 1):
+    for p in range(2, order + 1):
         term = term * inner * (2.0 * gamma / p)  # (2γ)^p / p! · inner^p, built up one factor at a time
         total = total + term
-    return math.exp(-2.0 * gamma) * total
+    return total
 
 
 def correlation_congruence(teacher, student, *, gamma: float = 0.4, order: int = 2):
@@ -146,6 +162,9 @@ def correlation_congruence(teacher, student, *, gamma: float = 0.4, order: int =
     `keras.layers.UnitNormalization` to the selected tensors for the paper's
     kernel). Deliberate difference: where `C_s = C_t` the gradient is 0
     (the Frobenius norm's subgradient, as PyTorch takes it), not NaN.
+    The kernels' equal constant terms `exp(−2γ)` are left out of their
+    difference (features ×1e-5 keep it); where the kernels overflow float32
+    (inner products of 1e19, features ×1e10) the loss is NaN or inf.
 
     Args:
         teacher: Teacher features `(N, ...)`; no gradient flows into them.
@@ -167,23 +186,31 @@ def correlation_congruence(teacher, student, *, gamma: float = 0.4, order: int =
     gamma = check_number(gamma, "gamma")
     order = check_number(order, "order", minimum=1, strict=False, integer=True)
     teacher, student = _feature_pair(teacher, student)
-    difference = _gaussian_correlation(student, gamma, order) - _gaussian_correlation(teacher, gamma, order)
+    # The kernels' constant terms exp(−2γ) cancel: left out, features ×1e-5 (whose kernels are exp(−2γ) to
+    # float32's precision) keep their difference. The norm squares `difference / magnitude` (features ×1e5).
+    difference = math.exp(-2.0 * gamma) * (
+        _gaussian_correlation_terms(student, gamma, order) - _gaussian_correlation_terms(teacher, gamma, order)
+    )
     return guard(norm(difference, axis=(0, 1)) / (_rows(student) * _rows(student)), teacher, student)
 
 
-def _distances(x, eps=1e-12):
-    """The official `pdist(x, squared=False)`: `sqrt(max(‖x_i − x_j‖², eps))`.
+def _squared_distances(x, eps=1e-12):
+    """The official `pdist(x, squared=True)`, `max(‖x_i − x_j‖², eps)`, of `x / scale`, and `scale`.
 
     Rows are centred first: distances do not change, and the float32
-    cancellation in `‖a‖² + ‖b‖² − 2⟨a, b⟩` shrinks. The clamp before the
-    square root keeps the gradients of duplicate rows finite. The diagonal
-    (the official code zeroes it) is never read: each row's list excludes
-    the example itself.
+    cancellation in `‖a‖² + ‖b‖² − 2⟨a, b⟩` shrinks. They are divided by
+    `magnitude(x)` before the squares (exact), so embeddings ×1e18 neither
+    overflow nor lose their order; the clamp is `eps` in those units. The
+    clamp keeps the gradients of duplicate rows finite. The diagonal (the
+    official code zeroes it) is never read: each row's list excludes the
+    example itself.
     """
     x = x - keras.ops.mean(x, axis=0, keepdims=True)
+    scale = magnitude(x)
+    x = x / scale
     squared_norms = keras.ops.sum(keras.ops.square(x), axis=1)
     squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * keras.ops.matmul(x, keras.ops.transpose(x))
-    return keras.ops.sqrt(keras.ops.maximum(squared, eps))
+    return keras.ops.maximum(squared, scaled_eps(eps, scale)), scale
 
 
 def dark_rank(teacher, student, *, alpha: float = 3.0, beta: float = 3.0, list_length: int = 4):
@@ -228,13 +255,15 @@ def dark_rank(teacher, student, *, alpha: float = 3.0, beta: float = 3.0, list_l
     beta = check_number(beta, "beta")
     list_length = check_number(list_length, "list_length", minimum=1, strict=False, integer=True)
     teacher, student = _feature_pair(teacher, student)
-    teacher_scores = -alpha * keras.ops.power(_distances(teacher), beta)
-    student_scores = -alpha * keras.ops.power(_distances(student), beta)
+    # The teacher's ranking needs only the order of its distances, which scores −alpha·d^beta keep.
+    teacher_squared, _ = _squared_distances(teacher)
+    student_squared, student_scale = _squared_distances(student)
+    student_scores = -alpha * keras.ops.power(student_scale * keras.ops.sqrt(student_squared), beta)
 
     rows = keras.ops.shape(student)[0]
     index = keras.ops.arange(rows)
     is_self = index[:, None] == index[None, :]
-    neighbours = keras.ops.argsort(keras.ops.where(is_self, float("inf"), -teacher_scores), axis=1)
+    neighbours = keras.ops.argsort(keras.ops.where(is_self, float("inf"), teacher_squared), axis=1)
     ranked = keras.ops.take_along_axis(student_scores, neighbours[:, :list_length], axis=1)
 
     # Positions past N − 2 hold the example itself (list_length ≥ N): not in the list.

@@ -21,7 +21,17 @@ memory. Written with `keras.ops`; on TensorFlow the angle loop is
 import keras
 
 from rkd_keras.losses import angle_sum
-from rkd_keras.losses.base import as_float32, centered_gram, flatten, guard, in_float64, same_batch, squared_distances
+from rkd_keras.losses.base import (
+    as_float32,
+    centered_gram,
+    flatten,
+    guard,
+    in_float64,
+    magnitude,
+    same_batch,
+    scaled_eps,
+    squared_distances,
+)
 
 
 def _embeddings(teacher, student):
@@ -32,11 +42,16 @@ def _embeddings(teacher, student):
 
 
 def _normalized_distances(x, eps):
-    """ψ_D: pairwise distances divided by their mean over distinct pairs."""
-    squared = squared_distances(centered_gram(x))
+    """ψ_D: pairwise distances divided by their mean over distinct pairs.
+
+    ψ does not change with the scale of `x`: the distances are those of
+    `x / magnitude(x)` (exact), whose squares fit float32 also for embeddings ×1e20.
+    """
+    scale = magnitude(x)
+    squared = squared_distances(centered_gram(x / scale))
     # Clamp before the square root as the official `pdist` does: duplicate
     # rows then have finite gradients (the norm of a zero vector does not).
-    distances = keras.ops.sqrt(keras.ops.maximum(squared, eps))
+    distances = keras.ops.sqrt(keras.ops.maximum(squared, scaled_eps(eps, scale)))
     rows = keras.ops.arange(keras.ops.shape(x)[0])
     distances = keras.ops.where(rows[:, None] == rows[None, :], 0.0, distances)
     n = keras.ops.cast(keras.ops.shape(x)[0], "float32")

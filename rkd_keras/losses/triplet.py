@@ -6,7 +6,16 @@ Written with `keras.ops`; distances come from the float64 Gram matrix (`base.in_
 import keras
 
 from rkd_keras.choices import TRIPLET_SAMPLINGS
-from rkd_keras.losses.base import as_float32, centered_gram, flatten, guard, in_float64, squared_distances
+from rkd_keras.losses.base import (
+    as_float32,
+    centered_gram,
+    flatten,
+    guard,
+    in_float64,
+    magnitude,
+    scaled_eps,
+    squared_distances,
+)
 
 
 def _distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff):
@@ -22,7 +31,12 @@ def _distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff):
     """
     ops = keras.ops
     # tf.math.l2_normalize's formula, so TensorFlow samples as rkd_keras 0.1.0 did.
-    embeddings = embeddings * ops.rsqrt(ops.maximum(ops.sum(ops.square(embeddings), axis=1, keepdims=True), 1e-12))
+    # Rows divided by their magnitude first (exact), so the squares of rows ×1e20 do not overflow.
+    scale = magnitude(embeddings, axis=1, keepdims=True)
+    embeddings = embeddings / scale
+    embeddings = embeddings * ops.rsqrt(
+        ops.maximum(ops.sum(ops.square(embeddings), axis=1, keepdims=True), scaled_eps(1e-12, scale))
+    )
     dim = float(embeddings.shape[1])
     squared = squared_distances(centered_gram(embeddings))
     distances = ops.maximum(ops.sqrt(squared + ops.eye(ops.shape(embeddings)[0])), cutoff)
@@ -34,6 +48,13 @@ def _distance_weights(labels, embeddings, cutoff, nonzero_loss_cutoff):
     weights = weights * negatives * ops.cast(distances < nonzero_loss_cutoff, "float32")
     weights += ops.cast(ops.sum(weights, axis=1, keepdims=True) == 0, "float32") * negatives
     return ops.divide_no_nan(weights, ops.sum(weights, axis=1, keepdims=True))
+
+
+def _distances(embeddings, eps=1e-12):
+    """`sqrt(max(‖x_i − x_j‖², eps))`, the squares taken of `x / magnitude(x)` (exact): rows ×1e20 fit float32."""
+    scale = magnitude(embeddings)
+    squared = squared_distances(centered_gram(embeddings / scale))
+    return scale * keras.ops.sqrt(keras.ops.maximum(squared, scaled_eps(eps, scale)))
 
 
 def _draw_negatives(log_weights, embeddings, seed):
@@ -116,7 +137,7 @@ def triplet_loss(
     ops = keras.ops
     embeddings = flatten(as_float32(embeddings, "Triplet embeddings"))
     labels = ops.reshape(ops.convert_to_tensor(labels), (-1,))
-    distances = in_float64(lambda x: ops.sqrt(ops.maximum(squared_distances(centered_gram(x)), 1e-12)), embeddings)
+    distances = in_float64(_distances, embeddings)
     n = ops.shape(embeddings)[0]
     same = labels[:, None] == labels[None, :]
     positive = ops.logical_and(same, ops.logical_not(ops.eye(n, dtype="bool")))
