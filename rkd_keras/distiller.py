@@ -536,7 +536,8 @@ class Distiller(keras.Model):
         Args:
             teacher: `{key: tensor}` of the teacher, as its `Extractor` gives.
             student: `{key: tensor}` of the student, its output included.
-            y, sample_weight: The labels and sample weights of the task loss.
+            y, sample_weight: The labels and sample weights of the task loss;
+                the labels also go to the terms that read them (DKD).
             replicas: Replicas that each compute this on their own batch.
             gather: Gives a relational term's tensor over the global batch
                 (`None`: relational terms see this replica's batch).
@@ -573,7 +574,7 @@ class Distiller(keras.Model):
         for term in self._active_terms:
             teacher_key = self._teacher_extractor.keys[term.name]
             student_key = self._student_extractor.keys[term.name]
-            t, s = teacher[teacher_key], student[student_key]
+            t, s, labels = teacher[teacher_key], student[student_key], y if term.uses_labels else None
             whole = term.relational and gather is not None
             if term.uses_regressor:
                 s = next(regressors)(s)
@@ -583,7 +584,8 @@ class Distiller(keras.Model):
                 s = over_global_batch("student", student_key, s)
             if whole:
                 t = over_global_batch("teacher", teacher_key, t)
-            values[term.name] = term(t, s)
+                labels = None if labels is None else over_global_batch("labels", None, labels)
+            values[term.name] = term(t, s, labels)
             total.append(term.weight * values[term.name])
             share.append(term.weight * (values[term.name] if whole else values[term.name] / replicas))
         # Weight decay and other regularization of the student, as in fit.
@@ -596,6 +598,13 @@ class Distiller(keras.Model):
 
     def _unpack(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        labelled = [term.name for term in self._active_terms if term.uses_labels]
+        if labelled and y is None:
+            raise ValueError(
+                f"Term {labelled[0]!r} reads the class labels, so the data must be (x, y) pairs, but received inputs "
+                "without labels. Pass labels to fit/evaluate (with cached teacher tensors: fit(cached, y)), or "
+                "drop the term."
+            )
         needs_labels = self.task_loss is not None or self._compile_metrics is not None
         if needs_labels and y is None:
             raise ValueError(
