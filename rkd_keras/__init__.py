@@ -15,6 +15,7 @@ from pathlib import Path
 _PUBLIC = {
     "Distiller": "rkd_keras.distiller",
     "Term": "rkd_keras.terms",
+    "TermWarmup": "rkd_keras.distiller",
     "rkd_distance": "rkd_keras.losses",
     "rkd_angle": "rkd_keras.losses",
     "RKDDistance": "rkd_keras.losses",

@@ -1,4 +1,5 @@
-"""`Distiller`: trains a student from a frozen teacher on a list of distillation terms, via `fit`."""
+"""`Distiller`: trains a student from a frozen teacher on a list of distillation terms, via `fit`; `TermWarmup`
+ramps terms' weights up over the first epochs."""
 
 import functools
 import operator
@@ -959,3 +960,64 @@ class Distiller(keras.Model):
         if self.student.built:
             # Create the slots now, so the saved optimizer state loads into them.
             self.optimizer.build(self.trainable_variables)
+
+
+class TermWarmup(keras.callbacks.Callback):
+    """Ramps terms of a `Distiller` up over the first epochs: `weight · min(epoch / warmup_epochs, 1)`.
+
+    Epochs count from 1, as mdistiller's trainer counts them: DKD's warm-up
+    (megvii-research/mdistiller `mdistiller/distillers/DKD.py`,
+    `min(epoch / 20, 1) · dkd_loss`, `cfg.DKD.WARMUP = 20`) is
+    `TermWarmup({"dkd": 20})`. A change of weight rebuilds the step
+    functions (a weight is a constant of the compiled step), so each epoch
+    of the warm-up compiles once more; after it the weights are the terms'
+    own and stay so. The terms keep their own weights outside `fit`.
+
+    Args:
+        warmup_epochs: `{term name: epochs > 0}` of the Distiller's terms.
+
+    Example:
+    ```python
+    distiller = rkd_keras.Distiller(teacher, student, terms=[rkd_keras.Term("dkd")])
+    distiller.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    distiller.fit(x, y, epochs=240, callbacks=[rkd_keras.TermWarmup({"dkd": 20})])
+    ```
+    """
+
+    def __init__(self, warmup_epochs: dict):
+        super().__init__()
+        if not isinstance(warmup_epochs, dict) or not warmup_epochs:
+            raise ValueError(f"warmup_epochs must map term names to epochs, received {warmup_epochs!r}.")
+        self.warmup_epochs = {name: checks.check_int(f"warmup epochs of term {name!r}", epochs, low=1)
+                              for name, epochs in warmup_epochs.items()}
+        self._full = {}
+
+    def _terms(self):
+        terms = {term.name: term for term in getattr(self.model, "terms", [])}
+        missing = [name for name in self.warmup_epochs if name not in terms]
+        if missing:
+            raise ValueError(
+                f"TermWarmup ramps up term {missing[0]!r}, but the model has "
+                + (f"the terms {', '.join(map(repr, terms))}." if terms else "no terms (it is not a Distiller).")
+            )
+        return terms
+
+    def on_train_begin(self, logs=None):
+        terms = self._terms()
+        self._full = {name: terms[name].weight for name in self.warmup_epochs}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set({name: self._full[name] * min((epoch + 1) / epochs, 1.0) for name, epochs in self.warmup_epochs.items()})
+
+    def on_train_end(self, logs=None):
+        self._set(self._full)
+
+    def _set(self, weights):
+        terms = self._terms()
+        if all(terms[name].weight == weight for name, weight in weights.items()):
+            return
+        for name, weight in weights.items():
+            terms[name].weight = weight
+        # fit reads its train function at every step; evaluate (and fit's validation) makes a new one when None.
+        self.model.make_train_function(force=True)
+        self.model.test_function = None

@@ -595,3 +595,36 @@ def test_a_labelled_term_trains_on_cached_teacher_tensors_as_on_the_teacher_pass
         np.testing.assert_allclose(histories[1][key], histories[0][key], rtol=1e-5, err_msg=key)
     with pytest.raises(ValueError, match="Term 'dkd' reads the class labels"):
         distiller.fit(distiller.cache_teacher_embeddings(x), batch_size=32, epochs=1, verbose=0)
+
+
+def test_term_warmup_ramps_a_terms_weight_per_epoch_and_the_loss_follows(images, teacher):
+    """DKD's warm-up min(epoch / 3, 1) over 4 epochs, epochs counted from 1: weights 2/3, 4/3, 2, 2 of 2."""
+    from rkd_keras import TermWarmup
+
+    x, labels = images
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("dkd", 2.0), Term("hinton_kd", 0.5)])
+    distiller.compile(keras.optimizers.Adam(1e-2), loss=CE)
+    weights = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights.append(distiller.terms[0].weight))
+    history = distiller.fit(x, labels, batch_size=32, epochs=4, verbose=0, validation_data=(x[:32], labels[:32]),
+                            callbacks=[TermWarmup({"dkd": 3}), record]).history
+    np.testing.assert_allclose(weights, [2 / 3, 4 / 3, 2.0, 2.0])
+    # The logged loss is the optimised one: each epoch's weight, in training and in fit's validation.
+    for prefix in ("", "val_"):
+        expected = (np.array(history[f"{prefix}task_loss"]) + np.array(weights) * np.array(history[f"{prefix}dkd"])
+                    + 0.5 * np.array(history[f"{prefix}hinton_kd"]))
+        np.testing.assert_allclose(history[f"{prefix}loss"], expected, rtol=1e-5, err_msg=prefix)
+    assert distiller.terms[0].weight == 2.0 and distiller.terms[1].weight == 0.5  # its own weight after fit
+    logs = distiller.evaluate(x[:32], labels[:32], verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], logs["task_loss"] + 2.0 * logs["dkd"] + 0.5 * logs["hinton_kd"], rtol=1e-5)
+
+
+def test_term_warmup_refuses_a_term_the_distiller_does_not_have(images, teacher):
+    from rkd_keras import TermWarmup
+
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("dkd")])
+    distiller.compile("adam", loss=CE)
+    with pytest.raises(ValueError, match=r"TermWarmup ramps up term 'dkd_logits', but the model has the terms 'dkd'"):
+        distiller.fit(*images, batch_size=64, epochs=1, verbose=0, callbacks=[TermWarmup({"dkd_logits": 20})])
+    with pytest.raises(ValueError, match=r"warmup epochs of term 'dkd' must be an integer >= 1, received 0"):
+        TermWarmup({"dkd": 0})

@@ -18,7 +18,7 @@ from rkd_keras.cli import report
 from rkd_keras.cli.inputs import check_keras_file
 from rkd_keras.cli.runs import BestCheckpoint, RunFolder, read_history, read_json, resumed_epoch, write_json
 from rkd_keras.data import default_resize_size, load_dataset, materialize, num_classes, pk_batches, preprocess_image
-from rkd_keras.distiller import Distiller
+from rkd_keras.distiller import Distiller, TermWarmup
 from rkd_keras.losses import TripletLoss
 from rkd_keras.models import classifier_model, embedding_model
 from rkd_keras.presets import build_terms
@@ -202,6 +202,12 @@ def _model(config, teacher):
     return distiller, network
 
 
+def _warmups(config, model) -> list:
+    """`[TermWarmup]` when a distilling run's terms ramp up (`warmup_epochs` in their specs), else `[]`."""
+    epochs = {spec["name"]: spec["warmup_epochs"] for spec in config.terms if spec.get("warmup_epochs")}
+    return [TermWarmup(epochs)] if epochs and isinstance(model, Distiller) else []
+
+
 def evaluate(model, config, split="test", gallery_model=None):
     """The task's metrics of a model on a split: Recall@1/2/4/8, MAP@R and R-precision, or accuracy and cross-entropy.
 
@@ -270,6 +276,7 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True):
         scores = [RetrievalRecall(validation)] if config.task == "metric" else []
         callbacks = [
             *scores,
+            *_warmups(config, model),
             BestCheckpoint(network, folder.path / "best.keras", monitor=monitor),
             keras.callbacks.CSVLogger(str(folder.path / "history.csv"), append=True),
             keras.callbacks.TensorBoard(str(folder.path / "tensorboard")),
