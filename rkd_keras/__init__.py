@@ -15,6 +15,7 @@ from pathlib import Path
 _PUBLIC = {
     "Distiller": "rkd_keras.distiller",
     "Term": "rkd_keras.terms",
+    "TermWarmup": "rkd_keras.distiller",
     "rkd_distance": "rkd_keras.losses",
     "rkd_angle": "rkd_keras.losses",
     "RKDDistance": "rkd_keras.losses",
@@ -29,6 +30,10 @@ _PUBLIC = {
     "HintonKD": "rkd_keras.losses",
     "dist_kd": "rkd_keras.losses",
     "DistKD": "rkd_keras.losses",
+    "dkd": "rkd_keras.losses",
+    "DKD": "rkd_keras.losses",
+    "relaxed_contrastive": "rkd_keras.losses",
+    "RelaxedContrastive": "rkd_keras.losses",
     "attention_transfer": "rkd_keras.losses",
     "AttentionTransfer": "rkd_keras.losses",
     "similarity_preserving": "rkd_keras.losses",

@@ -90,8 +90,10 @@ DISTILLATION_LOSSES = (
     "similarity_preserving",
     "pkt",
     "correlation_congruence",
+    "relaxed_contrastive",
     "dist_kd",
     "hinton_kd",
+    "dkd",
     "attention_transfer",
     "fitnet",
 )

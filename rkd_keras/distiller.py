@@ -1,4 +1,5 @@
-"""`Distiller`: trains a student from a frozen teacher on a list of distillation terms, via `fit`."""
+"""`Distiller`: trains a student from a frozen teacher on a list of distillation terms, via `fit`; `TermWarmup`
+ramps terms' weights up over the first epochs."""
 
 import functools
 import operator
@@ -562,8 +563,8 @@ class Distiller(keras.Model):
         Args:
             teacher: `{key: tensor}` of the teacher, as its `Extractor` gives.
             student: `{key: tensor}` of the student, its output included.
-            y: The labels of the task loss.
-            sample_weight: The sample weights of the task loss.
+            y, sample_weight: The labels and sample weights of the task loss;
+                the labels also go to the terms that read them (DKD).
             replicas: Replicas that each compute this on their own batch.
             gather: Gives a relational term's tensor over the global batch
                 (`None`: relational terms see this replica's batch).
@@ -600,7 +601,7 @@ class Distiller(keras.Model):
         for term in self._active_terms:
             teacher_key = self._teacher_extractor.keys[term.name]
             student_key = self._student_extractor.keys[term.name]
-            t, s = teacher[teacher_key], student[student_key]
+            t, s, labels = teacher[teacher_key], student[student_key], y if term.uses_labels else None
             whole = term.relational and gather is not None
             if term.uses_regressor:
                 s = next(regressors)(s)
@@ -610,7 +611,8 @@ class Distiller(keras.Model):
                 s = over_global_batch("student", student_key, s)
             if whole:
                 t = over_global_batch("teacher", teacher_key, t)
-            values[term.name] = term(t, s)
+                labels = None if labels is None else over_global_batch("labels", None, labels)
+            values[term.name] = term(t, s, labels)
             total.append(term.weight * values[term.name])
             share.append(term.weight * (values[term.name] if whole else values[term.name] / replicas))
         # Weight decay and other regularization of the student, as in fit.
@@ -623,6 +625,13 @@ class Distiller(keras.Model):
 
     def _unpack(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        labelled = [term.name for term in self._active_terms if term.uses_labels]
+        if labelled and y is None:
+            raise ValueError(
+                f"Term {labelled[0]!r} reads the class labels, so the data must be (x, y) pairs, but received inputs "
+                "without labels. Pass labels to fit/evaluate (with cached teacher tensors: fit(cached, y)), or "
+                "drop the term."
+            )
         needs_labels = self.task_loss is not None or self._compile_metrics is not None
         if needs_labels and y is None:
             raise ValueError(
@@ -978,3 +987,64 @@ class Distiller(keras.Model):
         if self.student.built:
             # Create the slots now, so the saved optimizer state loads into them.
             self.optimizer.build(self.trainable_variables)
+
+
+class TermWarmup(keras.callbacks.Callback):
+    """Ramps terms of a `Distiller` up over the first epochs: `weight · min(epoch / warmup_epochs, 1)`.
+
+    Epochs count from 1, as mdistiller's trainer counts them: DKD's warm-up
+    (megvii-research/mdistiller `mdistiller/distillers/DKD.py`,
+    `min(epoch / 20, 1) · dkd_loss`, `cfg.DKD.WARMUP = 20`) is
+    `TermWarmup({"dkd": 20})`. A change of weight rebuilds the step
+    functions (a weight is a constant of the compiled step), so each epoch
+    of the warm-up compiles once more; after it the weights are the terms'
+    own and stay so. The terms keep their own weights outside `fit`.
+
+    Args:
+        warmup_epochs: `{term name: epochs > 0}` of the Distiller's terms.
+
+    Example:
+    ```python
+    distiller = rkd_keras.Distiller(teacher, student, terms=[rkd_keras.Term("dkd")])
+    distiller.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    distiller.fit(x, y, epochs=240, callbacks=[rkd_keras.TermWarmup({"dkd": 20})])
+    ```
+    """
+
+    def __init__(self, warmup_epochs: dict):
+        super().__init__()
+        if not isinstance(warmup_epochs, dict) or not warmup_epochs:
+            raise ValueError(f"warmup_epochs must map term names to epochs, received {warmup_epochs!r}.")
+        self.warmup_epochs = {name: checks.check_int(f"warmup epochs of term {name!r}", epochs, low=1)
+                              for name, epochs in warmup_epochs.items()}
+        self._full = {}
+
+    def _terms(self):
+        terms = {term.name: term for term in getattr(self.model, "terms", [])}
+        missing = [name for name in self.warmup_epochs if name not in terms]
+        if missing:
+            raise ValueError(
+                f"TermWarmup ramps up term {missing[0]!r}, but the model has "
+                + (f"the terms {', '.join(map(repr, terms))}." if terms else "no terms (it is not a Distiller).")
+            )
+        return terms
+
+    def on_train_begin(self, logs=None):
+        terms = self._terms()
+        self._full = {name: terms[name].weight for name in self.warmup_epochs}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set({name: self._full[name] * min((epoch + 1) / epochs, 1.0) for name, epochs in self.warmup_epochs.items()})
+
+    def on_train_end(self, logs=None):
+        self._set(self._full)
+
+    def _set(self, weights):
+        terms = self._terms()
+        if all(terms[name].weight == weight for name, weight in weights.items()):
+            return
+        for name, weight in weights.items():
+            terms[name].weight = weight
+        # fit reads its train function at every step; evaluate (and fit's validation) makes a new one when None.
+        self.model.make_train_function(force=True)
+        self.model.test_function = None

@@ -33,7 +33,7 @@ Example:
 
 import copy
 
-from rkd_keras.checks import check_choice, check_number, repeated
+from rkd_keras.checks import check_choice, check_int, check_number, repeated
 from rkd_keras.choices import DISTILLATION_LOSSES
 
 # Park et al. (CVPR 2019) §4.1 and the official code's defaults: a ResNet50
@@ -162,25 +162,33 @@ DEMO = {
 
 ROLES = ("teacher", "student")
 
-TERM_KEYS = ("loss", "weight", "teacher_layer", "student_layer", "name", "options")
+TERM_KEYS = ("loss", "weight", "teacher_layer", "student_layer", "name", "options", "warmup_epochs")
 
 
-def term(loss: str, weight: float = 1.0, layer: str | None = None, *, name: str | None = None, **options) -> dict:
+def term(
+    loss: str, weight: float = 1.0, layer: str | None = None, *, name: str | None = None, warmup_epochs: int = 0,
+    **options,
+) -> dict:
     """A term as data: `weight · loss(teacher tensor, student tensor)` on `layer` of both models.
 
     `layer=None` reads the models' outputs. Teacher and student built by
     `embedding_model` or `classifier_model` share layer names (`pool`,
     `stage1`, ...), so one name selects both. `options` are the loss
     wrapper's arguments (e.g. `l2_normalize=True`, `temperature=4.0`).
+    `warmup_epochs > 0` ramps the weight up, `weight · min(epoch /
+    warmup_epochs, 1)` (`rkd_keras.TermWarmup`); the key is written only then.
 
     Example:
     >>> term("rkd_angle", 50.0, "pool", l2_normalize=True)["options"]
     {'l2_normalize': True}
+    >>> term("dkd", warmup_epochs=20)["warmup_epochs"]
+    20
     """
-    return {
+    spec = {
         "loss": loss, "weight": float(weight), "teacher_layer": layer, "student_layer": layer,
         "name": name or (loss if layer is None else f"{loss}_{layer}"), "options": options,
     }
+    return {**spec, "warmup_epochs": warmup_epochs} if warmup_epochs else spec
 
 
 def check_terms(name: str, specs) -> list:
@@ -221,7 +229,11 @@ def check_terms(name: str, specs) -> list:
         term_name = spec.get("name") or spec["loss"]
         if not isinstance(term_name, str):
             raise ValueError(f"{where} name must be a string, received {term_name!r}.")
-        checked.append({"loss": spec["loss"], "weight": weight, **layers, "name": term_name, "options": dict(options)})
+        warmup = check_int(f"{where} warmup_epochs", spec.get("warmup_epochs", 0), low=0)
+        checked.append({
+            "loss": spec["loss"], "weight": weight, **layers, "name": term_name, "options": dict(options),
+            **({"warmup_epochs": warmup} if warmup else {}),
+        })
     names = [spec["name"] for spec in checked]
     if repeated(names):
         raise ValueError(f"{name}: two terms are named {', '.join(repeated(names))}; give each term its own name.")
@@ -324,6 +336,10 @@ _METRIC_METHODS = {
         [_METRIC_RKD_D, _METRIC_RKD_A],
         architecture="teacher",
     ),
+    # tjddus9597/LabelRelaxation-CVPR21: train_target.py trains the student with
+    # Relaxed_Contra alone (weight 1) at its defaults σ = 1, δ = 1, as every command
+    # of its README; on the embedding, as RKD.
+    "relaxed_contrastive": _method("relaxed contrastive loss on the embeddings", [term("relaxed_contrastive", 1.0)]),
 }
 
 # Classification: every student trains with cross-entropy (weight 1), as in
@@ -354,6 +370,18 @@ _CLASSIFICATION_METHODS = {
     # hunto's DIST with its class defaults β = γ = τ = 1 and loss weight 1 (its
     # ImageNet setting); no CIFAR setting was found in the sources read: chosen here.
     "dist": _method("DIST on the logits", [term("dist_kd", 1.0)]),
+    # megvii-research/mdistiller configs/cifar100/dkd/*.yaml and cfg.py: CE weight 1,
+    # α = 1, β = 8, T = 4, the weight ramped up by min(epoch / 20, 1) (`WARMUP: 20`).
+    # The reference trains 240 epochs; at this comparison's few epochs the ramp
+    # never ends, which is the reference's schedule, not a choice made here.
+    "dkd": _method("DKD on the logits (α 1, β 8, T 4), warm-up over 20 epochs", [term("dkd", 1.0, warmup_epochs=20)]),
+    # sunshangquan/logit-standardization-KD: KD with logit standardization at the
+    # authors' temperature 2 and KD weight 9 (their README's CIFAR-100 KD commands,
+    # `--logit-stand --base-temp 2 --kd-weight 9`). Their cross-entropy weight is
+    # not carried over: every student here trains with cross-entropy at weight 1.
+    "kd_ls": _method(
+        "Hinton's KD on standardized logits (T = 2, weight 9)", [term("hinton_kd", 9.0, temperature=2.0, standardize=True)]
+    ),
 }
 
 _CLASSIFICATION_TEACHER = {

@@ -11,7 +11,9 @@ correlation congruence, DIST) compare relations across the batch: their value
 depends on which examples share a batch, and under `tf.distribute` they need
 the global batch. Per-example terms (Hinton's KD, FitNet, attention transfer)
 compare each example's teacher and student tensors on their own and average.
-A term reads this from its loss's `relational` attribute.
+A term reads this from its loss's `relational` attribute, and from
+`uses_labels` whether its loss also reads the batch's labels (DKD): the
+Distiller then passes it each batch's `y`.
 
 This module also defines the cached-input contract of
 `Distiller.cache_teacher_embeddings`: `cached_inputs` builds it,
@@ -70,7 +72,9 @@ class Term:
     neither computed nor logged.
 
     The loss's `call(teacher, student)` gives the value (the mean, if it
-    returns more than a scalar), in float32. `relational` says whether it
+    returns more than a scalar), in float32; a loss whose `uses_labels` is
+    true (DKD) is called as `call(teacher, student, labels)` with the
+    batch's `y`, and `fit` refuses data without labels for it. `relational` says whether it
     compares relations across the batch (RKD-D, RKD-A, DarkRank, similarity
     preserving, PKT, correlation congruence, DIST) or each example on its own
     (Hinton's KD, FitNet, attention transfer); a FitNet term's student tensor
@@ -118,9 +122,23 @@ class Term:
         """Whether the student's tensor passes through a learned `HintRegressor` first (FitNet)."""
         return bool(getattr(self.loss, "uses_regressor", False))
 
-    def __call__(self, teacher, student):
-        """The term's unweighted value: a float32 scalar."""
-        value = keras.ops.cast(self.loss.call(teacher, student), "float32")
+    @property
+    def uses_labels(self) -> bool:
+        """Whether the loss reads the batch's labels (DKD): its `call(teacher, student, labels)`."""
+        return bool(getattr(self.loss, "uses_labels", False))
+
+    def __call__(self, teacher, student, labels=None):
+        """The term's unweighted value: a float32 scalar. `labels` (the batch's `y`) only for a term that reads them."""
+        if not self.uses_labels:
+            value = self.loss.call(teacher, student)
+        elif labels is None:
+            raise ValueError(
+                f"Term {self.name!r} ({self.loss.name}) reads the class labels, but the data holds inputs without "
+                "labels. Pass (x, y) pairs to fit/evaluate (cached teacher tensors too: fit(cached, y))."
+            )
+        else:
+            value = self.loss.call(teacher, student, labels)
+        value = keras.ops.cast(value, "float32")
         return value if len(value.shape) == 0 else keras.ops.mean(value)
 
     def check_shapes(self, teacher, student, teacher_source: str, student_source: str):
@@ -145,8 +163,9 @@ class Term:
         def batch_of_two(spec):
             return keras.ops.cast(rng.normal(size=(2, *spec.shape[1:])), spec.dtype)
 
+        labels = keras.ops.zeros((2,), "int32") if self.uses_labels else None
         try:
-            self(batch_of_two(teacher), batch_of_two(student))
+            self(batch_of_two(teacher), batch_of_two(student), labels)
         except Exception as error:  # each backend raises its own kind for a shape mismatch
             kind = TypeError if isinstance(error, TypeError) else ValueError
             raise kind(
@@ -176,7 +195,7 @@ class Term:
         def source(role, layer):
             return f"{role} output" if layer is None else f"{role} {layer!r}"
 
-        kind = "relational" if self.relational else "per-example"
+        kind = ("relational" if self.relational else "per-example") + (", reads labels" if self.uses_labels else "")
         return (
             f"<Term {self.name!r}: {self.weight:g} · {self.loss.name}({source('teacher', self.teacher_layer)}, "
             f"{source('student', self.student_layer)}), {kind}>"

@@ -7,8 +7,8 @@ and writes what the tests check into `DIR/<backend>.npz`: the history and
 weights of a run from weights drawn by NumPy (the same on every backend), the
 teacher before and after, two runs from the same Keras seed, a `.keras` round
 trip, a file saved on TensorFlow (`DIR/tensorflow.keras`, if there) loaded
-here, mixed precision, `RetrievalRecall`, `cache_teacher_embeddings`, a
-teacher trained with the triplet loss, a non-finite teacher and
+here, mixed precision, `RetrievalRecall`, `cache_teacher_embeddings`, a term that reads
+the labels (DKD), a teacher trained with the triplet loss, a non-finite teacher and
 inputs, the guards (a frozen student, overflowing BatchNorm statistics, cached
 tensors of another width) and `export_student`. The TensorFlow suite calls `run()` in its own process to
 make the reference.
@@ -166,6 +166,23 @@ def _refused_steps_leave_the_weights_of_the_last_good_step(out):
         ))
 
 
+def _labelled_term(out):
+    """DKD (it reads each batch's labels) on the logits and RKD-A on the embeddings, from the teacher's pass and cached."""
+    for cached in (False, True):
+        model = Distiller(classifier(32, 16, "teacher", seed=1), classifier(16, 8, "student", seed=2), terms=[
+            Term("dkd", 0.5), Term("rkd_angle", 1.0, **ON_EMBEDDINGS),
+        ])
+        model.compile(keras.optimizers.SGD(0.05), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = fit(model, model.cache_teacher_embeddings(X) if cached else X)
+        if cached:
+            out["labelled/cached_loss"] = history["loss"]
+        else:
+            for key, values in history.items():
+                out[f"labelled/{key}"] = values
+    model.compile(keras.optimizers.SGD(0.05))
+    out["labelled/without_labels"] = np.array(_error(lambda: model.fit(X, batch_size=32, epochs=1, verbose=0).history))
+
+
 def _guards(out):
     """A frozen student, overflowing BatchNorm statistics, cached teacher tensors of another width."""
     teacher = classifier(16, 12, "teacher", seed=1)
@@ -271,6 +288,7 @@ def run(folder):
     cached = distiller(classifier(32, 16, "teacher", seed=1), classifier(16, 8, "student", seed=2))
     out["cache/loss"] = fit(cached, cached.cache_teacher_embeddings(X))["loss"]
 
+    _labelled_term(out)
     _teacher_with_the_triplet_loss(out)
     _models_leave_their_input_alone(out)
     _non_finite_teacher(out)

@@ -15,7 +15,10 @@ import keras
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loss_cases import DISTILLATION, as_float32  # noqa: E402
+from loss_cases import DISTILLATION, VARIANTS, as_float32  # noqa: E402
+
+# Every loss case whose rules are checked: the losses of (teacher, student), DKD and the standardized KD.
+RULED = {**DISTILLATION, **VARIANTS}
 
 from rkd_keras import losses  # noqa: E402
 
@@ -30,12 +33,12 @@ def cases():
     """name → (function of (teacher, student), teacher, student), all float32."""
     rng = np.random.default_rng(11)
     found = {}
-    for name, (fn, _, inputs) in DISTILLATION.items():
+    for name, (fn, _, inputs) in RULED.items():
         found[name] = (fn, *as_float32(*inputs(rng, 16)))
     found["rkd_angle_chunks_of_5"] = (
         lambda t, s: losses.rkd_angle(t, s, chunk_size=5), *as_float32(*DISTILLATION["rkd_angle"][2](rng, 23))
     )
-    for kind in ("rkd_angle", "rkd_distance"):
+    for kind in ("rkd_angle", "rkd_distance", "relaxed_contrastive"):
         fn = DISTILLATION[kind][0]
         found[f"{kind}_near_duplicate_teacher"] = (fn, *as_float32(_near_duplicates(rng, 32, 64), rng.normal(size=(32, 16))))
         found[f"{kind}_near_duplicate_student"] = (fn, *as_float32(rng.normal(size=(32, 64)), _near_duplicates(rng, 32, 64)))
@@ -109,7 +112,7 @@ def compute():
     for name, (fn, teacher, student) in cases().items():
         out[f"value/{name}"], out[f"gradient/{name}"] = value_and_gradient(fn, teacher, student)
     for name, (fn, teacher, student) in cases().items():
-        if name not in DISTILLATION:
+        if name not in RULED:
             continue
         bad = student.copy()
         bad.flat[7] = np.nan

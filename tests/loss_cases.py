@@ -1,5 +1,6 @@
 """The distillation losses with the inputs each takes and its float64 port: shared by the loss tests."""
 
+import keras
 import numpy as np
 
 import reference
@@ -39,7 +40,35 @@ NEW = {
     "pkt": (losses.pkt, reference.pkt, features),
     "correlation_congruence": (losses.correlation_congruence, reference.correlation_congruence, features),
     "dark_rank": (losses.dark_rank, reference.dark_rank, features),
+    "relaxed_contrastive": (losses.relaxed_contrastive, reference.relaxed_contrastive, features),
     "attention_transfer": (losses.attention_transfer, reference.attention_transfer, maps),
+}
+
+def labels_of(rows):
+    """The labels the label-reading cases give a batch: row i is of class i mod 10 (every class once in 10 rows)."""
+    return keras.ops.arange(rows) % 10
+
+
+def _dkd(teacher, student, **params):
+    return losses.dkd(teacher, student, labels_of(keras.ops.shape(teacher)[0]), **params)
+
+
+def _dkd_port(teacher, student, **params):
+    return reference.dkd(teacher, student, np.arange(len(teacher)) % 10, **params)
+
+
+def _standardized(fn):
+    def standardized(teacher, student, **params):
+        return fn(teacher, student, standardize=True, **params)
+
+    return standardized
+
+
+# The logit losses that read labels or standardize, as `fn(teacher, student)` with the labels of `labels_of`.
+VARIANTS = {
+    "dkd": (_dkd, _dkd_port, logits),
+    "dkd_standardized": (_standardized(_dkd), _standardized(_dkd_port), logits),
+    "hinton_kd_standardized": (_standardized(losses.hinton_kd), reference.hinton_kd_standardized, logits),
 }
 
 # Every distillation loss `fn(teacher, student)`: the new ones, FitNet and RKD.

@@ -232,3 +232,88 @@ def prototypical_loss(support, query):
     log_p_y = _log_softmax(-dists, axis=1).reshape(n_class, n_query, n_class)
     target_inds = np.arange(n_class)[:, None].repeat(n_query, axis=1)
     return -np.take_along_axis(log_p_y, target_inds[:, :, None], axis=2).mean()
+
+
+def _torch_std(x):
+    """torch.Tensor.std(dim=-1, keepdims=True): Bessel's correction (divide by C − 1)."""
+    return x.std(axis=-1, ddof=1, keepdims=True)
+
+
+def _standardize(logit):
+    """sunshangquan/logit-standardization-KD mdistiller/distillers/KD.py `normalize(logit)`."""
+    mean = logit.mean(axis=-1, keepdims=True)
+    stdv = _torch_std(logit)
+    return (logit - mean) / (1e-7 + stdv)
+
+
+def hinton_kd_standardized(teacher_logits, student_logits, temperature=4.0):
+    """sunshangquan/logit-standardization-KD mdistiller/distillers/KD.py `kd_loss(s, t, T, logit_stand=True)`."""
+    logits_student = _standardize(np.asarray(student_logits, np.float64))
+    logits_teacher = _standardize(np.asarray(teacher_logits, np.float64))
+    log_pred_student = _log_softmax(logits_student / temperature, axis=1)
+    pred_teacher = _softmax(logits_teacher / temperature, axis=1)
+    # F.kl_div(log_pred_student, pred_teacher, reduction="none").sum(1).mean()
+    pointwise = np.where(pred_teacher > 0, pred_teacher * (np.log(np.where(pred_teacher > 0, pred_teacher, 1.0)) - log_pred_student), 0.0)
+    return pointwise.sum(1).mean() * temperature**2
+
+
+def _kl_div_sum(log_input, target):
+    """F.kl_div(log_input, target, size_average=False): Σ target·(log target − log_input), 0 where target = 0."""
+    safe = np.where(target > 0, target, 1.0)
+    return np.where(target > 0, target * (np.log(safe) - log_input), 0.0).sum()
+
+
+def dkd(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0, temperature=4.0, standardize=False):
+    """megvii-research/mdistiller mdistiller/distillers/DKD.py `dkd_loss(s, t, target, alpha, beta, T)`.
+
+    `standardize=True`: sunshangquan/logit-standardization-KD mdistiller/distillers/DKD.py with `logit_stand`.
+    """
+    logits_student = np.asarray(student_logits, np.float64)
+    logits_teacher = np.asarray(teacher_logits, np.float64)
+    if standardize:
+        logits_student, logits_teacher = _standardize(logits_student), _standardize(logits_teacher)
+    target = np.asarray(labels).reshape(-1)
+    gt_mask = np.zeros_like(logits_student, dtype=bool)
+    gt_mask[np.arange(len(target)), target] = True
+    other_mask = ~gt_mask
+    pred_student = _softmax(logits_student / temperature, axis=1)
+    pred_teacher = _softmax(logits_teacher / temperature, axis=1)
+
+    def cat_mask(t):
+        return np.concatenate([(t * gt_mask).sum(1, keepdims=True), (t * other_mask).sum(1, keepdims=True)], axis=1)
+
+    pred_student, pred_teacher = cat_mask(pred_student), cat_mask(pred_teacher)
+    with np.errstate(divide="ignore"):
+        log_pred_student = np.log(pred_student)
+    tckd_loss = _kl_div_sum(log_pred_student, pred_teacher) * temperature**2 / target.shape[0]
+    pred_teacher_part2 = _softmax(logits_teacher / temperature - 1000.0 * gt_mask, axis=1)
+    log_pred_student_part2 = _log_softmax(logits_student / temperature - 1000.0 * gt_mask, axis=1)
+    nckd_loss = _kl_div_sum(log_pred_student_part2, pred_teacher_part2) * temperature**2 / target.shape[0]
+    return alpha * tckd_loss + beta * nckd_loss
+
+
+def _relaxed_pdist(A, eps=1e-12):
+    """tjddus9597/LabelRelaxation-CVPR21 code/Relaxed_losses.py `pdist(A, A, squared=False)`."""
+    D = (A**2).sum(1)[None, :] + (-2) * A @ A.T
+    D = np.clip((A**2).sum(1)[None, :] + D.T, eps, None)
+    D = np.sqrt(D)
+    np.fill_diagonal(D, 0.0)
+    return D
+
+
+def relaxed_contrastive(teacher, student, sigma=1.0, delta=1.0):
+    """tjddus9597/LabelRelaxation-CVPR21 code/Relaxed_losses.py `Relaxed_Contra.forward(t_emb, s_emb)`.
+
+    Their `t_emb` is the target model (our student), `s_emb` the source model (our teacher).
+    """
+    t_emb, s_emb = _flat64(student), _flat64(teacher)
+    s_emb = _normalize(s_emb)
+    T_dist = _relaxed_pdist(t_emb)
+    dist_mean = T_dist.mean(1, keepdims=True)
+    T_dist = T_dist / dist_mean
+    S_dist = _relaxed_pdist(s_emb)
+    P = np.exp(-(S_dist**2) / sigma)
+    pull_losses = np.maximum(T_dist, 0) ** 2 * P
+    push_losses = np.maximum(delta - T_dist, 0) ** 2 * (1 - P)
+    keep = T_dist > 0
+    return (pull_losses[keep].sum() + push_losses[keep].sum()) / len(t_emb)

@@ -18,6 +18,7 @@ import pytest
 
 import backend_distiller
 import backend_losses
+from backend_losses import RULED
 from loss_cases import DISTILLATION
 
 HERE = Path(__file__).parent
@@ -109,7 +110,7 @@ def test_every_loss_gives_the_tensorflow_value_and_gradient(runs, backend):
     """
     ours, reference = runs[backend]["losses"], runs["tensorflow"]["losses"]
     names = [key.split("/", 1)[1] for key in reference if key.startswith("value/")]
-    assert len(names) == 21 and set(DISTILLATION) < set(names)
+    assert len(names) == 28 and set(RULED) < set(names)
     for name in names:
         expected = float(reference[f"value/{name}"])
         assert expected > 1e-3, name  # every case has a loss to get right
@@ -128,7 +129,7 @@ def test_every_loss_keeps_the_package_rules(runs, backend):
     The triplet loss's samplings: 0 for an empty batch, NaN for a NaN input.
     """
     rules = runs[backend]["losses"]
-    for name in DISTILLATION:
+    for name in RULED:
         assert np.isnan(rules[f"rule/{name}/nan_input"]), name
         assert float(rules[f"rule/{name}/empty_value"]) == 0.0, name
         assert rules[f"rule/{name}/empty_gradient_shape"][0] == 0, name
@@ -173,6 +174,20 @@ def test_the_distiller_trains_as_on_tensorflow_and_leaves_the_teacher_untouched(
     assert len(weights) == 11  # the student's 10 (BatchNorm's 4 included) and the FitNet regressor's kernel
     for key in weights:
         np.testing.assert_allclose(ours[key], reference[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_term_that_reads_labels_trains_as_on_tensorflow(runs, backend):
+    """DKD on the logits with each batch's labels, beside RKD-A, from the teacher's pass and from cached tensors."""
+    ours, reference = runs[backend]["distiller"], runs["tensorflow"]["distiller"]
+    for key in ("loss", "task_loss", "dkd", "rkd_angle", "cached_loss"):
+        assert ours[f"labelled/{key}"].shape == (3,), key
+        np.testing.assert_allclose(ours[f"labelled/{key}"], reference[f"labelled/{key}"], rtol=1e-5, err_msg=key)
+    assert ours["labelled/dkd"][-1] < ours["labelled/dkd"][0]
+    np.testing.assert_allclose(ours["labelled/cached_loss"], ours["labelled/loss"], rtol=1e-5)
+    assert str(ours["labelled/without_labels"]).startswith(
+        "ValueError: Term 'dkd' reads the class labels, so the data must be (x, y) pairs"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -73,6 +73,11 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
         term["name"] for term in presets.COMPARE[task]["methods"]["rkd_da"]["terms"]
     ]
     assert json.loads((root / "status.json").read_text())["status"] == "complete"
+    if task == "classification":
+        # DKD's warm-up: its first epoch trains (and logs as `loss`) at 1/20 of the term's weight.
+        header, row = [line.split(",") for line in (root / "seed1" / "dkd" / "history.csv").read_text().splitlines()[:2]]
+        epoch = dict(zip(header, map(float, row)))
+        assert epoch["loss"] == pytest.approx(epoch["task_loss"] + epoch["dkd"] / 20, rel=1e-5)
 
     runs_before = listing(root / "seed1")
     assert _compare(tmp_path, task, *split) == 2  # a finished comparison is not overwritten
@@ -171,6 +176,20 @@ def _inputs(*argv):
     return check_inputs(build_parser().parse_args(["compare", *argv]))
 
 
+def test_the_methods_since_rkd_are_their_authors_settings():
+    configs = _inputs("--task", "classification", "--methods", "dkd", "kd_ls")["configs"][0]
+    assert configs["dkd"].terms == [{"loss": "dkd", "weight": 1.0, "teacher_layer": None, "student_layer": None,
+                                     "name": "dkd", "options": {}, "warmup_epochs": 20}]  # fmt: skip
+    (kd_ls,) = configs["kd_ls"].terms
+    assert (kd_ls["loss"], kd_ls["weight"], kd_ls["options"]) == ("hinton_kd", 9.0, {"temperature": 2.0, "standardize": True})
+    (relaxed,) = _inputs("--methods", "relaxed_contrastive")["configs"][0]["relaxed_contrastive"].terms
+    assert (relaxed["loss"], relaxed["weight"], relaxed["teacher_layer"], relaxed["options"]) == ("relaxed_contrastive", 1.0, None, {})
+    (term,) = presets.build_terms([kd_ls])
+    assert term.loss.get_config()["standardize"] is True and not term.uses_labels
+    (term,) = presets.build_terms(configs["dkd"].terms)
+    assert term.uses_labels and term.weight == 1.0
+
+
 def test_each_method_is_its_preset_on_the_tasks_student():
     configs = _inputs("--task", "classification", "--seeds", "3")["configs"][3]
     recipe = presets.COMPARE["classification"]
@@ -226,9 +245,12 @@ def test_a_config_file_may_not_set_what_each_method_sets(tmp_path, capsys):
         (["distill", "--teacher", "t.keras"], "terms: [{loss: rkd}]\n", "terms[0] loss must be one of rkd_distance, rkd_angle"),
         (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt, layer: pool}]\n", "terms[0] has unknown keys layer"),
         (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}, {loss: pkt}]\n", "two terms are named pkt"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: dkd, warmup_epochs: -1}]\n",
+         "terms[0] warmup_epochs must be an integer >= 0, received -1"),
         (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}]\nangle_weight: 2\n", "give terms or distance_weight/angle_weight, not both"),
     ],
-    ids=["classification teacher", "tune with terms", "negative weight", "unknown loss", "unknown key", "same name", "both"],
+    ids=["classification teacher", "tune with terms", "negative weight", "unknown loss", "unknown key", "same name",
+         "negative warm-up", "both"],
 )
 def test_run_settings_that_cannot_train_are_refused_before_anything_loads(command, settings, message, tmp_path, capsys):
     config = tmp_path / "c.yaml"

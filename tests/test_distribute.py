@@ -1,7 +1,8 @@
 """Global-batch relations under tf.distribute: two logical CPU devices equal one device.
 
 Relational terms see the all-gathered global batch; per-example terms (FitNet
-here, with its regressor) are computed on each replica's half and averaged.
+here, with its regressor, and DKD with each replica's labels) are computed on
+each replica's half and averaged.
 """
 
 import json
@@ -37,20 +38,26 @@ def mlp(hidden, out, seed):
     return keras.Model(inputs, keras.layers.Dense(out)(h))
 
 
+labels = rng.integers(0, 8, 32)
 TERMS = {
     "rkd": None,
     "mixed": [Term("rkd_angle", 2.0), Term("fitnet", 0.5, teacher_layer="hidden", student_layer="hidden")],
+    # DKD reads each replica's labels; the 8 outputs are logits.
+    "labelled": [Term("rkd_angle", 2.0), Term("dkd", 0.5)],
 }
 
 
 def step(strategy, global_batch_relations, terms):
+    labelled = terms == "labelled"
     with strategy.scope():
         weights = {} if TERMS[terms] else {"angle_weight": 2.0}
-        distiller = Distiller(mlp(32, 16, 1), mlp(16, 8, 2), terms=TERMS[terms], **weights,
+        # DKD compares logits of the same 8 classes.
+        distiller = Distiller(mlp(32, 8 if labelled else 16, 1), mlp(16, 8, 2), terms=TERMS[terms], **weights,
                               global_batch_relations=global_batch_relations)
-        distiller.compile(keras.optimizers.SGD(0.5), loss="mse")
+        distiller.compile(keras.optimizers.SGD(0.5),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if labelled else "mse")
     initial = [w.numpy().copy() for w in distiller.trainable_weights]
-    logs = distiller.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0).history
+    logs = distiller.fit(x, labels if labelled else y, batch_size=32, epochs=1, shuffle=False, verbose=0).history
     return {k: v[0] for k, v in logs.items()}, initial, [w.numpy().copy() for w in distiller.trainable_weights]
 
 
@@ -81,6 +88,7 @@ def runs():
 @pytest.mark.parametrize("terms, logged, weights", [
     ("rkd", {"loss", "task_loss", "rkd_distance", "rkd_angle"}, 4),
     ("mixed", {"loss", "task_loss", "rkd_angle", "fitnet"}, 5),  # the student's and the FitNet regressor's
+    ("labelled", {"loss", "task_loss", "rkd_angle", "dkd"}, 4),
 ])
 def test_two_replicas_give_the_single_device_loss_and_weights(runs, terms, logged, weights):
     assert runs["replicas"] == 2
@@ -92,7 +100,7 @@ def test_two_replicas_give_the_single_device_loss_and_weights(runs, terms, logge
     assert run["weight_diff"] <= 1e-5, run
 
 
-@pytest.mark.parametrize("terms", ["rkd", "mixed"])
+@pytest.mark.parametrize("terms", ["rkd", "mixed", "labelled"])
 def test_per_replica_relations_differ_from_the_global_batch(runs, terms):
     """With the option off each replica sees 16 rows: the relations, and the step, change."""
     run = runs[f"{terms}-False"]

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import reference
-from loss_cases import NEW, as_float32, features, logits, maps
+from loss_cases import NEW, VARIANTS, as_float32, features, logits, maps
 from rkd_keras import losses
 
 
@@ -34,14 +34,18 @@ def numeric_gradient(port, teacher, student, step=1e-5, **params):
     return gradient
 
 
+# The losses of (teacher, student) and the logit losses that read labels or standardize.
+CASES = {**NEW, **VARIANTS}
+
+
 def assert_gradient_close(gradient, expected):
     # rtol 1e-4 elementwise; entries far below the largest are held to 1e-6 of it (float32 sums).
     np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", CASES)
 def test_value_matches_the_float64_port_of_its_reference(name):
-    fn, port, inputs = NEW[name]
+    fn, port, inputs = CASES[name]
     for n in (2, 16, 64):
         teacher, student = as_float32(*inputs(np.random.default_rng(n), n))
         value = fn(teacher, student)
@@ -55,12 +59,16 @@ PARAMETERS = {
     "pkt": [{"eps": 1e-3}],
     "correlation_congruence": [{"gamma": 0.1, "order": 1}, {"gamma": 0.8, "order": 4}],
     "dark_rank": [{"alpha": 1.0, "beta": 2.0, "list_length": 3}, {"list_length": 1}],
+    "relaxed_contrastive": [{"sigma": 0.25}, {"delta": 2.0}],
+    "dkd": [{"alpha": 2.0}, {"beta": 1.0}, {"temperature": 1.0}],
+    "dkd_standardized": [{"temperature": 2.0}],
+    "hinton_kd_standardized": [{"temperature": 2.0}],
 }
 
 
 def test_parameters_mean_what_the_reference_means():
     for name, settings in PARAMETERS.items():
-        fn, port, inputs = NEW[name]
+        fn, port, inputs = CASES[name]
         teacher, student = as_float32(*inputs(np.random.default_rng(3), 16))
         default = float(fn(teacher, student))
         for params in settings:
@@ -69,9 +77,9 @@ def test_parameters_mean_what_the_reference_means():
             assert abs(value - default) > 1e-4 * abs(value), (name, params)  # the parameter changed the loss
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", CASES)
 def test_student_gradient_matches_the_float64_port(name):
-    fn, port, inputs = NEW[name]
+    fn, port, inputs = CASES[name]
     for n in (2, 16):
         teacher, student = inputs(np.random.default_rng(10 + n), n)
         if name == "attention_transfer":  # 16 positions × 3 channels per example: keep the differences few
@@ -83,7 +91,7 @@ def test_student_gradient_matches_the_float64_port(name):
 
 def test_teacher_gets_no_gradient():
     rng = np.random.default_rng(4)
-    for name, (fn, _, inputs) in NEW.items():
+    for name, (fn, _, inputs) in CASES.items():
         teacher, student = (tf.constant(a) for a in as_float32(*inputs(rng, 6)))
         with tf.GradientTape(persistent=True) as tape:
             tape.watch([teacher, student])
@@ -148,7 +156,7 @@ def test_attention_transfer_refuses_vectors():
 
 def test_relational_losses_flatten_feature_maps():
     teacher, student = as_float32(*maps(np.random.default_rng(9), 8))
-    for name in ("similarity_preserving", "pkt", "correlation_congruence", "dark_rank"):
+    for name in ("similarity_preserving", "pkt", "correlation_congruence", "dark_rank", "relaxed_contrastive"):
         fn, port, _ = NEW[name]
         np.testing.assert_allclose(float(fn(teacher, student)), port(teacher, student), rtol=1e-5, err_msg=name)
 

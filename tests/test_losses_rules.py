@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from loss_cases import DISTILLATION, NEW, as_float32
+from loss_cases import DISTILLATION, NEW, VARIANTS, as_float32
 from rkd_keras import losses
 from rkd_keras.losses import base, features, logits, relational
 
-FINITE_ON_DEGENERATE = {**NEW, "fitnet": DISTILLATION["fitnet"]}  # RKD: tests/test_losses.py
+FINITE_ON_DEGENERATE = {**NEW, **VARIANTS, "fitnet": DISTILLATION["fitnet"]}  # RKD: tests/test_losses.py
+# Every loss, and the logit losses that read labels (of each batch's rows, `loss_cases.labels_of`) or standardize.
+EVERY = {**DISTILLATION, **VARIANTS}
 
 
 def _degenerate(inputs, case):
@@ -61,13 +63,13 @@ def test_loss_and_gradient_are_finite_on_degenerate_batches(mode):
 def test_a_batch_of_one_gives_0_for_relational_losses():
     """One example has no relation to another (the official HardDarkRank fails, SP and PKT give 0)."""
     rng = np.random.default_rng(1)
-    for name in ("similarity_preserving", "pkt", "dark_rank"):
+    for name in ("similarity_preserving", "pkt", "dark_rank", "relaxed_contrastive"):
         fn, _, inputs = NEW[name]
         assert float(fn(*as_float32(*inputs(rng, 1)))) == 0.0, name
 
 
 def test_non_finite_inputs_give_nan():
-    for name, (fn, _, inputs) in DISTILLATION.items():
+    for name, (fn, _, inputs) in EVERY.items():
         graph = tf.function(fn)
         for side in (0, 1):
             for bad in (np.nan, np.inf, -np.inf):
@@ -89,7 +91,7 @@ def test_non_finite_embeddings_give_a_nan_triplet_loss():
 
 def test_an_empty_batch_gives_0():
     """A replica's share of a short last batch under tf.distribute can be empty: 0, as Keras's losses give."""
-    for name, (fn, _, inputs) in DISTILLATION.items():
+    for name, (fn, _, inputs) in EVERY.items():
         teacher, student = as_float32(*inputs(np.random.default_rng(4), 0))
         value, gradient = _loss_and_gradient(fn, "eager")(tf.constant(teacher), tf.constant(student))
         assert float(value) == 0.0 and gradient.shape == student.shape, name
@@ -117,14 +119,14 @@ def test_half_precision_inputs_give_the_float32_result_of_their_rounded_values()
 
 
 def test_integer_inputs_are_refused_with_the_cast_to_use():
-    for name, (fn, _, inputs) in NEW.items():
+    for name, (fn, _, inputs) in {**NEW, **VARIANTS}.items():
         teacher, student = inputs(np.random.default_rng(6), 4)
         with pytest.raises(TypeError, match=r"floating point, received dtype int32.*keras\.ops\.cast"):
             fn(teacher.astype(np.int32), student.astype(np.float32))
 
 
 def test_different_batch_sizes_are_refused():
-    for name, (fn, _, inputs) in NEW.items():
+    for name, (fn, _, inputs) in {**NEW, **VARIANTS}.items():
         teacher, student = as_float32(*inputs(np.random.default_rng(7), 4))
         with pytest.raises(ValueError, match="received 4 teacher rows and 3 student rows"):
             fn(teacher, student[:3])

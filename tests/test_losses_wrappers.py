@@ -10,9 +10,9 @@ from rkd_keras import losses
 
 RELATIONAL = {
     "rkd_distance", "rkd_angle", "dark_rank", "similarity_preserving", "pkt", "correlation_congruence", "dist_kd",
-    "triplet_loss", "prototypical_loss",
+    "relaxed_contrastive", "triplet_loss", "prototypical_loss",
 }
-PER_EXAMPLE = {"hinton_kd", "attention_transfer", "fitnet"}
+PER_EXAMPLE = {"hinton_kd", "dkd", "attention_transfer", "fitnet"}
 
 # Parameters other than the defaults, for each wrapper with parameters.
 PARAMETERS = {
@@ -24,6 +24,7 @@ PARAMETERS = {
     "correlation_congruence": {"gamma": 0.2, "order": 3},
     "dist_kd": {"beta": 0.5, "gamma": 2.0, "temperature": 3.0},
     "hinton_kd": {"temperature": 2.5},
+    "relaxed_contrastive": {"sigma": 0.5, "delta": 1.5},
     "attention_transfer": {},
     "fitnet": {},
 }
@@ -48,6 +49,7 @@ def test_get_gives_the_wrapper_of_every_name():
 def test_wrappers_say_whether_they_compare_relations_or_examples():
     assert {name for name, wrapper in losses.LOSSES.items() if wrapper.relational} == RELATIONAL
     assert {name for name, wrapper in losses.LOSSES.items() if wrapper.uses_regressor} == {"fitnet"}
+    assert {name for name, wrapper in losses.LOSSES.items() if wrapper.uses_labels} == {"dkd"}
 
 
 def test_wrappers_are_thin():
@@ -88,6 +90,8 @@ BAD_PARAMETERS = [
     ("dark_rank", {"list_length": 0}, "list_length must be an integer >= 1"),
     ("dark_rank", {"alpha": -3.0}, "alpha must be a finite number > 0"),
     ("dark_rank", {"beta": "3"}, "beta must be a finite number > 0, received '3'"),
+    ("relaxed_contrastive", {"sigma": 0.0}, "sigma must be a finite number > 0, received 0.0"),
+    ("relaxed_contrastive", {"delta": -1.0}, "delta must be a finite number > 0"),
 ]
 
 

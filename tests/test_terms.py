@@ -11,12 +11,13 @@ from rkd_keras.terms import INPUTS, TEACHER_TENSORS
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 RELATIONAL = {"rkd_distance", "rkd_angle", "dark_rank", "similarity_preserving", "pkt", "correlation_congruence",
-              "dist_kd"}
-PER_EXAMPLE = {"hinton_kd", "attention_transfer", "fitnet"}
+              "dist_kd", "relaxed_contrastive"}
+PER_EXAMPLE = {"hinton_kd", "dkd", "attention_transfer", "fitnet"}
 # Which layers each kind of loss reads in these classifiers; any other loss reads the pooled features.
 READS = {
     "hinton_kd": (None, None),
     "dist_kd": (None, None),
+    "dkd": (None, None),
     "attention_transfer": ("stage2", "stage2"),
     "fitnet": ("stage3", "stage3"),
 }
@@ -534,3 +535,96 @@ def test_a_layer_inside_a_nested_backbone_is_refused_early_with_the_fix():
     flat = keras.Model(inputs, keras.layers.Dense(16)(keras.layers.GlobalAveragePooling2D()(flat.output)))
     distiller = Distiller(flat, small_rgb_student(), terms=[Term("rkd_angle", teacher_layer="block_13_expand_relu")])
     assert distiller._teacher_extractor.specs["block_13_expand_relu"].shape == (None, 2, 2, 192)
+
+
+# Terms that read the labels (DKD): the Distiller passes each batch's y.
+
+
+def test_a_term_says_whether_it_reads_labels_and_refuses_a_call_without_them(rng):
+    assert Term("dkd").uses_labels and Term(losses.dkd).uses_labels
+    assert not any(Term(name).uses_labels for name in losses.LOSSES if name not in {"dkd", *NOT_DISTILLATION})
+    assert repr(Term("dkd")) == "<Term 'dkd': 1 · dkd(teacher output, student output), per-example, reads labels>"
+    teacher, student = rng.normal(size=(2, 6, 5)).astype("float32")
+    labels = np.array([0, 1, 2, 3, 4, 0])
+    np.testing.assert_allclose(float(Term("dkd")(teacher, student, labels)), float(losses.dkd(teacher, student, labels)))
+    with pytest.raises(ValueError, match=r"Term 'dkd' \(dkd\) reads the class labels, but the data holds inputs without"):
+        Term("dkd")(teacher, student)
+
+
+def test_a_dkd_term_is_dkd_of_the_logits_and_the_batchs_labels(images, teacher):
+    x, labels = images
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("dkd", 0.5), Term("hinton_kd", 0.25)])
+    distiller.compile(keras.optimizers.Adam(1e-2), loss=CE)
+    history = distiller.fit(x, labels, batch_size=32, epochs=4, verbose=0).history
+    assert set(history) == {"loss", "task_loss", "dkd", "hinton_kd"}
+    assert history["dkd"][-1] < history["dkd"][0] and history["loss"][-1] < history["loss"][0]
+    batch, batch_labels = x[:64], labels[:64]
+    logs = distiller.evaluate(batch, batch_labels, batch_size=64, verbose=0, return_dict=True)
+    t_logits, s_logits = teacher(batch, training=False), distiller.student(batch, training=False)
+    np.testing.assert_allclose(logs["dkd"], float(losses.dkd(t_logits, s_logits, batch_labels)), rtol=1e-5)
+    other_labels = (batch_labels + 1) % 4  # the term reads these very labels
+    assert abs(logs["dkd"] - float(losses.dkd(t_logits, s_logits, other_labels))) > 1e-2 * logs["dkd"]
+    weighted = logs["task_loss"] + 0.5 * logs["dkd"] + 0.25 * logs["hinton_kd"]
+    np.testing.assert_allclose(logs["loss"], weighted, rtol=1e-6)
+
+
+@pytest.mark.parametrize("compiled_loss", [False, True])
+def test_fit_refuses_a_labelled_term_on_data_without_labels(images, teacher, compiled_loss):
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("dkd"), Term("rkd_angle", 1.0, "pool", "pool")])
+    distiller.compile("adam", loss=CE if compiled_loss else None)
+    with pytest.raises(ValueError, match=(
+        r"Term 'dkd' reads the class labels, so the data must be \(x, y\) pairs, but received inputs without labels"
+    )):
+        distiller.fit(images[0], batch_size=32, epochs=1, verbose=0)
+    # With its weight at 0 the term is off, and needs no labels.
+    off = Distiller(teacher, classifier(4, "student"), terms=[Term("dkd", 0.0), Term("rkd_angle", 1.0, "pool", "pool")])
+    off.compile("adam")
+    assert set(off.fit(images[0], batch_size=32, epochs=1, verbose=0).history) == {"loss", "rkd_angle"}
+
+
+def test_a_labelled_term_trains_on_cached_teacher_tensors_as_on_the_teacher_pass(images, teacher):
+    x, labels = images
+    histories = []
+    for cached in (False, True):
+        keras.utils.set_random_seed(3)
+        distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("dkd"), Term("rkd_distance", 1.0, "pool", "pool")])
+        distiller.compile(keras.optimizers.Adam(1e-2), loss=CE)
+        data = distiller.cache_teacher_embeddings(x) if cached else x
+        histories.append(distiller.fit(data, labels, batch_size=32, epochs=2, shuffle=False, verbose=0).history)
+    for key in ("loss", "dkd", "rkd_distance", "task_loss"):
+        np.testing.assert_allclose(histories[1][key], histories[0][key], rtol=1e-5, err_msg=key)
+    with pytest.raises(ValueError, match="Term 'dkd' reads the class labels"):
+        distiller.fit(distiller.cache_teacher_embeddings(x), batch_size=32, epochs=1, verbose=0)
+
+
+def test_term_warmup_ramps_a_terms_weight_per_epoch_and_the_loss_follows(images, teacher):
+    """DKD's warm-up min(epoch / 3, 1) over 4 epochs, epochs counted from 1: weights 2/3, 4/3, 2, 2 of 2."""
+    from rkd_keras import TermWarmup
+
+    x, labels = images
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("dkd", 2.0), Term("hinton_kd", 0.5)])
+    distiller.compile(keras.optimizers.Adam(1e-2), loss=CE)
+    weights = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights.append(distiller.terms[0].weight))
+    history = distiller.fit(x, labels, batch_size=32, epochs=4, verbose=0, validation_data=(x[:32], labels[:32]),
+                            callbacks=[TermWarmup({"dkd": 3}), record]).history
+    np.testing.assert_allclose(weights, [2 / 3, 4 / 3, 2.0, 2.0])
+    # The logged loss is the optimised one: each epoch's weight, in training and in fit's validation.
+    for prefix in ("", "val_"):
+        expected = (np.array(history[f"{prefix}task_loss"]) + np.array(weights) * np.array(history[f"{prefix}dkd"])
+                    + 0.5 * np.array(history[f"{prefix}hinton_kd"]))
+        np.testing.assert_allclose(history[f"{prefix}loss"], expected, rtol=1e-5, err_msg=prefix)
+    assert distiller.terms[0].weight == 2.0 and distiller.terms[1].weight == 0.5  # its own weight after fit
+    logs = distiller.evaluate(x[:32], labels[:32], verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], logs["task_loss"] + 2.0 * logs["dkd"] + 0.5 * logs["hinton_kd"], rtol=1e-5)
+
+
+def test_term_warmup_refuses_a_term_the_distiller_does_not_have(images, teacher):
+    from rkd_keras import TermWarmup
+
+    distiller = Distiller(teacher, classifier(4, "student"), terms=[Term("dkd")])
+    distiller.compile("adam", loss=CE)
+    with pytest.raises(ValueError, match=r"TermWarmup ramps up term 'dkd_logits', but the model has the terms 'dkd'"):
+        distiller.fit(*images, batch_size=64, epochs=1, verbose=0, callbacks=[TermWarmup({"dkd_logits": 20})])
+    with pytest.raises(ValueError, match=r"warmup epochs of term 'dkd' must be an integer >= 1, received 0"):
+        TermWarmup({"dkd": 0})

@@ -22,7 +22,7 @@ from rkd_keras.cli.runs import (
 from rkd_keras.data import (
     default_resize_size, image_paths, load_dataset, materialize, num_classes, pk_batches, preprocess_image,
 )
-from rkd_keras.distiller import Distiller
+from rkd_keras.distiller import Distiller, TermWarmup
 from rkd_keras.embedding_files import read_embeddings
 from rkd_keras.losses import TripletLoss
 from rkd_keras.models import classifier_model, embedding_model
@@ -277,6 +277,12 @@ def _model(config, teacher, from_embeddings=False):
     return distiller, network
 
 
+def _warmups(config, model) -> list:
+    """`[TermWarmup]` when a distilling run's terms ramp up (`warmup_epochs` in their specs), else `[]`."""
+    epochs = {spec["name"]: spec["warmup_epochs"] for spec in config.terms if spec.get("warmup_epochs")}
+    return [TermWarmup(epochs)] if epochs and isinstance(model, Distiller) else []
+
+
 def evaluate(model, config, split="test", gallery_model=None):
     """The task's metrics of a model on a split: Recall@1/2/4/8, MAP@R and R-precision, or accuracy and cross-entropy.
 
@@ -374,6 +380,7 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher
         scores = [RetrievalRecall(validation)] if config.task == "metric" else []
         callbacks = [
             *scores,
+            *_warmups(config, model),
             BestCheckpoint(network, folder.path / "best.keras", monitor=monitor),
             keras.callbacks.CSVLogger(str(folder.path / "history.csv"), append=True),
             keras.callbacks.TensorBoard(str(folder.path / "tensorboard")),

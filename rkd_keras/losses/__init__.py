@@ -7,9 +7,11 @@ shape `()`. `get(name)` gives the wrapper of a loss by its function's name;
 Relational (they compare relations across the batch, so teacher and student
 may have different widths, and they need the whole batch at once):
 `rkd_distance`, `rkd_angle`, `dark_rank`, `similarity_preserving`, `pkt`,
-`correlation_congruence`, `dist_kd` (its intra-class term), and the
-`triplet_loss` and `prototypical_loss` of `(labels, embeddings)`. Per-example (each example compared
-with its own teacher output): `hinton_kd`, `attention_transfer`, `fitnet`.
+`correlation_congruence`, `relaxed_contrastive`, `dist_kd` (its intra-class
+term), and the `triplet_loss` and `prototypical_loss` of `(labels, embeddings)`. Per-example (each
+example compared with its own teacher output): `hinton_kd`, `dkd`,
+`attention_transfer`, `fitnet`. `dkd` also reads the class labels,
+`dkd(teacher, student, labels)`; its wrapper says so (`uses_labels`).
 
 Rules every loss keeps:
 
@@ -51,12 +53,15 @@ unknown size), and the triplet loss draws its negatives per backend.
 import keras
 
 from rkd_keras.losses.features import HintRegressor, attention_transfer, fitnet
-from rkd_keras.losses.logits import dist_kd, hinton_kd
+from rkd_keras.losses.logits import dist_kd, dkd, hinton_kd
 from rkd_keras.losses.prototypical import prototypical_loss
-from rkd_keras.losses.relational import correlation_congruence, dark_rank, pkt, similarity_preserving
+from rkd_keras.losses.relational import (
+    correlation_congruence, dark_rank, pkt, relaxed_contrastive, similarity_preserving,
+)
 from rkd_keras.losses.rkd import rkd_angle, rkd_distance
 from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
 from rkd_keras.losses.wrappers import (
+    DKD,
     PKT,
     AttentionTransfer,
     CorrelationCongruence,
@@ -67,6 +72,7 @@ from rkd_keras.losses.wrappers import (
     LossWrapper,
     PrototypicalLoss,
     RKDAngle,
+    RelaxedContrastive,
     RKDDistance,
     SimilarityPreserving,
     TripletLoss,
@@ -80,8 +86,10 @@ LOSSES = {
     "similarity_preserving": SimilarityPreserving,
     "pkt": PKT,
     "correlation_congruence": CorrelationCongruence,
+    "relaxed_contrastive": RelaxedContrastive,
     "dist_kd": DistKD,
     "hinton_kd": HintonKD,
+    "dkd": DKD,
     "attention_transfer": AttentionTransfer,
     "fitnet": FitNet,
     "triplet_loss": TripletLoss,
@@ -127,8 +135,10 @@ __all__ = [
     "similarity_preserving",
     "pkt",
     "correlation_congruence",
+    "relaxed_contrastive",
     "dist_kd",
     "hinton_kd",
+    "dkd",
     "attention_transfer",
     "fitnet",
     "triplet_loss",
@@ -139,8 +149,10 @@ __all__ = [
     "SimilarityPreserving",
     "PKT",
     "CorrelationCongruence",
+    "RelaxedContrastive",
     "DistKD",
     "HintonKD",
+    "DKD",
     "AttentionTransfer",
     "FitNet",
     "HintRegressor",

@@ -1,4 +1,4 @@
-"""Losses on the relations between a batch's examples: SP, PKT, CC and DarkRank.
+"""Losses on the relations between a batch's examples: SP, PKT, CC, DarkRank and the relaxed contrastive loss.
 
 Each compares a relation computed inside the teacher's batch with the same
 relation inside the student's, so teacher and student may have different
@@ -13,14 +13,17 @@ import keras
 
 from rkd_keras.losses.base import (
     as_float32,
+    centered_gram,
     check_batch,
     check_number,
     flatten,
     guard,
+    in_float64,
     l2_normalize,
     magnitude,
     norm,
     scaled_eps,
+    squared_distances,
 )
 
 
@@ -277,3 +280,72 @@ def dark_rank(teacher, student, *, alpha: float = 3.0, beta: float = 3.0, list_l
     competitors = keras.ops.where(competes[None], ranked[:, None, :], float("-inf"))
     log_likelihood = keras.ops.where(listed[None, :], ranked - keras.ops.logsumexp(competitors, axis=2), 0.0)
     return guard(-keras.ops.mean(keras.ops.sum(log_likelihood, axis=1)), teacher, student)
+
+
+def _clamped_distances(x, eps=1e-12):
+    """The reference's `pdist`: `sqrt(max(‖x_i − x_j‖², eps))`, 0 on the diagonal (call it inside `in_float64`).
+
+    The squared distances come from the batch's centred Gram matrix in
+    float64, so near-duplicate rows and large norms keep their distances
+    (the reference's float32 `‖a‖² + ‖b‖² − 2a·b` loses them).
+    """
+    distances = keras.ops.sqrt(keras.ops.maximum(squared_distances(centered_gram(x)), eps))
+    index = keras.ops.arange(keras.ops.shape(x)[0])
+    return keras.ops.where(index[:, None] == index[None, :], 0.0, distances)
+
+
+def relaxed_contrastive(teacher, student, *, sigma: float = 1.0, delta: float = 1.0):
+    """The relaxed contrastive loss: the teacher's similarities as soft labels (Kim et al., CVPR 2021).
+
+    Formula:
+    ```
+    dist(x)_ij = sqrt(max(‖x_i − x_j‖², 1e-12)), 0 on the diagonal
+    D = dist(s),  m_i = (1/N) Σ_j D_ij,  D̂ = D / m        (the row mean, its zero diagonal included)
+    P = exp(−dist(t̂)² / sigma),  t̂ = t / max(‖t‖, 1e-12)  (no gradient)
+    loss = (1/N) · Σ_{i≠j} [P_ij · D̂_ij² + (1 − P_ij) · max(delta − D̂_ij, 0)²]
+    ```
+    Follows `Relaxed_Contra` of the official code
+    (github.com/tjddus9597/LabelRelaxation-CVPR21, `code/Relaxed_losses.py`),
+    whose `forward(t_emb, s_emb)` takes the *student* (their target model)
+    first and the teacher (their source model) second; defaults σ = 1, δ = 1
+    from its `train_target.py` and every command of its README. The teacher
+    is always L2-normalised inside the loss, the student never. Relational:
+    teacher and student may have different widths.
+
+    Deliberate differences: a batch of one gives 0 with a finite gradient
+    (the reference divides 0 by a zero mean); distances come from a float64
+    Gram matrix (see `_clamped_distances`).
+
+    Args:
+        teacher: Teacher embeddings `(N, ...)`; no gradient flows into them.
+        student: Student embeddings `(N, ...)`; any width.
+        sigma: Width `> 0` of the teacher's Gaussian similarities.
+        delta: Margin `> 0` of the push term, in units of the mean distance.
+
+    Returns:
+        Scalar float32 loss.
+
+    Example:
+    >>> teacher = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")  # P_01 = exp(−2)
+    >>> # D̂_01 = 2 (the row mean is half the distance): (e⁻² · 4 + 0) · 2 / 2
+    >>> round(float(relaxed_contrastive(teacher, np.array([[0.0], [3.0]], "float32"))), 4)
+    0.5413
+    """
+    sigma = check_number(sigma, "sigma")
+    delta = check_number(delta, "delta")
+    teacher, student = _feature_pair(teacher, student)
+
+    def loss(teacher, student):
+        relaxed = keras.ops.stop_gradient(
+            keras.ops.exp(-keras.ops.square(_clamped_distances(l2_normalize(teacher, axis=1))) / sigma)
+        )
+        distances = _clamped_distances(student)
+        rows = _rows(student)
+        normalized = keras.ops.divide_no_nan(distances, keras.ops.sum(distances, axis=1, keepdims=True) / rows)
+        pull = relaxed * keras.ops.square(normalized)
+        push = (1.0 - relaxed) * keras.ops.square(keras.ops.relu(delta - normalized))
+        index = keras.ops.arange(keras.ops.shape(student)[0])
+        pairs = keras.ops.where(index[:, None] == index[None, :], 0.0, pull + push)
+        return keras.ops.sum(pairs) / keras.ops.maximum(rows, 1.0)
+
+    return guard(in_float64(loss, teacher, student), teacher, student)

@@ -20,11 +20,14 @@ is and any layer selectable.
 
 import keras
 
+from rkd_keras import checks
 from rkd_keras.losses.base import as_float32, check_number, flatten, l2_normalize
 from rkd_keras.losses.features import attention_transfer, fitnet
-from rkd_keras.losses.logits import dist_kd, hinton_kd
+from rkd_keras.losses.logits import dist_kd, dkd, hinton_kd
 from rkd_keras.losses.prototypical import prototypical_loss
-from rkd_keras.losses.relational import correlation_congruence, dark_rank, pkt, similarity_preserving
+from rkd_keras.losses.relational import (
+    correlation_congruence, dark_rank, pkt, relaxed_contrastive, similarity_preserving,
+)
 from rkd_keras.losses.rkd import rkd_angle, rkd_distance
 from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
 from rkd_keras.saving import register
@@ -39,6 +42,9 @@ class LossWrapper(keras.losses.Loss):
             default for a function of unknown kind.
         uses_regressor: the student's tensor passes through a learned
             `HintRegressor` (FitNet) before the loss.
+        uses_labels: the loss reads the batch's class labels (DKD): its
+            function takes `(teacher, student, labels)`, and `call` takes
+            them as its third argument, which a `Term` passes.
 
     Args:
         fn: The loss function, `fn(y_true, y_pred, **kwargs)`.
@@ -50,6 +56,7 @@ class LossWrapper(keras.losses.Loss):
 
     relational = True
     uses_regressor = False
+    uses_labels = False
 
     def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, *, l2_normalize=False, **kwargs):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
@@ -59,12 +66,19 @@ class LossWrapper(keras.losses.Loss):
         self.l2_normalize = l2_normalize
         self.fn_kwargs = kwargs
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true, y_pred, labels=None):
         if self.l2_normalize:
             y_true, y_pred = (
                 l2_normalize(flatten(as_float32(x, name)), axis=1) for x, name in ((y_true, "Teacher"), (y_pred, "Student"))
             )
-        return self.fn(y_true, y_pred, **self.fn_kwargs)
+        if not self.uses_labels:
+            return self.fn(y_true, y_pred, **self.fn_kwargs)
+        if labels is None:
+            raise ValueError(
+                f"The loss {self.name!r} reads the class labels: call it as loss.call(teacher, student, labels), "
+                f"or use it in a Term (Term({self.name!r})), which passes each batch's labels."
+            )
+        return self.fn(y_true, y_pred, labels, **self.fn_kwargs)
 
     def get_config(self):
         # Written only when on, so the configs of wrappers without the option stay theirs.
@@ -153,9 +167,37 @@ class HintonKD(LossWrapper):
 
     relational = False
 
-    def __init__(self, temperature=4.0, reduction="sum_over_batch_size", name="hinton_kd", dtype=None):
+    def __init__(self, temperature=4.0, standardize=False, reduction="sum_over_batch_size", name="hinton_kd", dtype=None):
         check_number(temperature, "temperature")
-        super().__init__(hinton_kd, reduction=reduction, name=name, dtype=dtype, temperature=temperature)
+        # Stored only when on, so the configs of the plain KD stay as they were.
+        switch = {"standardize": True} if checks.check_bool("standardize", standardize) else {}
+        super().__init__(hinton_kd, reduction=reduction, name=name, dtype=dtype, temperature=temperature, **switch)
+
+
+@register
+class DKD(LossWrapper):
+    """Decoupled KD on logits; see `dkd`. It reads the labels: a `Term` passes each batch's `y`.
+
+    Example:
+    >>> logits = np.array([[3.0, 1.0, 0.0]], "float32")
+    >>> float(DKD().call(logits, logits, np.array([0])))
+    0.0
+    """
+
+    relational = False
+    uses_labels = True
+
+    def __init__(
+        self, alpha=1.0, beta=8.0, temperature=4.0, standardize=False, reduction="sum_over_batch_size", name="dkd",
+        dtype=None,
+    ):
+        check_number(alpha, "alpha", strict=False)
+        check_number(beta, "beta", strict=False)
+        check_number(temperature, "temperature")
+        switch = {"standardize": True} if checks.check_bool("standardize", standardize) else {}
+        super().__init__(
+            dkd, reduction=reduction, name=name, dtype=dtype, alpha=alpha, beta=beta, temperature=temperature, **switch
+        )
 
 
 @register
@@ -240,6 +282,22 @@ class CorrelationCongruence(LossWrapper):
         check_number(gamma, "gamma")
         check_number(order, "order", minimum=1, strict=False, integer=True)
         super().__init__(correlation_congruence, reduction=reduction, name=name, dtype=dtype, gamma=gamma, order=order)
+
+
+@register
+class RelaxedContrastive(LossWrapper):
+    """The relaxed contrastive loss; see `relaxed_contrastive`.
+
+    Example:
+    >>> teacher = np.random.default_rng(0).normal(size=(6, 8)).astype("float32")
+    >>> float(RelaxedContrastive(sigma=0.5)(teacher, teacher)) > 0  # a copy still pulls and pushes
+    True
+    """
+
+    def __init__(self, sigma=1.0, delta=1.0, reduction="sum_over_batch_size", name="relaxed_contrastive", dtype=None):
+        check_number(sigma, "sigma")
+        check_number(delta, "delta")
+        super().__init__(relaxed_contrastive, reduction=reduction, name=name, dtype=dtype, sigma=sigma, delta=delta)
 
 
 @register
