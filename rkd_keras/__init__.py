@@ -49,6 +49,7 @@ _PUBLIC = {
     "recall_at_k": "rkd_keras.retrieval",
     "map_at_r": "rkd_keras.retrieval",
     "r_precision": "rkd_keras.retrieval",
+    "nearest_neighbours": "rkd_keras.retrieval",
     "RetrievalRecall": "rkd_keras.retrieval",
     "export_student": "rkd_keras.export",
     "load_student": "rkd_keras.export",
