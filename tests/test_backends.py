@@ -299,6 +299,7 @@ def test_export_student_from_jax_serves_the_same_embeddings_and_is_refused_with_
     assert not (runs["folder"] / "torch_savedmodel").exists()
 
 
+@pytest.mark.slow  # 61-134 s measured on 2 cores at load 11-15 (the three backends' runs side by side)
 def test_retrieval_metrics_give_the_tensorflow_numbers_on_every_backend_without_tensorflow(tmp_path):
     """Recall@K, MAP@R, R-precision and the neighbours themselves, exactly; also at ×1e19 and ×1e-20.
 
@@ -314,7 +315,7 @@ def test_retrieval_metrics_give_the_tensorflow_numbers_on_every_backend_without_
     for backend in BACKENDS:
         ours = dict(np.load(tmp_path / f"{backend}.npz"))
         assert str(ours.pop("backend")) == backend
-        assert ours.keys() == reference.keys() and len(reference) == (2 * 2 + 4) * 2 * 4 + 2
+        assert ours.keys() == reference.keys() and len(reference) == ((2 * 2 + 4) * 2 + 1) * 4 + 2
         for key, expected in reference.items():
             if key == "embed/embeddings":  # another backend's float32 kernels
                 np.testing.assert_allclose(ours[key], expected, rtol=1e-5, atol=1e-6, err_msg=f"{backend} {key}")

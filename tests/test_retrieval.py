@@ -358,3 +358,21 @@ def test_a_missing_faiss_names_the_extra(monkeypatch):
 def test_an_unknown_search_is_refused():
     with pytest.raises(ValueError, match="search"):
         recall_at_k(np.zeros((4, 2)), [0, 0, 1, 1], (1,), search="annoy")
+
+
+@pytest.mark.parametrize("kind", ["random", "ties"])
+def test_long_rows_take_their_candidates_from_block_maxima_and_stay_exact(kind):
+    # 3,000 items: 47 blocks of 64 columns, enough for the block-maxima top-k of K = 8 (10 candidates).
+    rng = np.random.default_rng(12)
+    if kind == "ties":  # 4 integer coordinates in [0, 3): about 80 items share each point
+        embeddings = rng.integers(0, 3, size=(3000, 4)).astype(float)
+    else:
+        embeddings = rng.normal(size=(3000, 6))
+    labels = rng.integers(0, 50, 3000)
+    e = embeddings.astype(np.float64)
+    d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    expected = np.argsort(d, axis=1, kind="stable")[:, :8]
+    np.testing.assert_array_equal(nearest_neighbours(embeddings, 8, batch_size=256), expected)
+    relevant = labels[expected] == labels[:, None]
+    assert recall_at_k(embeddings, labels, batch_size=256) == {k: relevant[:, :k].any(axis=1).mean() for k in (1, 2, 4, 8)}
