@@ -62,6 +62,7 @@ _PUBLIC = {
     "r_precision": "rkd_keras.retrieval",
     "few_shot_accuracy": "rkd_keras.retrieval",
     "FewShotAccuracy": "rkd_keras.retrieval",
+    "nearest_neighbours": "rkd_keras.retrieval",
     "RetrievalRecall": "rkd_keras.retrieval",
     "export_student": "rkd_keras.export",
     "load_student": "rkd_keras.export",

@@ -331,3 +331,30 @@ def test_export_student_from_jax_serves_the_same_embeddings_and_is_refused_with_
     assert error.startswith("NotImplementedError: export_student runs Keras's TensorFlow-based exporters")
     assert "KERAS_BACKEND=tensorflow" in error
     assert not (runs["folder"] / "torch_savedmodel").exists()
+
+
+@pytest.mark.slow  # 61-134 s measured on 2 cores at load 11-15 (the three backends' runs side by side)
+def test_retrieval_metrics_give_the_tensorflow_numbers_on_every_backend_without_tensorflow(tmp_path):
+    """Recall@K, MAP@R, R-precision and the neighbours themselves, exactly; also at ×1e19 and ×1e-20.
+
+    The "ties" case has many exactly equal distances, whose order PyTorch's top-k does not fix;
+    the other backends run with `import tensorflow` blocked.
+    """
+    import backend_retrieval
+
+    processes = {b: _start("backend_retrieval.py", b, tmp_path / f"{b}.npz") for b in BACKENDS}
+    reference = backend_retrieval.compute()
+    for backend, process in processes.items():
+        _finish(process, f"The retrieval run on {backend}")
+    for backend in BACKENDS:
+        ours = dict(np.load(tmp_path / f"{backend}.npz"))
+        assert str(ours.pop("backend")) == backend
+        assert ours.keys() == reference.keys() and len(reference) == ((2 * 2 + 4) * 2 + 1) * 4 + 2
+        for key, expected in reference.items():
+            if key == "embed/embeddings":  # another backend's float32 kernels
+                np.testing.assert_allclose(ours[key], expected, rtol=1e-5, atol=1e-6, err_msg=f"{backend} {key}")
+            else:
+                np.testing.assert_array_equal(ours[key], expected, err_msg=f"{backend} {key}")
+    scaled = {scale: reference[f"recall/random_x{scale}/euclidean/512"] for scale in ("1e19", "1e-20")}
+    for values in scaled.values():
+        np.testing.assert_array_equal(values, reference["recall/random/euclidean/512"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rkd_keras import Distiller, RetrievalRecall, embed, map_at_r, r_precision, recall_at_k
+from rkd_keras import Distiller, RetrievalRecall, embed, map_at_r, nearest_neighbours, r_precision, recall_at_k
 
 
 def brute_force_ranking(embeddings, labels, gallery=None):
@@ -250,3 +250,129 @@ def test_callback_refuses_a_gallery_model_of_another_width(rng):
     callback.set_model(_embedder(6))
     with pytest.raises(ValueError, match="asymmetric retrieval needs a gallery model of the same width"):
         callback.on_epoch_end(0, {})
+
+
+@pytest.mark.parametrize("with_gallery", [False, True], ids=["symmetric", "gallery"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("scale", [1e19, 1e-20, 1e30, 1e-30])
+def test_metrics_at_extreme_finite_scales_equal_the_metrics_at_scale_one(scale, metric, with_gallery):
+    """Squared distances overflowed float32 at ×1e19 and underflowed at ×1e-20 (R@1 0.03 became 0.07 and 0.067)."""
+    embeddings, labels = DATA["random"]
+    gallery = _teacher_gallery(embeddings) if with_gallery else None
+    scaled_gallery = None if gallery is None else gallery * scale
+    ks = (1, 2, 4, 8, 16)
+    expected = recall_at_k(embeddings, labels, ks, gallery=gallery, metric=metric)
+    assert recall_at_k(embeddings * scale, labels, ks, gallery=scaled_gallery, metric=metric) == expected
+    if metric == "euclidean":  # and the float64 oracle on the scaled inputs gives the same
+        assert expected == pytest.approx(brute_recall(embeddings * scale, labels, ks, scaled_gallery), abs=1e-12)
+    for metric_fn in (map_at_r, r_precision):
+        assert metric_fn(embeddings * scale, labels, gallery=scaled_gallery, metric=metric) == pytest.approx(
+            metric_fn(embeddings, labels, gallery=gallery, metric=metric), abs=1e-12
+        )
+
+
+def test_cosine_ranks_rows_of_very_different_norms_by_angle():
+    # A row ×1e-30 was left unnormalised (its norm is below the 1e-12 floor) and ranked as a point near 0.
+    embeddings = np.array([[1.0, 0.0], [1e-30, 1e-31], [0.0, 1.0], [1e30, 9e29]])
+    labels = np.array([0, 0, 1, 1])
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    assert recall_at_k(embeddings, labels, (1,), metric="cosine") == recall_at_k(unit, labels, (1,)) == {1: 0.75}
+    np.testing.assert_array_equal(nearest_neighbours(embeddings, 3, metric="cosine"), [[1, 3, 2], [0, 3, 2], [3, 1, 0], [1, 0, 2]])
+
+
+@pytest.mark.parametrize("with_gallery", [False, True], ids=["symmetric", "gallery"])
+@pytest.mark.parametrize("case", DATA)
+def test_nearest_neighbours_rank_by_distance_then_lower_index(case, with_gallery):
+    embeddings, _ = DATA[case]
+    gallery = _teacher_gallery(embeddings) if with_gallery else None
+    e = np.asarray(embeddings, np.float64)
+    g = e if gallery is None else np.asarray(gallery, np.float64)
+    d = ((e[:, None, :] - g[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    expected = np.argsort(d, axis=1, kind="stable")[:, :9]
+    np.testing.assert_array_equal(nearest_neighbours(embeddings, 9, gallery=gallery, batch_size=7), expected)
+
+
+def test_ties_at_the_last_rank_take_the_lower_indices_even_beyond_the_candidates():
+    # Item 0 at the origin, items 1-8 all at distance 1 from it (±e1 … ±e4): for K = 3 the top-k
+    # candidates (K + 2) hold 5 of the 8 tied items, so the rule must look past them.
+    embeddings = np.concatenate([np.zeros((1, 4)), np.eye(4), -np.eye(4)])
+    for order in (np.arange(9), np.array([0, 8, 7, 6, 5, 4, 3, 2, 1])):
+        np.testing.assert_array_equal(nearest_neighbours(embeddings[order], 3)[0], [1, 2, 3])
+        np.testing.assert_array_equal(nearest_neighbours(embeddings[order], 8)[0], np.arange(1, 9))
+    labels = np.array([0, 1, 1, 1, 1, 1, 1, 1, 0])  # item 0's only same-class item is the last of the tie
+    assert recall_at_k(embeddings, labels, (7, 8)) == pytest.approx(brute_recall(embeddings, labels, (7, 8)), abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("case", DATA)
+def test_faiss_flat_search_gives_the_exact_recall(case, metric):
+    embeddings, labels = DATA[case]
+    gallery = _teacher_gallery(embeddings)
+    ks = (1, 2, 4, 8, 16)
+    for g in (None, gallery):
+        exact = recall_at_k(embeddings, labels, ks, gallery=g, metric=metric)
+        assert recall_at_k(embeddings, labels, ks, gallery=g, metric=metric, search="faiss_flat", batch_size=7) == exact
+    if metric == "euclidean":
+        assert exact == pytest.approx(brute_recall(embeddings, labels, ks, gallery), abs=1e-12)
+
+
+def test_faiss_flat_search_keeps_the_tie_rule():
+    embeddings, _ = DATA["ties"]  # small integer coordinates: many exactly equal distances
+    np.testing.assert_array_equal(nearest_neighbours(embeddings, 12, search="faiss_flat"), nearest_neighbours(embeddings, 12))
+
+
+def test_faiss_ivf_recall_is_labelled_approximate_and_exhaustive_probing_gives_the_exact_numbers():
+    rng = np.random.default_rng(4)
+    embeddings, labels = rng.normal(size=(2000, 8)), np.arange(2000) // 5
+    exact = recall_at_k(embeddings, labels)
+    everything = recall_at_k(embeddings, labels, search="faiss_ivf", nlist=16, nprobe=16)
+    assert everything == {f"approx_recall_at_{k}": value for k, value in exact.items()}
+    one_list = recall_at_k(embeddings, labels, search="faiss_ivf", nlist=16, nprobe=1)
+    assert set(one_list) == set(everything) and not set(one_list) & {1, 2, 4, 8}
+    neighbours = nearest_neighbours(embeddings, 8, search="faiss_ivf", nlist=16, nprobe=1)
+    # One list of 16 finds most, not all, of the exact 8 nearest.
+    overlap = np.mean([len(set(a) & set(b)) / 8 for a, b in zip(neighbours, nearest_neighbours(embeddings, 8))])
+    assert 0.3 < overlap < 1.0
+
+
+def test_the_callback_logs_an_ivf_recall_under_approximate_keys_only(rng):
+    x_val, y_val = rng.normal(size=(60, 4)).astype("float32"), rng.integers(0, 4, 60)
+    model = _embedder()
+    callback = RetrievalRecall((x_val, y_val), ks=(1, 2), search="faiss_ivf")
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert set(logs) == {"val_approx_recall_at_1", "val_approx_recall_at_2"}
+    assert RetrievalRecall((x_val, y_val), search="faiss_flat").search == "faiss_flat"
+
+
+def test_a_missing_faiss_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match=re.escape('pip install "rkd-keras[faiss]"')):
+        recall_at_k(np.zeros((4, 2)), [0, 0, 1, 1], (1,), search="faiss_flat")
+
+
+def test_an_unknown_search_is_refused():
+    with pytest.raises(ValueError, match="search"):
+        recall_at_k(np.zeros((4, 2)), [0, 0, 1, 1], (1,), search="annoy")
+
+
+@pytest.mark.parametrize("kind", ["random", "ties"])
+def test_long_rows_take_their_candidates_from_block_maxima_and_stay_exact(kind):
+    # 3,000 items: 47 blocks of 64 columns, enough for the block-maxima top-k of K = 8 (10 candidates).
+    rng = np.random.default_rng(12)
+    if kind == "ties":  # 4 integer coordinates in [0, 3): about 80 items share each point
+        embeddings = rng.integers(0, 3, size=(3000, 4)).astype(float)
+    else:
+        embeddings = rng.normal(size=(3000, 6))
+    labels = rng.integers(0, 50, 3000)
+    e = embeddings.astype(np.float64)
+    d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    expected = np.argsort(d, axis=1, kind="stable")[:, :8]
+    np.testing.assert_array_equal(nearest_neighbours(embeddings, 8, batch_size=256), expected)
+    relevant = labels[expected] == labels[:, None]
+    assert recall_at_k(embeddings, labels, batch_size=256) == {k: relevant[:, :k].any(axis=1).mean() for k in (1, 2, 4, 8)}
