@@ -563,8 +563,9 @@ class Distiller(keras.Model):
         Args:
             teacher: `{key: tensor}` of the teacher, as its `Extractor` gives.
             student: `{key: tensor}` of the student, its output included.
-            y, sample_weight: The labels and sample weights of the task loss;
-                the labels also go to the terms that read them (DKD).
+            y: The labels of the task loss; they also go to the terms that
+                read them (DKD).
+            sample_weight: The sample weights of the task loss.
             replicas: Replicas that each compute this on their own batch.
             gather: Gives a relational term's tensor over the global batch
                 (`None`: relational terms see this replica's batch).
