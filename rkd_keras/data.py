@@ -278,9 +278,9 @@ def image_paths(
     with the same `task` and `classes` as they are read with.
 
     Args:
-        name, split, task, classes, data_dir, manual_dir, download, path,
-            validation_fraction: As `load_dataset`'s (the images' size does
-            not change their paths).
+        name: As `load_dataset`'s; so are `split`, `task`, `classes`,
+            `data_dir`, `manual_dir`, `download`, `path` and
+            `validation_fraction` (the images' size does not change their paths).
 
     Returns:
         A list of strings, one per image.

@@ -172,7 +172,7 @@ def _read_chunks(file, suffix):
                     )
                 try:
                     embeddings, paths = arrays["embeddings"], arrays["paths"]
-                except ValueError:  # an object array (rows of different widths), which loads only by pickle
+                except ValueError:  # an object array (rows of different widths): allow_pickle=False refuses it
                     embeddings = paths = None
                 if embeddings is None or embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.number):
                     raise ValueError(

@@ -249,8 +249,8 @@ def nearest_neighbours(
 
     Args:
         embeddings: `(N, D)` embeddings.
-        k: How many neighbours, in [1, N - 1].
-        gallery, metric, batch_size, search, nlist, nprobe: As in `recall_at_k`.
+        k: How many neighbours, in [1, N - 1]; `gallery`, `metric`,
+            `batch_size`, `search`, `nlist` and `nprobe` are as in `recall_at_k`.
 
     Returns:
         `(N, K)` int64 item indices; with `search="faiss_ivf"`, -1 where the

@@ -215,6 +215,67 @@ EXAMPLES = [
         "setup": "from rkd_keras.export import load_student\n",
         "shrink": [],
     },
+    {
+        "anchor": "distiller = rkd_keras.Distiller(teacher, student, terms=[rkd_keras.Term(\"dkd\")])",
+        "page": "rkd_keras/distiller.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": "x, y = images, labels\n",
+        "shrink": [],
+    },
+    {
+        "anchor": "teacher.compile(optimizer=\"adam\", loss=PrototypicalLoss(shots=5))",
+        "page": "rkd_keras/losses/wrappers.py",
+        "backends": ALL,
+        "story": "docstrings",
+        "setup": (
+            "from rkd_keras.data import pk_batches\n"
+            "from rkd_keras.losses import PrototypicalLoss\n"
+            "train = tf.data.Dataset.from_tensor_slices((images, labels))\n"
+        ),
+        "shrink": [("shots=5", "shots=2"), ("classes_per_batch=20, samples_per_class=5 + 15", "classes_per_batch=4, samples_per_class=2 + 2")],
+    },
+    # The teacher-embeddings files' examples, on a folder of ten classes of twelve images (in the docstrings' folder).
+    {
+        "anchor": "rkd_keras.write_embeddings(\"teacher.parquet\", [([\"coat/0001.png\", \"bag/0002.png\"], np.eye(2, 128))])",
+        "page": "rkd_keras/embedding_files.py",
+        "backends": ALL,
+        "story": "embeddings",
+        "setup": (
+            "import os, keras, numpy as np, tensorflow as tf, rkd_keras\n"
+            "for c in range(10):\n"
+            "    os.makedirs(f'images/class{c}', exist_ok=True)\n"
+            "    for i in range(12):\n"
+            "        image = np.random.default_rng(100 * c + i).integers(0, 255, (28, 28, 1), dtype=np.uint8)\n"
+            "        open(f'images/class{c}/{i}.png', 'wb').write(tf.io.encode_png(image).numpy())\n"
+        ),
+        "shrink": [],
+    },
+    {
+        "anchor": "rows = rkd_keras.read_embeddings(\"teacher.parquet\", paths=rkd_keras.image_paths(\"folder\", \"train\", path=\"images\"))",
+        "page": "rkd_keras/embedding_files.py",
+        "backends": ALL,
+        "story": "embeddings",
+        "setup": (
+            "every = rkd_keras.image_paths('folder', 'train', path='images')\n"
+            "rkd_keras.write_embeddings('folder.parquet', [(every, np.random.default_rng(0).normal(size=(len(every), 16)))])\n"
+        ),
+        "shrink": [("\"teacher.parquet\"", "\"folder.parquet\"")],
+    },
+    {
+        "anchor": "cached = rkd_keras.with_teacher_embeddings(train, rkd_keras.read_embeddings(file, paths=paths))",
+        "page": "rkd_keras/embedding_files.py",
+        "backends": ALL,
+        "story": "embeddings",
+        "setup": (
+            "file, paths = 'folder.parquet', rkd_keras.image_paths('folder', 'train', path='images')\n"
+            "train = rkd_keras.load_dataset('folder', 'train', path='images', image_size=28, channels=1, augment=False)\n"
+            "student = rkd_keras.embedding_model('small_cnn', 8, input_shape=(28, 28, 1), width=4, l2_normalize=False)\n"
+            "distiller = rkd_keras.Distiller(None, student)\n"
+            "distiller.compile(keras.optimizers.Adam(1e-3))\n"
+        ),
+        "shrink": [],
+    },
 ]
 
 

@@ -308,7 +308,7 @@ API_CASES = {
     "image size 0": (lambda: data.load_dataset("fashion_mnist", "train", image_size=0), ValueError, ["image_size must be an integer >= 1, received 0"]),
     "no classes": (lambda: data.load_dataset("fashion_mnist", "train", classes=[]), ValueError, ["classes must hold at least one label"]),
     "resize below crop": (lambda: data.load_dataset("fashion_mnist", "test", image_size=28, resize_size=20), ValueError, ["resize_size must be an integer >= 28, received 20"]),
-    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100, folder; received 'imagenet'"]),
+    "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100, folder, glyphs; received 'imagenet'"]),
     # Models.
     "images too small for resnet50": (lambda: embedding_model("resnet50", 8, input_shape=(16, 16, 3)), ValueError, ["resnet50 needs images of at least 32×32 pixels"]),
     "missing weights file": (lambda: embedding_model("small_cnn", 8, input_shape=(8, 8, 1), weights="missing.weights.h5"), FileNotFoundError, ["weights file missing.weights.h5 does not exist"]),

@@ -90,7 +90,7 @@ def test_failed_download_is_wrapped(tmp_path, monkeypatch):
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100, folder; received .mnist."):
+    with pytest.raises(ValueError, match="dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100, folder, glyphs; received .mnist."):
         load_dataset("mnist", "train")
     with pytest.raises(ValueError, match="split must be one of train, validation, test; received 'val'"):
         load_dataset("fashion_mnist", "val")
@@ -333,9 +333,9 @@ def test_fashion_mnist_classification_reads_the_training_and_t10k_files():
     "name, task, message",
     [
         ("cub200", "classification", "cub200 serves metric only, not classification; for classification choose one of "
-         "fashion_mnist, cifar10, cifar100, folder"),
+         "fashion_mnist, cifar10, cifar100, folder, glyphs"),
         ("cifar10", "metric", "cifar10 serves classification only, not metric; for metric choose one of "
-         "cub200, cars196, sop, fashion_mnist, folder"),
+         "cub200, cars196, sop, fashion_mnist, folder, glyphs"),
     ],
 )
 def test_a_task_the_dataset_does_not_serve_is_refused(name, task, message):

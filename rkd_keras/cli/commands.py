@@ -46,9 +46,7 @@ def _single_run(args, inputs):
         config = folder.prepare(inputs["config"], args.resume)
         teacher = training.load_model_file(inputs["teacher"], "teacher") if inputs.get("teacher") else None
         if folder.status() != "complete":
-            training.check_run(config, teacher)
-            if inputs.get("teacher_embeddings") is not None:
-                training.teacher_rows(config, inputs["teacher_embeddings"])  # a missing, bad or short file
+            training.check_run(config, teacher, inputs.get("teacher_embeddings"))
         return config, teacher
 
     return folder, decide

@@ -103,13 +103,20 @@ def check_available(configs) -> None:
         _network(config)
 
 
-def check_run(config, teacher=None) -> None:
+def check_run(config, teacher=None, teacher_embeddings=None) -> None:
     """Refuses a run as `train` would before it writes the run folder, in the same order: its images, the
-    teacher's fit to them, its network's weights, its data. A command runs these before it takes the folder's lock."""
+    teacher's fit to them (or the teacher embeddings file's rows and width), its network's weights, its data.
+    A command runs these before it takes the folder's lock."""
     check_images(config)
     if teacher is not None:
         check_fits_data(teacher, config, "teacher")
-    _network(config)
+    if teacher_embeddings is None:
+        _network(config)
+    else:
+        rows = teacher_rows(config, teacher_embeddings)[1]
+        model, _ = _model(config, None, from_embeddings=True)
+        if isinstance(model, Distiller):
+            check_teacher_width(model, rows.shape[1], teacher_embeddings)
     data(config, "validation")
 
 

@@ -339,7 +339,10 @@ def relaxed_contrastive(teacher, student, *, sigma: float = 1.0, delta: float = 
         relaxed = keras.ops.stop_gradient(
             keras.ops.exp(-keras.ops.square(_clamped_distances(l2_normalize(teacher, axis=1))) / sigma)
         )
-        distances = _clamped_distances(student)
+        # D̂ is the same for the student ×2^k (the clamp rescaled with it): a power of two keeps float32-range
+        # inputs ×1e19 from overflowing the squares, exactly.
+        scale = magnitude(student)
+        distances = _clamped_distances(student / scale, scaled_eps(1e-12, scale))
         rows = _rows(student)
         normalized = keras.ops.divide_no_nan(distances, keras.ops.sum(distances, axis=1, keepdims=True) / rows)
         pull = relaxed * keras.ops.square(normalized)
