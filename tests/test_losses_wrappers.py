@@ -52,10 +52,16 @@ def test_wrappers_say_whether_they_compare_relations_or_examples():
     assert {name for name, wrapper in losses.LOSSES.items() if wrapper.uses_labels} == {"dkd"}
 
 
-def test_wrappers_are_thin():
-    """Like Keras's LossFunctionWrapper subclasses: only __init__; call and get_config come from LossWrapper."""
-    for wrapper in losses.LOSSES.values():
-        assert not {"call", "get_config", "from_config"} & set(vars(wrapper)), wrapper.__name__
+def test_fitnet_without_its_regressor_is_the_plain_mse_and_saves_so():
+    teacher, student = as_float32(*(np.random.default_rng(2).normal(size=(2, 6, 16))))
+    loss = losses.FitNet(regressor=False)
+    assert not loss.uses_regressor and losses.FitNet().uses_regressor
+    np.testing.assert_allclose(float(loss(teacher, student)), np.mean((student - teacher) ** 2.0), rtol=1e-6)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert not restored.uses_regressor and restored.get_config()["regressor"] is False
+    assert "regressor" not in losses.FitNet().get_config()  # configs written before the option are unchanged
+    with pytest.raises(ValueError, match="regressor must be True or False, received 'no'"):
+        losses.FitNet(regressor="no")
 
 
 def test_round_trip_keeps_parameters_and_values():

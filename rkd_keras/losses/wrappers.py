@@ -142,17 +142,30 @@ class RKDAngle(LossWrapper):
 class FitNet(LossWrapper):
     """FitNet hints; see `fitnet`. In a `Term`, the Distiller adds and trains the `HintRegressor`.
 
+    `regressor=False` compares the student's tensor with the teacher's as it
+    is (it must have the teacher's shape): the absolute term, a plain mean
+    squared error, that puts a student of the teacher's embedding width into
+    the teacher's space, so that it can query a gallery the teacher indexed.
+
     Example:
     >>> teacher = np.ones((2, 8), "float32")
     >>> float(FitNet()(teacher, np.zeros((2, 8), "float32")))
     1.0
+    >>> FitNet(regressor=False).uses_regressor
+    False
     """
 
     relational = False
-    uses_regressor = True
+    uses_regressor = True  # the default; `regressor=False` turns it off for the instance
 
-    def __init__(self, reduction="sum_over_batch_size", name="fitnet", dtype=None):
+    def __init__(self, regressor=True, reduction="sum_over_batch_size", name="fitnet", dtype=None):
         super().__init__(fitnet, reduction=reduction, name=name, dtype=dtype)
+        self.uses_regressor = checks.check_bool("regressor", regressor)
+
+    def get_config(self):
+        # Written only when off, so the configs of FitNet with its regressor stay as they were.
+        config = super().get_config()
+        return config if self.uses_regressor else {**config, "regressor": False}
 
 
 @register
