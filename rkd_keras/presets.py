@@ -286,6 +286,8 @@ CLASSIFICATION_RECIPE = {
 
 
 def _method(description, terms=(), *, triplet_weight=0.0, architecture="student"):
+    """A compare method. `architecture`: the student's network (`"student"`), the teacher's (`"teacher"`), or the
+    student's network with the teacher's embedding width and normalisation (`"teacher_width"`)."""
     return {"description": description, "terms": list(terms), "triplet_weight": triplet_weight, "architecture": architecture}
 
 
@@ -340,6 +342,29 @@ _METRIC_METHODS = {
     # Relaxed_Contra alone (weight 1) at its defaults σ = 1, δ = 1, as every command
     # of its README; on the embedding, as RKD.
     "relaxed_contrastive": _method("relaxed contrastive loss on the embeddings", [term("relaxed_contrastive", 1.0)]),
+    # The teacher-indexed gallery (issue 23): students of the demo student's
+    # network with the teacher's embedding (128-d, L2-normalised), so their
+    # queries can be ranked against the teacher's gallery. The absolute term is
+    # FitNet on the embedding without a regressor (a plain MSE, as the
+    # asymmetric-retrieval papers' regression to the teacher's embedding); its
+    # weight 128, the width, makes it each example's squared distance ‖s − t‖²
+    # (the mean over 128 elements times 128): chosen here, so that alone and
+    # beside RKD-DA it is the same term.
+    "rkd_da_wide": _method(
+        "RKD-D + RKD-A into a student of the teacher's embedding width (the RKD row of the asymmetric protocol)",
+        [_METRIC_RKD_D, _METRIC_RKD_A],
+        architecture="teacher_width",
+    ),
+    "mse": _method(
+        "absolute term: MSE to the teacher's embedding (no regressor), student of the teacher's width",
+        [term("fitnet", 128.0, name="mse", regressor=False)],
+        architecture="teacher_width",
+    ),
+    "mse_rkd_da": _method(
+        "the absolute term (as mse) + RKD-D + RKD-A, student of the teacher's width",
+        [term("fitnet", 128.0, name="mse", regressor=False), _METRIC_RKD_D, _METRIC_RKD_A],
+        architecture="teacher_width",
+    ),
 }
 
 # Classification: every student trains with cross-entropy (weight 1), as in

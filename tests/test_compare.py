@@ -47,7 +47,8 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
     assert f"[seed 1/1] [1/{len(methods) + 1}] teacher" in out
     assert f"[seed 1/1] [{methods.index('rkd_da') + 2}/{len(methods) + 1}] rkd_da student, " in out
     metrics = json.loads((root / "metrics.json").read_text())
-    controls = ["raw_pixels", "untrained"] if task == "metric" else []  # rows that train nothing (issue 21)
+    # Rows that train nothing (issue 21); the last, of the teacher's width, for the teacher-indexed gallery.
+    controls = ["raw_pixels", "untrained", "untrained_wide"] if task == "metric" else []
     assert list(metrics["models"]) == ["teacher", *methods, *controls] and metrics["seeds"] == [1]
     for name, model in metrics["models"].items():
         for key in keys:
@@ -60,8 +61,13 @@ def test_quick_compare_reports_every_method_with_finite_numbers_and_a_resume_ret
     assert all(model["per_seed"]["1"]["items"] == 40 for model in metrics["models"].values())
     table = (root / "table.md").read_text()
     assert table.splitlines()[2].startswith(header), table.splitlines()[2]
+    wide = {"teacher", "self_distillation", "rkd_da_wide", "mse", "mse_rkd_da", "untrained_wide"} if controls else set()
     for name in ["teacher", *methods, *controls]:
-        assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2, name  # mean ± sd, per seed
+        # mean ± sd, per seed, and for the students of the teacher's width (and the teacher) the asymmetric protocol
+        assert sum(line.startswith(f"| {name} |") for line in table.splitlines()) == 2 + (name in wide), name
+    for name in wide - {"teacher"}:
+        summary = metrics["models"][name]["summary"]
+        assert all(0 <= summary[key]["mean"] <= 1 for key in ("asym_recall_at_1", "asym_map_at_r")), name
     if controls:
         assert metrics["models"]["raw_pixels"]["params"] == 0
         assert metrics["models"]["untrained"]["params"] == metrics["models"]["rkd_da"]["params"]
@@ -273,6 +279,47 @@ def test_terms_in_a_config_file_replace_the_default_rkd_terms(tmp_path):
     assert (term.weight, term.teacher_layer, term.loss.l2_normalize, term.relational) == (50.0, "pool", True, True)
 
 
+def test_the_asymmetric_rows_are_students_of_the_teachers_embedding_with_the_absolute_term():
+    configs = _inputs("--methods", "rkd_da", "rkd_da_wide", "mse", "mse_rkd_da")["configs"][0]
+    teacher = configs["teacher"]
+    for name in ("rkd_da_wide", "mse", "mse_rkd_da"):
+        student = configs[name]
+        # The demo student's network (width 8), the teacher's embedding: 128-d, L2-normalised.
+        assert (student.backbone, student.width) == (configs["rkd_da"].backbone, 8), name
+        assert (student.embedding_dim, student.l2_normalize) == (teacher.embedding_dim, teacher.l2_normalize) == (128, True)
+    assert (configs["rkd_da"].embedding_dim, configs["rkd_da"].l2_normalize) == (32, False)
+    assert [spec["name"] for spec in configs["mse_rkd_da"].terms] == ["mse", "rkd_distance", "rkd_angle"]
+    assert configs["rkd_da_wide"].terms == configs["rkd_da"].terms
+    (mse,) = presets.build_terms(configs["mse"].terms)
+    assert (mse.name, mse.weight, mse.uses_regressor, mse.relational) == ("mse", 128.0, False, False)
+
+
+def test_the_asymmetric_table_reads_the_students_against_the_teachers_own_gallery():
+    from rkd_keras.cli.report import asymmetric_summary, comparison_table, summarize
+
+    def run(r1, mapr, asym=None):
+        return {"recall_at_1": r1, "map_at_r": mapr, **({"asym_recall_at_1": asym[0], "asym_map_at_r": asym[1]} if asym else {})}
+
+    per_seed = {
+        "teacher": {0: run(0.80, 0.40), 1: run(0.84, 0.44)},
+        "rkd_da": {0: run(0.90, 0.5), 1: run(0.92, 0.5)},  # not of the teacher's width: no asymmetric row
+        "mse": {0: run(0.70, 0.3, (0.75, 0.35)), 1: run(0.72, 0.3, (0.79, 0.39))},
+    }
+    asymmetric = asymmetric_summary(per_seed)
+    assert list(asymmetric) == ["teacher", "mse"]
+    assert asymmetric["teacher"]["asym_recall_at_1"]["mean"] == pytest.approx(0.82)  # the teacher's own R@1
+    assert asymmetric["mse"]["asym_recall_at_1"] == pytest.approx({"mean": 0.77, "sd": 0.04 / 2**0.5, "n": 2})
+    keys = ["recall_at_1", "map_at_r"]
+    names = {name: name for name in per_seed}
+    table = comparison_table("t", [], per_seed, summarize(per_seed, keys), keys, names, dict.fromkeys(per_seed, 1))
+    assert "## Teacher-indexed gallery (asymmetric protocol)" in table
+    assert "| mse | 71.0 ± 1.4 | 77.0 ± 2.8 | 37.0 ± 2.8 |" in table
+    assert "| teacher | 82.0 ± 2.8 | 82.0 ± 2.8 | 42.0 ± 2.8 |" in table
+    assert sum(line.startswith("| rkd_da |") for line in table.splitlines()) == 2  # mean ± sd and per seed only
+    assert "asymmetric" not in comparison_table("t", [], {"teacher": per_seed["teacher"]}, summarize(
+        {"teacher": per_seed["teacher"]}, keys), keys, names, {"teacher": 1})
+
+
 @pytest.mark.slow
 def test_quick_compare_on_glyphs_tests_on_the_unseen_half_with_the_control_rows(tmp_path):
     assert _compare(tmp_path, "metric", "--dataset", "glyphs", "--methods", "rkd_da") == 0
@@ -282,3 +329,31 @@ def test_quick_compare_on_glyphs_tests_on_the_unseen_half_with_the_control_rows(
     assert all(model["per_seed"]["1"]["items"] == 40 for model in metrics["models"].values())
     table = (tmp_path / "compare-metric" / "table.md").read_text()
     assert table.splitlines()[2].startswith("glyphs, classes 0–199 train, 200–399 test"), table
+
+
+def test_quick_compare_ranks_a_wide_students_queries_against_its_teachers_gallery(tmp_path):
+    """The asymmetric numbers of a compare run equal a brute-force NumPy oracle on the saved models (issue 23)."""
+    import keras
+    import numpy as np
+
+    from rkd_keras.cli.config import RunConfig
+    from rkd_keras.cli.training import data
+
+    assert _compare(tmp_path, "metric", "--methods", "mse") == 0
+    root = tmp_path / "compare-metric"
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["teacher", "mse", "raw_pixels", "untrained", "untrained_wide"]
+    config = RunConfig(**json.loads((root / "seed1" / "mse" / "config.json").read_text()))
+    images, labels = zip(*data(config, "test").as_numpy_iterator())
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    queries, gallery = (
+        keras.models.load_model(root / "seed1" / name / "best.keras").predict(images, verbose=0).astype(np.float64)
+        for name in ("mse", "teacher")
+    )
+    distances = ((queries[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)  # each query's own item is left out of the gallery
+    recall_at_1 = np.mean(labels[np.argmin(distances, axis=1)] == labels)
+    assert metrics["models"]["mse"]["per_seed"]["1"]["asym_recall_at_1"] == pytest.approx(recall_at_1, abs=1e-9)
+    assert "asym_recall_at_1" not in metrics["models"]["teacher"]["per_seed"]["1"]
+    assert metrics["asymmetric_metrics"] == ["asym_recall_at_1", "asym_map_at_r"]
+    assert "| mse |" in (root / "table.md").read_text().split("## Teacher-indexed gallery")[1]

@@ -324,7 +324,13 @@ def _run_comparison(args, inputs, top, configs, stages):
     root = top.path
     monitor = training.MONITOR[task]
     shown = recipe["metrics"][0]
-    controls = list(training.CONTROLS) if task == "metric" else []
+    # Metric learning: a student of the teacher's embedding width also queries the teacher's gallery (issue 23).
+    first = next(iter(configs.values()))
+    wide = {
+        name for name, config in first.items()
+        if task == "metric" and name != "teacher" and config.embedding_dim == first["teacher"].embedding_dim
+    }
+    controls = [name for name in training.CONTROLS if name != "untrained_wide" or wide] if task == "metric" else []
     results = {name: {} for name in ["teacher", *methods, *controls]}
     start = time.monotonic()
     with top.running():
@@ -342,7 +348,10 @@ def _run_comparison(args, inputs, top, configs, stages):
                 if name != "teacher" and teacher is None:
                     teacher = training.load_model_file(root / f"seed{seed}" / "teacher" / "best.keras", "teacher")
                 stage_start = time.monotonic()
-                metrics = training.train(config, stage, teacher if name != "teacher" else None, _verbose(args), plot=False)
+                metrics = training.train(
+                    config, stage, teacher if name != "teacher" else None, _verbose(args), plot=False,
+                    gallery_model=teacher if name in wide else None,
+                )
                 results[name][seed] = metrics
                 if not finished:
                     print(
@@ -354,7 +363,8 @@ def _run_comparison(args, inputs, top, configs, stages):
             if controls:
                 # Computed per seed: the untrained student is that seed's initialisation.
                 student_config = next(config for name, config in runs.items() if name != "teacher")
-                for name, metrics in training.controls(student_config).items():
+                wide_config = next((runs[name] for name in runs if name in wide), None)
+                for name, metrics in training.controls(student_config, wide_config, teacher).items():
                     results[name][seed] = metrics
         teacher_config = next(iter(configs.values()))["teacher"]
         _write_comparison(root, args, task, results, stages, teacher_config, time.monotonic() - start)
@@ -371,6 +381,7 @@ def _write_comparison(root, args, task, results, stages, config, seconds):
     recipe = presets.COMPARE[task]
     keys = list(recipe["metrics"])
     summary = report.summarize(results, keys)
+    asymmetric = report.asymmetric_summary(results)
     descriptions = {"teacher": "the teacher, " + ("triplet loss" if task == "metric" else "cross-entropy")}
     descriptions.update({name: recipe["methods"][name]["description"] for name in results if name in recipe["methods"]})
     descriptions.update({name: training.CONTROLS[name] for name in results if name in training.CONTROLS})
@@ -389,8 +400,10 @@ def _write_comparison(root, args, task, results, stages, config, seconds):
     (root / "table.md").write_text(report.comparison_table(title, lines, results, summary, keys, descriptions, params))
     write_json(root / "metrics.json", {
         "task": task, "dataset": config.dataset, **split, "metrics": keys, "seeds": seeds,
+        **({"asymmetric_metrics": list(report.ASYMMETRIC)} if asymmetric else {}),
         "models": {
-            name: {"description": descriptions[name], "params": params[name], "summary": summary[name],
+            name: {"description": descriptions[name], "params": params[name],
+                   "summary": {**summary[name], **({} if name == "teacher" else asymmetric.get(name, {}))},
                    "per_seed": {str(seed): metrics for seed, metrics in by_seed.items()}}
             for name, by_seed in results.items()
         },
@@ -399,7 +412,7 @@ def _write_comparison(root, args, task, results, stages, config, seconds):
         name: [read_history(stages[seed][name].path).get(monitor, []) for seed in seeds]
         for name in results if name in recipe["methods"]
     }
-    report.plot_comparison(root / "report.png", summary, keys, curves, task)
+    report.plot_comparison(root / "report.png", summary, keys, curves, task, asymmetric=asymmetric)
 
 
 _COMMANDS = {

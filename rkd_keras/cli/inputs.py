@@ -165,8 +165,12 @@ def _demo(args):
 
 # Settings each compare method sets itself: a --config file may not give them.
 _METHOD_SETTINGS = ("task", "terms", "triplet_weight", "distance_weight", "angle_weight", "seed")
-# Model settings a student of the teacher's architecture takes from the teacher.
-_ARCHITECTURE = ("backbone", "width", "embedding_dim")
+# Model settings a student takes from the teacher: of the teacher's architecture, or only of its embedding.
+_ARCHITECTURE = {
+    "student": (),
+    "teacher": ("backbone", "width", "embedding_dim"),
+    "teacher_width": ("embedding_dim", "l2_normalize"),
+}
 
 
 def _compare(args):
@@ -210,8 +214,7 @@ def _compare(args):
         for name in methods:
             method = recipe["methods"][name]
             overrides = {**settings, "seed": seed, "terms": method["terms"], "triplet_weight": method["triplet_weight"]}
-            if method["architecture"] == "teacher":
-                overrides.update({key: getattr(teacher, key) for key in _ARCHITECTURE})
+            overrides.update({key: getattr(teacher, key) for key in _ARCHITECTURE[method["architecture"]]})
             config = resolve_config("student", None, args.config, overrides, base={**recipe["student"], **quick})
             check_training(config, "student")
             configs[seed][name] = config

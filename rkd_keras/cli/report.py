@@ -11,6 +11,9 @@ KS = (1, 2, 4, 8)
 COLUMNS = {
     **{f"recall_at_{k}": (f"R@{k}", 100, "%") for k in KS},
     "map_at_r": ("MAP@R", 100, "%"),
+    # The asymmetric protocol (a teacher-indexed gallery): the student's queries ranked against the teacher's items.
+    "asym_recall_at_1": ("R@1 vs teacher's gallery", 100, "%"),
+    "asym_map_at_r": ("MAP@R vs teacher's gallery", 100, "%"),
     "accuracy": ("top-1", 100, "%"),
     "cross_entropy": ("CE", 1, "nats"),
 }
@@ -145,6 +148,28 @@ def summarize(per_seed: dict, keys) -> dict:
     return summary
 
 
+ASYMMETRIC = ("asym_recall_at_1", "asym_map_at_r")
+
+
+def asymmetric_summary(per_seed: dict) -> dict:
+    """`summarize` of the asymmetric metrics, for the models that have them in every seed, the teacher first.
+
+    The teacher querying its own gallery is the symmetric protocol: its row
+    holds its own Recall@1 and MAP@R, the reference the students are read against.
+    """
+    def measured(by_seed):
+        return bool(by_seed) and all(ASYMMETRIC[0] in metrics for metrics in by_seed.values())
+
+    students = {name: by_seed for name, by_seed in per_seed.items() if name != "teacher" and measured(by_seed)}
+    if not students or "teacher" not in per_seed:
+        return {}
+    teacher = {
+        seed: {asym: metrics[asym.removeprefix("asym_")] for asym in ASYMMETRIC}
+        for seed, metrics in per_seed["teacher"].items()
+    }
+    return summarize({"teacher": teacher, **students}, ASYMMETRIC)
+
+
 def _cell(key, stats):
     factor = COLUMNS[key][1]
     digits = 1 if factor == 100 else 3
@@ -207,6 +232,19 @@ def comparison_table(title, lines, per_seed, summary, keys, descriptions, params
     for name in per_seed:
         cells = " | ".join(_cell(key, summary[name][key]) for key in keys)
         out.append(f"| {name} | {params[name]:,} | {cells} | {descriptions[name]} |")
+    asymmetric = asymmetric_summary(per_seed)
+    if asymmetric:
+        out += [
+            "", "## Teacher-indexed gallery (asymmetric protocol)", "",
+            "The students of the teacher's embedding width embed the test queries; the teacher embeds the gallery "
+            "(the same test images, each query's own item left out). The teacher's row is the teacher querying "
+            "its own gallery.", "",
+            "| model | R@1, own gallery (%) | " + " | ".join(f"{COLUMNS[key][0]} (%)" for key in ASYMMETRIC) + " |",
+            "|---|" + "---:|" * (len(ASYMMETRIC) + 1),
+        ]
+        for name, stats in asymmetric.items():
+            own = _cell("recall_at_1", summary[name]["recall_at_1"]) if "recall_at_1" in summary[name] else ""
+            out.append(f"| {name} | {own} | " + " | ".join(_cell(key, stats[key]) for key in ASYMMETRIC) + " |")
     out += ["", "## Per seed", "", "| model | " + " | ".join(f"seed {seed}" for seed in seeds) + " |"]
     out.append("|---|" + "---|" * len(seeds))
     for name, by_seed in per_seed.items():
@@ -219,7 +257,7 @@ def comparison_table(title, lines, per_seed, summary, keys, descriptions, params
     return "\n".join(out) + "\n"
 
 
-def plot_comparison(path, summary, keys, curves, task, title=None):
+def plot_comparison(path, summary, keys, curves, task, title=None, asymmetric=None):
     """One panel per metric (mean over seeds, sd as error bars, the teacher dashed) and the students' validation curves.
 
     Args:
@@ -229,6 +267,8 @@ def plot_comparison(path, summary, keys, curves, task, title=None):
         curves: `{model: [validation score per epoch, one list per seed]}`.
         task: `"metric"` or `"classification"`, for the titles.
         title: The figure's title; default: the task's comparison.
+        asymmetric: `asymmetric_summary(...)`: one more panel, the students'
+            Recall@1 against the teacher's gallery (the teacher's own, dashed).
 
     Every axis starts at 0 (Recall, MAP@R and accuracy end at 100 % at most);
     each bar is labelled with its mean.
@@ -237,7 +277,9 @@ def plot_comparison(path, summary, keys, curves, task, title=None):
         The matplotlib figure (closed: it is written, not shown).
     """
     plt = _pyplot()
-    panels = len(keys) + 1
+    asymmetric = asymmetric or {}
+    bars = [(key, summary) for key in keys] + ([("asym_recall_at_1", asymmetric)] if asymmetric else [])
+    panels = len(bars) + 1
     columns = min(3, panels)
     rows = math.ceil(panels / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.2 * rows), squeeze=False)
@@ -245,24 +287,25 @@ def plot_comparison(path, summary, keys, curves, task, title=None):
     names = list(summary)
     students = [name for name in names if name != "teacher"]
     colours = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
-    for ax, key in zip(axes, keys):
+    for ax, (key, table) in zip(axes, bars):
         header, factor, unit = COLUMNS[key]
-        teacher = [factor * summary["teacher"][key]["mean"]] if "teacher" in summary else []
-        means = np.array([factor * summary[name][key]["mean"] for name in students])
-        sds = np.array([factor * (summary[name][key]["sd"] or 0.0) for name in students])
-        drawn = ax.bar(np.arange(len(students)), means, yerr=sds, capsize=3, color=[colours[name] for name in students])
+        shown = [name for name in table if name != "teacher"]
+        teacher = [factor * table["teacher"][key]["mean"]] if "teacher" in table else []
+        means = np.array([factor * table[name][key]["mean"] for name in shown])
+        sds = np.array([factor * (table[name][key]["sd"] or 0.0) for name in shown])
+        drawn = ax.bar(np.arange(len(shown)), means, yerr=sds, capsize=3, color=[colours[name] for name in shown])
         ax.bar_label(drawn, fmt="%.1f" if factor == 100 else "%.3f", label_type="center", rotation=90, fontsize=7)
         if teacher:
             ax.axhline(teacher[0], color="black", linestyle="--", linewidth=1, label=f"teacher ({teacher[0]:.1f})")
             ax.legend(fontsize=8, loc="lower right")
-        ax.set_xticks(np.arange(len(students)), students, rotation=45, ha="right", fontsize=8)
+        ax.set_xticks(np.arange(len(shown)), shown, rotation=45, ha="right", fontsize=8)
         top = 1.15 * max(np.concatenate([means + sds, teacher]).max(), 1e-12)
         ax.set_ylim(0, min(top, 100) if unit == "%" else top)
         lower = "lower is better" if key == "cross_entropy" else "higher is better"
         ax.set_title(f"{header} ({unit}; mean ± sd over seeds, {lower})", fontsize=10)
         ax.set(ylabel=f"test {header} ({unit})", xlabel="student")
         ax.grid(axis="y", alpha=0.3)
-    curve_axes = axes[len(keys)]
+    curve_axes = axes[len(bars)]
     for name in students:
         runs = curves.get(name, [])
         length = min((len(run) for run in runs), default=0)

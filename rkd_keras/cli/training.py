@@ -315,19 +315,27 @@ def evaluate(model, config, split="test", gallery_model=None):
 CONTROLS = {
     "raw_pixels": "control: the flattened preprocessed test images, Euclidean, no model",
     "untrained": "control: the student's architecture, seeded, no training",
+    "untrained_wide": "control: a student of the teacher's embedding width, seeded, no training",
 }
 
 
-def controls(student_config) -> dict:
+def controls(student_config, wide_config=None, teacher=None) -> dict:
     """`{control: test metrics}` of the raw pixels and of the untrained student of `student_config` (its seed).
 
     Both are evaluated as every run is (`evaluate`, the same test images); a
-    raw-pixel "model" is a Flatten layer of no parameters.
+    raw-pixel "model" is a Flatten layer of no parameters. With `wide_config`
+    (a student of the teacher's embedding width) and its `teacher`, the
+    untrained student of that width too, also against the teacher's gallery:
+    the control of the asymmetric protocol.
     """
     pixels = keras.Sequential([keras.Input(input_shape(student_config)), keras.layers.Flatten()], name="raw_pixels")
     keras.utils.set_random_seed(student_config.seed)
     untrained = _network(student_config)
-    return {"raw_pixels": evaluate(pixels, student_config), "untrained": evaluate(untrained, student_config)}
+    results = {"raw_pixels": evaluate(pixels, student_config), "untrained": evaluate(untrained, student_config)}
+    if wide_config is not None:
+        keras.utils.set_random_seed(wide_config.seed)
+        results["untrained_wide"] = evaluate(_network(wide_config), wide_config, gallery_model=teacher)
+    return results
 
 
 def _retrieval_metrics(embeddings, labels, gallery=None):
@@ -353,7 +361,7 @@ def _classification_metrics(model, config, split):
     }
 
 
-def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher_embeddings=None):
+def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher_embeddings=None, gallery_model=None):
     """Trains one model in a prepared `folder`; returns its test metrics, those of its best epoch.
 
     The best epoch is the one of highest validation Recall@1 (metric
@@ -364,6 +372,9 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher
     `report.png` (a comparison draws one picture of all its runs).
     `teacher_embeddings`: instead of `teacher`, a teacher-embeddings file
     (`rkd-keras embed`) holding a row for every training image.
+    `gallery_model` (metric learning; a model of the student's embedding
+    width, e.g. the teacher): the test metrics also hold those of the
+    asymmetric protocol, `asym_*` (see `evaluate`).
     """
     if folder.status() == "complete":
         return read_json(folder.path / "metrics.json")
@@ -401,7 +412,7 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher
             validation_data=None if scores else validation, validation_steps=None if scores else _length(validation),
         )
         best = keras.models.load_model(folder.path / "best.keras")
-        metrics = {**evaluate(best, config), **read_json(folder.path / "best.json")}
+        metrics = {**evaluate(best, config, gallery_model=gallery_model), **read_json(folder.path / "best.json")}
         write_json(folder.path / "metrics.json", metrics)
         if plot:
             report.plot_report(folder.path / "report.png", {folder.path.name: metrics}, {folder.path.name: read_history(folder.path)})
