@@ -109,6 +109,13 @@ EXAMPLES = [
         "story": "api",
         "shrink": [],
     },
+    {
+        "anchor": "wide = rkd_keras.embedding_model(\"small_cnn\", 128",
+        "page": "docs/serving.md",
+        "backends": ALL,
+        "story": "api",
+        "shrink": [("epochs=6", "epochs=1")],
+    },
     # The docstrings' code examples, which the API reference shows (their `>>>` examples run as doctests).
     # They run in a folder of their own, on small models whose layers have the names the examples read.
     {
