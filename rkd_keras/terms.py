@@ -72,7 +72,11 @@ class Term:
     neither computed nor logged.
 
     The loss's `call(teacher, student)` gives the value (the mean, if it
-    returns more than a scalar), in float32; a loss whose `uses_labels` is
+    returns more than a scalar), in float32. Any other `keras.losses.Loss`
+    (e.g. `keras.losses.MeanSquaredError`) is called as Keras calls it,
+    `loss(teacher, student)`, so its `reduction` holds: the default averages
+    its per-example values, `"sum"` adds them up, and `None` leaves them to
+    the term, which takes their mean. A loss whose `uses_labels` is
     true (DKD) is called as `call(teacher, student, labels)` with the
     batch's `y`, and `fit` refuses data without labels for it. `relational` says whether it
     compares relations across the batch (RKD-D, RKD-A, DarkRank, similarity
@@ -130,7 +134,10 @@ class Term:
     def __call__(self, teacher, student, labels=None):
         """The term's unweighted value: a float32 scalar. `labels` (the batch's `y`) only for a term that reads them."""
         if not self.uses_labels:
-            value = self.loss.call(teacher, student)
+            # A loss of rkd_keras (or a wrapped function) gives its value from `call`, checks included. Any
+            # other Keras loss gives per-example values there and reduces them in `__call__`, by its `reduction`.
+            is_wrapper = isinstance(self.loss, losses.LossWrapper)
+            value = self.loss.call(teacher, student) if is_wrapper else self.loss(teacher, student)
         elif labels is None:
             raise ValueError(
                 f"Term {self.name!r} ({self.loss.name}) reads the class labels, but the data holds inputs without "

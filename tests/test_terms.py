@@ -88,6 +88,15 @@ def test_a_term_is_its_loss_on_the_two_tensors(rng):
     np.testing.assert_allclose(float(mse), np.mean((teacher - student) ** 2), rtol=1e-6)
 
 
+def test_a_term_of_a_keras_loss_keeps_its_reduction():
+    teacher = np.array([[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]], "float32")
+    student = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], "float32")  # per-example squared errors 1, 0, 4
+    mse = keras.losses.MeanSquaredError
+    assert float(Term(mse())(teacher, student)) == float(mse()(teacher, student)) == np.float32(5.0 / 3.0)
+    assert float(Term(mse(reduction="sum"))(teacher, student)) == float(mse(reduction="sum")(teacher, student)) == 5.0
+    assert float(Term(mse(reduction=None))(teacher, student)) == np.float32(5.0 / 3.0)  # per-example: the term's mean
+
+
 def test_terms_say_whether_they_compare_relations_across_the_batch():
     kinds = {name: Term(name).relational for name in losses.LOSSES if name not in NOT_DISTILLATION}
     assert {name for name, relational in kinds.items() if relational} == RELATIONAL
