@@ -496,6 +496,33 @@ def test_a_library_loss_function_is_the_same_term_as_its_name(teacher, name, lay
     assert len(distiller.regressors) == (1 if name == "fitnet" else 0)
 
 
+@pytest.mark.parametrize("name", list(losses.LOSSES))
+def test_a_term_of_a_library_loss_function_round_trips_through_a_keras_file_as_its_name_does(teacher, name, tmp_path):
+    """Keras saves its own loss functions by name; a Term of `rkd_keras.losses.<fn>` saves as `Term("<fn>")`."""
+    # The triplet and prototypical losses compare labels with embeddings: the teacher's tensor plays the labels.
+    labelled = name in NOT_DISTILLATION
+    teacher_layer, student_layer = (None, "pool") if labelled else READS.get(name, ("pool", "pool"))
+    model = classifier(8, "teacher", classes=1) if labelled else teacher
+    term = Term(getattr(losses, name), 0.5, teacher_layer, student_layer, name=f"{name}_term")
+    distiller = Distiller(model, classifier(4, "student"), terms=[term])
+    distiller.save(tmp_path / "distiller.keras")
+    (restored,) = keras.models.load_model(tmp_path / "distiller.keras").terms
+    assert type(restored.loss) is type(Term(name).loss) is losses.LOSSES[name]
+    by_name = Term(name, 0.5, teacher_layer, student_layer, f"{name}_term")
+    assert restored.get_config() == term.get_config() == by_name.get_config()
+    assert (restored.weight, restored.name, restored.relational) == (0.5, f"{name}_term", term.relational)
+    rng = np.random.default_rng(1)
+    if labelled:
+        # Classes 0, 0, 0, 1: every anchor has one negative, so the triplet loss draws the same triplets each call.
+        tensors = np.array([[0.0], [0.0], [0.0], [1.0]], "float32"), rng.normal(size=(4, 8)).astype("float32")
+    else:
+        compared = model.output if teacher_layer is None else model.get_layer(teacher_layer).output
+        tensors = rng.normal(size=(2, 4, *compared.shape[1:])).astype("float32")
+    labels = np.array([0, 1, 2, 0]) if term.uses_labels else None
+    value = float(term(*tensors, labels))
+    assert np.isfinite(value) and float(restored(*tensors, labels)) == value
+
+
 def nested_teacher():
     """A keras.applications backbone called as one layer, a pooled embedding on top (weights=None, 32×32)."""
     backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35)
