@@ -39,15 +39,6 @@ def check_weight(name: str, value) -> float:
     return checks.check_number(f"`{name}`", value, low=0)
 
 
-def _check_layer(argument, layer):
-    if layer is not None and (not isinstance(layer, str) or not layer):
-        raise TypeError(
-            f"`{argument}` must be a layer name (a non-empty string) or None for the model's output, "
-            f"received {layer!r}."
-        )
-    return layer
-
-
 def _library_name(loss):
     """The `LOSSES` name of a library loss function (`rkd_keras.losses.fitnet` → "fitnet"), else `loss`.
 
@@ -97,8 +88,8 @@ class Term:
         student_layer: Name of the student's layer to read, or `None` for
             the student's output.
         name: The key of the term in the logs; defaults to the loss's name.
-            Terms of one Distiller need distinct names, none of them
-            `loss`, `task_loss`, `val_...` or a compiled metric's name.
+            None of `loss`, `task_loss` or `val_...`; terms of one Distiller
+            need distinct names, none of them a compiled metric's name.
 
     Example:
     >>> term = Term("rkd_angle", weight=2.0, teacher_layer="pool", student_layer="pool", name="rkd_a_pool")
@@ -108,13 +99,12 @@ class Term:
 
     def __init__(self, loss, weight: float = 1.0, teacher_layer: str | None = None,
                  student_layer: str | None = None, name: str | None = None):
+        # The command line checks its term specs by the same rules (`presets.check_terms`), before TensorFlow loads.
         self.loss = losses.get(_library_name(loss))
-        self.name = self.loss.name if name is None else name
-        if not isinstance(self.name, str) or not self.name:
-            raise TypeError(f"A term's `name` must be a non-empty string, received {name!r}.")
-        self.weight = check_weight(f"weight of term {self.name!r}", weight)
-        self.teacher_layer = _check_layer("teacher_layer", teacher_layer)
-        self.student_layer = _check_layer("student_layer", student_layer)
+        self.name = checks.check_term_name(self.loss.name if name is None else name)
+        self.weight = checks.check_term_weight(self.name, weight)
+        self.teacher_layer = checks.check_term_layer("teacher_layer", teacher_layer)
+        self.student_layer = checks.check_term_layer("student_layer", student_layer)
 
     @property
     def relational(self) -> bool:

@@ -111,7 +111,10 @@ def test_bad_parameters_are_refused_by_the_function_and_the_wrapper():
 
 
 def test_get_refuses_unknown_names_listing_the_known_ones():
-    with pytest.raises(ValueError, match=r"Unknown loss 'hinton'; choose one of rkd_distance, .*hinton_kd"):
+    with pytest.raises(ValueError, match=(
+        r"Unknown loss 'hinton'; choose a distillation loss \(rkd_distance, .*hinton_kd.*\) or a loss of labels "
+        r"and embeddings \(triplet_loss, prototypical_loss\)\."
+    )):
         losses.get("hinton")
 
 

@@ -1,5 +1,7 @@
 """Distillation terms: KD, RKD, attention, FitNet and the rest on named layers of small CNN classifiers."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -117,7 +119,7 @@ def test_a_term_round_trips_through_its_config():
 
 @pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
 def test_a_weight_that_is_negative_or_not_finite_is_refused(weight):
-    with pytest.raises(ValueError, match="`weight of term 'rkd_angle'` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="The weight of term 'rkd_angle' must be a finite number >= 0"):
         Term("rkd_angle", weight=weight)
 
 
@@ -427,15 +429,21 @@ def test_a_sequential_model_without_an_input_shape_says_how_to_give_it_one(teach
     assert set(logs) == {"loss", "rkd_angle"} and np.isfinite(logs["loss"])
 
 
-@pytest.mark.parametrize("names, message", [
-    (["kd", "kd"], "Two terms are named 'kd'"),
-    (["loss", "kd"], "A term cannot be named 'loss'"),
-    (["kd", "val_kd"], "A term cannot be named 'val_kd': fit logs the validation value of a term named 'kd' under "
-                       "that key. Pass a name without the 'val_' prefix, e.g. Term\\(..., name='kd_term'\\)"),
+@pytest.mark.parametrize("name, message", [
+    ("loss", "A term cannot be named 'loss': the logs use that key. Give it another name."),
+    ("task_loss", "A term cannot be named 'task_loss': the logs use that key."),
+    ("val_kd", "A term cannot be named 'val_kd': fit logs the validation value of a term named 'kd' under that key. "
+               "Give it a name without the 'val_' prefix, e.g. 'kd_term'."),
+    ("", "A term's name must be a non-empty string, received ''."),
 ])
-def test_term_names_must_be_distinct_log_keys(teacher, names, message):
-    terms = [Term("hinton_kd", name=names[0]), Term("dist_kd", name=names[1])]
-    with pytest.raises(ValueError, match=message):
+def test_a_term_may_not_take_a_key_the_logs_hold_already(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Term("hinton_kd", name=name)
+
+
+def test_the_terms_of_a_distiller_need_distinct_names(teacher):
+    terms = [Term("hinton_kd", name="kd"), Term("dist_kd", name="kd")]
+    with pytest.raises(ValueError, match="Two terms are named 'kd', and each term is logged under its name"):
         Distiller(teacher, classifier(4, "student"), terms=terms)
 
 
