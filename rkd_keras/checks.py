@@ -111,6 +111,39 @@ def repeated(values) -> list:
     return sorted({value for value in values if values.count(value) > 1})
 
 
+def check_classes(what: str, classes, *, names: bool = False) -> list:
+    """`classes` as a list: at least one class, each an integer label ≥ 0 (or, with `names`, a class name), none twice.
+
+    Which labels a dataset has is its loader's to check; this is the rule
+    every list of classes keeps (`load_dataset(classes=...)`, an image
+    folder's classes, the command line's `train_classes`).
+
+    Args:
+        what: How the message names the list (e.g. `"classes"`).
+        classes: The list to check.
+        names: Also accept class names (strings): an image folder's.
+
+    Example:
+    >>> check_classes("classes", [3, 0, 1])
+    [3, 0, 1]
+    """
+    if names and isinstance(classes, (str, bytes)):
+        classes = [classes]
+    kind = "class names or integer labels" if names else "integer class labels"
+    try:
+        given = list(classes)
+    except TypeError:
+        raise ValueError(f"{what} must be a list of {kind}, received {classes!r}.") from None
+    if not given:
+        raise ValueError(f"{what} must hold at least one class, received none.")
+    for label in given:
+        if not (names and isinstance(label, str)):
+            check_int(f"each of {what}", label, low=0)
+    if repeated(given):
+        raise ValueError(f"{what} lists {repeated(given)} more than once; give each class once.")
+    return given
+
+
 def check_choice(name: str, value, choices):
     """`value` if it is one of `choices`.
 
