@@ -98,6 +98,10 @@ BAD_PARAMETERS = [
     ("dark_rank", {"beta": "3"}, "beta must be a finite number > 0, received '3'"),
     ("relaxed_contrastive", {"sigma": 0.0}, "sigma must be a finite number > 0, received 0.0"),
     ("relaxed_contrastive", {"delta": -1.0}, "delta must be a finite number > 0"),
+    ("rkd_distance", {"delta": 0.0}, "delta must be a finite number > 0, received 0.0"),
+    ("rkd_distance", {"eps": -1e-12}, "eps must be a finite number > 0, received -1e-12"),
+    ("rkd_angle", {"delta": float("inf")}, "delta must be a finite number > 0, received inf"),
+    ("rkd_angle", {"eps": 0.0}, "eps must be a finite number > 0, received 0.0"),
 ]
 
 
