@@ -15,7 +15,17 @@ import os
 import tempfile
 from pathlib import Path
 
-from rkd_keras.choices import DATASET_ARGUMENTS, DATASET_TASKS, DATASETS, EXPORT_FORMATS, EXPORT_QUANTIZATIONS, TASKS
+from rkd_keras.choices import (
+    DATASET_ARGUMENTS,
+    DATASET_TASKS,
+    DATASETS,
+    DISTILLATION_LOSSES,
+    EXPORT_FORMATS,
+    EXPORT_QUANTIZATIONS,
+    LOSS_NAMES,
+    TASK_LOSSES,
+    TASKS,
+)
 
 
 def _bounds(low, high, low_open, high_open):
@@ -101,6 +111,39 @@ def repeated(values) -> list:
     return sorted({value for value in values if values.count(value) > 1})
 
 
+def check_classes(what: str, classes, *, names: bool = False) -> list:
+    """`classes` as a list: at least one class, each an integer label ≥ 0 (or, with `names`, a class name), none twice.
+
+    Which labels a dataset has is its loader's to check; this is the rule
+    every list of classes keeps (`load_dataset(classes=...)`, an image
+    folder's classes, the command line's `train_classes`).
+
+    Args:
+        what: How the message names the list (e.g. `"classes"`).
+        classes: The list to check.
+        names: Also accept class names (strings): an image folder's.
+
+    Example:
+    >>> check_classes("classes", [3, 0, 1])
+    [3, 0, 1]
+    """
+    if names and isinstance(classes, (str, bytes)):
+        classes = [classes]
+    kind = "class names or integer labels" if names else "integer class labels"
+    try:
+        given = list(classes)
+    except TypeError:
+        raise ValueError(f"{what} must be a list of {kind}, received {classes!r}.") from None
+    if not given:
+        raise ValueError(f"{what} must hold at least one class, received none.")
+    for label in given:
+        if not (names and isinstance(label, str)):
+            check_int(f"each of {what}", label, low=0)
+    if repeated(given):
+        raise ValueError(f"{what} lists {repeated(given)} more than once; give each class once.")
+    return given
+
+
 def check_choice(name: str, value, choices):
     """`value` if it is one of `choices`.
 
@@ -111,6 +154,87 @@ def check_choice(name: str, value, choices):
     if isinstance(value, bool) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; received {value!r}.")
     return value
+
+
+def check_loss_name(loss) -> str:
+    """`loss` if it names a loss of `rkd_keras.losses.LOSSES`.
+
+    Example:
+    >>> check_loss_name("rkd_angle")
+    'rkd_angle'
+    """
+    if not isinstance(loss, str) or loss not in LOSS_NAMES:
+        raise ValueError(
+            f"Unknown loss {loss!r}; choose a distillation loss ({', '.join(DISTILLATION_LOSSES)}) or a loss of "
+            f"labels and embeddings ({', '.join(TASK_LOSSES)})."
+        )
+    return loss
+
+
+# The keys a Distiller logs besides its terms' names.
+RESERVED_TERM_NAMES = ("loss", "task_loss")
+
+
+def check_term_name(name) -> str:
+    """`name` if a term may be logged under it: a non-empty string, not a key the Distiller's logs use already.
+
+    Example:
+    >>> check_term_name("rkd_a_pool")
+    'rkd_a_pool'
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A term's name must be a non-empty string, received {name!r}.")
+    if name in RESERVED_TERM_NAMES:
+        raise ValueError(f"A term cannot be named {name!r}: the logs use that key. Give it another name.")
+    if name.startswith("val_"):
+        # fit logs every value of the validation data under "val_" + its key.
+        raise ValueError(
+            f"A term cannot be named {name!r}: fit logs the validation value of a term named {name[4:]!r} under "
+            f"that key. Give it a name without the 'val_' prefix, e.g. '{name[4:]}_term'."
+        )
+    return name
+
+
+def check_term_names(names) -> list:
+    """`names` if no two terms share one: each term is logged under its name.
+
+    Example:
+    >>> check_term_names(["hinton_kd", "rkd_angle"])
+    ['hinton_kd', 'rkd_angle']
+    """
+    names = list(names)
+    if repeated(names):
+        shared = " and ".join(map(repr, repeated(names)))
+        raise ValueError(
+            f"Two terms are named {shared}, and each term is logged under its name. Give them distinct names, "
+            f"e.g. '{repeated(names)[0]}_pool'."
+        )
+    return names
+
+
+def check_term_weight(name: str, weight) -> float:
+    """The weight of term `name` as a float, if it is finite and ≥ 0 (0 turns the term off).
+
+    Example:
+    >>> check_term_weight("rkd_angle", 2)
+    2.0
+    """
+    return check_number(f"The weight of term {name!r}", weight, low=0)
+
+
+def check_term_layer(argument: str, layer):
+    """`layer` if it is a layer name (a non-empty string) or `None` (the model's output).
+
+    Args:
+        argument: `"teacher_layer"` or `"student_layer"`, for the message.
+        layer: The value to check.
+    """
+    if layer is not None and (not isinstance(layer, str) or not layer):
+        raise ValueError(
+            f"{argument} must be a layer name (a non-empty string), or None (null in a settings file) for the "
+            f"model's output; received {layer!r}."
+        )
+    return layer
 
 
 def check_task(name: str, task: str) -> str:

@@ -81,8 +81,7 @@ BACKBONE_STAGES = {
 # Negative sampling of `rkd_keras.losses.triplet_loss`.
 TRIPLET_SAMPLINGS = ("distance_weighted", "batch_hard", "all")
 
-# The distillation losses of `rkd_keras.losses.LOSSES` (a test keeps the two
-# lists equal): the names a term of a run's settings may use.
+# The distillation losses of `rkd_keras.losses.LOSSES`: the names a term of a run's settings may use.
 DISTILLATION_LOSSES = (
     "rkd_distance",
     "rkd_angle",
@@ -97,6 +96,10 @@ DISTILLATION_LOSSES = (
     "attention_transfer",
     "fitnet",
 )
+# The losses of (labels, embeddings): a model's own loss, not a comparison of a teacher with a student.
+TASK_LOSSES = ("triplet_loss", "prototypical_loss")
+# Every name of `rkd_keras.losses.LOSSES`, in its order (a test keeps the two equal).
+LOSS_NAMES = DISTILLATION_LOSSES + TASK_LOSSES
 
 # Keras's `model.export` formats that `export_student` writes and `check_export` runs: format → (file
 # suffix, or None for a folder; the packages that write and run it; what the artifact is).

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from rkd_keras import glyphs, image_folders
-from rkd_keras.checks import check_choice, check_dataset_arguments, check_int, check_number, check_task
+from rkd_keras.checks import check_choice, check_classes, check_dataset_arguments, check_int, check_number, check_task
 from rkd_keras.choices import CLASSIFICATION_CLASSES, DATASET_CLASSES, DATASET_TASKS, DATASETS, TASKS  # noqa: F401 (data.DATASETS & co. stay public)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -434,13 +434,7 @@ def _dataset_classes(name):
 
 def _check_classes(classes, name):
     """A non-empty list of labels of dataset `name`."""
-    try:
-        labels = list(classes)
-    except TypeError:
-        raise ValueError(f"classes must be a list of integer labels, received {classes!r}.") from None
-    if not labels:
-        raise ValueError("classes must hold at least one label, received none.")
-    labels = [check_int("each of classes", label, low=0) for label in labels]
+    labels = [int(label) for label in check_classes("classes", classes)]
     total = _dataset_classes(name)
     unknown = sorted({label for label in labels if label >= total})
     if unknown:

@@ -22,7 +22,6 @@ if keras.backend.backend() == "tensorflow":
 # `Distiller(teacher, student)`: the paper's metric-learning setting, λ_D = 1 and λ_A = 2.
 DEFAULT_WEIGHTS = {"distance_weight": 1.0, "angle_weight": 2.0}
 _SHORTCUT_LOSSES = {"distance_weight": "rkd_distance", "angle_weight": "rkd_angle"}
-_RESERVED_NAMES = ("loss", "task_loss")
 
 
 def _check_model(role, model):
@@ -96,22 +95,7 @@ def _check_terms(terms):
                 f"`terms` must hold rkd_keras.Term objects, received {type(term).__name__} "
                 f"({term!r}). Write e.g. Term('rkd_angle', weight=2.0)."
             )
-    names = [term.name for term in terms]
-    for name in names:
-        if name in _RESERVED_NAMES:
-            raise ValueError(f"A term cannot be named {name!r}: the logs use that key. Pass another `name=`.")
-        if name.startswith("val_"):
-            # fit logs every value of the validation data under "val_" + its key.
-            raise ValueError(
-                f"A term cannot be named {name!r}: fit logs the validation value of a term named "
-                f"{name[4:]!r} under that key. Pass a name without the 'val_' prefix, e.g. "
-                f"Term(..., name='{name[4:]}_term')."
-            )
-        if names.count(name) > 1:
-            raise ValueError(
-                f"Two terms are named {name!r}, and each term is logged under its name. Give them "
-                f"distinct names, e.g. Term(..., name='{name}_pool')."
-            )
+    checks.check_term_names(term.name for term in terms)  # `Term` checked each name on its own
     return terms
 
 

@@ -32,6 +32,8 @@ import random
 import warnings
 from pathlib import Path
 
+from rkd_keras import checks
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # Classification: the share of each class's images held out for test.
 TEST_FRACTION = 0.2
@@ -70,30 +72,17 @@ class ImageFolder:
 
     def labels_of(self, classes, what: str = "classes") -> list:
         """`classes` (names or labels) as labels, refusing those the folder does not have."""
-        if isinstance(classes, (str, bytes)):
-            classes = [classes]
-        try:
-            given = list(classes)
-        except TypeError:
-            raise ValueError(f"{what} must be a list of class names or labels, received {classes!r}.") from None
-        if not given:
-            raise ValueError(f"{what} must hold at least one class, received none.")
         index = {name: label for label, name in enumerate(self.class_names)}
         labels, unknown = [], []
-        for value in given:
-            if isinstance(value, str):
-                label = index.get(value)
-            elif isinstance(value, int) and not isinstance(value, bool):
-                label = value if 0 <= value < len(self.class_names) else None
-            else:
-                raise ValueError(f"each of {what} must be a class name or an integer label, received {value!r}.")
+        for value in checks.check_classes(what, classes, names=True):
+            label = index.get(value) if isinstance(value, str) else value if value < len(self.class_names) else None
             (unknown if label is None else labels).append(value if label is None else label)
         if unknown:
             raise ValueError(
                 f"{what} {unknown} are not classes of the image folder {self.root}, whose {len(self.class_names)} "
                 f"classes are {_shown_names(self.class_names)} (labels 0–{len(self.class_names) - 1})."
             )
-        return labels
+        return checks.check_classes(what, labels)  # a name and its label given both are one class twice
 
     def default_train_classes(self) -> list:
         """Metric learning's training labels: the first half of the sorted classes, rounded up."""

@@ -33,7 +33,7 @@ Example:
 
 import copy
 
-from rkd_keras.checks import check_choice, check_int, check_number, repeated
+from rkd_keras import checks
 from rkd_keras.choices import DISTILLATION_LOSSES
 
 # Park et al. (CVPR 2019) §4.1 and the official code's defaults: a ResNet50
@@ -192,10 +192,13 @@ def term(
 
 
 def check_terms(name: str, specs) -> list:
-    """Term specs checked and completed: known keys and losses, weights >= 0, distinct names.
+    """Term specs checked and completed by the rules `rkd_keras.Term` and the `Distiller` check terms by.
 
     Plain Python: the command line checks a config file's `terms` with it
-    before TensorFlow loads. A spec may leave out everything but `loss`.
+    before TensorFlow loads, and refuses a mistake with the library's own
+    message (each rule lives in `rkd_keras.checks`), after the spec's place
+    (`terms[0]: ...`). A spec may leave out everything but `loss`, which
+    must be a distillation loss (`choices.DISTILLATION_LOSSES`).
 
     Args:
         name: How messages name the list (e.g. `"terms"`).
@@ -209,35 +212,37 @@ def check_terms(name: str, specs) -> list:
     """
     if not isinstance(specs, list):
         raise ValueError(f"{name} must be a list of term specs, received {specs!r}.")
-    checked = []
-    for index, spec in enumerate(specs):
-        where = f"{name}[{index}]"
-        if not isinstance(spec, dict) or "loss" not in spec:
-            raise ValueError(f"{where} must be a mapping with a loss (keys {', '.join(TERM_KEYS)}), received {spec!r}.")
-        unknown = sorted(set(spec) - set(TERM_KEYS))
-        if unknown:
-            raise ValueError(f"{where} has unknown keys {', '.join(unknown)}; known keys: {', '.join(TERM_KEYS)}.")
-        check_choice(f"{where} loss", spec["loss"], DISTILLATION_LOSSES)
-        weight = check_number(f"{where} weight", spec.get("weight", 1.0), low=0)
-        layers = {key: spec.get(key) for key in ("teacher_layer", "student_layer")}
-        for key, layer in layers.items():
-            if layer is not None and (not isinstance(layer, str) or not layer):
-                raise ValueError(f"{where} {key} must be a layer name or null (the output), received {layer!r}.")
-        options = spec.get("options") or {}
-        if not isinstance(options, dict):
-            raise ValueError(f"{where} options must be a mapping of the loss's arguments, received {options!r}.")
-        term_name = spec.get("name") or spec["loss"]
-        if not isinstance(term_name, str):
-            raise ValueError(f"{where} name must be a string, received {term_name!r}.")
-        warmup = check_int(f"{where} warmup_epochs", spec.get("warmup_epochs", 0), low=0)
-        checked.append({
-            "loss": spec["loss"], "weight": weight, **layers, "name": term_name, "options": dict(options),
-            **({"warmup_epochs": warmup} if warmup else {}),
-        })
-    names = [spec["name"] for spec in checked]
-    if repeated(names):
-        raise ValueError(f"{name}: two terms are named {', '.join(repeated(names))}; give each term its own name.")
+    checked = [_checked_term(f"{name}[{index}]", spec) for index, spec in enumerate(specs)]
+    checks.check_term_names(spec["name"] for spec in checked)
     return checked
+
+
+def _checked_term(where: str, spec) -> dict:
+    if not isinstance(spec, dict) or "loss" not in spec:
+        raise ValueError(f"{where} must be a mapping with a loss (keys {', '.join(TERM_KEYS)}), received {spec!r}.")
+    unknown = sorted(set(spec) - set(TERM_KEYS))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {', '.join(unknown)}; known keys: {', '.join(TERM_KEYS)}.")
+    try:
+        loss = checks.check_loss_name(spec["loss"])
+        if loss not in DISTILLATION_LOSSES:
+            raise ValueError(
+                f"{loss} is a loss of labels and embeddings, not of the teacher and the student, so it is no "
+                f"distillation term; choose one of {', '.join(DISTILLATION_LOSSES)}."
+            )
+        term_name = checks.check_term_name(loss if spec.get("name") is None else spec["name"])
+        weight = checks.check_term_weight(term_name, spec.get("weight", 1.0))
+        layers = {key: checks.check_term_layer(key, spec.get(key)) for key in ("teacher_layer", "student_layer")}
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    options = spec.get("options") or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{where} options must be a mapping of the loss's arguments, received {options!r}.")
+    warmup = checks.check_int(f"{where} warmup_epochs", spec.get("warmup_epochs", 0), low=0)
+    return {
+        "loss": loss, "weight": weight, **layers, "name": term_name, "options": dict(options),
+        **({"warmup_epochs": warmup} if warmup else {}),
+    }
 
 
 def build_terms(specs) -> list:

@@ -39,15 +39,6 @@ def check_weight(name: str, value) -> float:
     return checks.check_number(f"`{name}`", value, low=0)
 
 
-def _check_layer(argument, layer):
-    if layer is not None and (not isinstance(layer, str) or not layer):
-        raise TypeError(
-            f"`{argument}` must be a layer name (a non-empty string) or None for the model's output, "
-            f"received {layer!r}."
-        )
-    return layer
-
-
 def _library_name(loss):
     """The `LOSSES` name of a library loss function (`rkd_keras.losses.fitnet` → "fitnet"), else `loss`.
 
@@ -72,7 +63,11 @@ class Term:
     neither computed nor logged.
 
     The loss's `call(teacher, student)` gives the value (the mean, if it
-    returns more than a scalar), in float32; a loss whose `uses_labels` is
+    returns more than a scalar), in float32. Any other `keras.losses.Loss`
+    (e.g. `keras.losses.MeanSquaredError`) is called as Keras calls it,
+    `loss(teacher, student)`, so its `reduction` holds: the default averages
+    its per-example values, `"sum"` adds them up, and `None` leaves them to
+    the term, which takes their mean. A loss whose `uses_labels` is
     true (DKD) is called as `call(teacher, student, labels)` with the
     batch's `y`, and `fit` refuses data without labels for it. `relational` says whether it
     compares relations across the batch (RKD-D, RKD-A, DarkRank, similarity
@@ -93,8 +88,8 @@ class Term:
         student_layer: Name of the student's layer to read, or `None` for
             the student's output.
         name: The key of the term in the logs; defaults to the loss's name.
-            Terms of one Distiller need distinct names, none of them
-            `loss`, `task_loss`, `val_...` or a compiled metric's name.
+            None of `loss`, `task_loss` or `val_...`; terms of one Distiller
+            need distinct names, none of them a compiled metric's name.
 
     Example:
     >>> term = Term("rkd_angle", weight=2.0, teacher_layer="pool", student_layer="pool", name="rkd_a_pool")
@@ -104,13 +99,12 @@ class Term:
 
     def __init__(self, loss, weight: float = 1.0, teacher_layer: str | None = None,
                  student_layer: str | None = None, name: str | None = None):
+        # The command line checks its term specs by the same rules (`presets.check_terms`), before TensorFlow loads.
         self.loss = losses.get(_library_name(loss))
-        self.name = self.loss.name if name is None else name
-        if not isinstance(self.name, str) or not self.name:
-            raise TypeError(f"A term's `name` must be a non-empty string, received {name!r}.")
-        self.weight = check_weight(f"weight of term {self.name!r}", weight)
-        self.teacher_layer = _check_layer("teacher_layer", teacher_layer)
-        self.student_layer = _check_layer("student_layer", student_layer)
+        self.name = checks.check_term_name(self.loss.name if name is None else name)
+        self.weight = checks.check_term_weight(self.name, weight)
+        self.teacher_layer = checks.check_term_layer("teacher_layer", teacher_layer)
+        self.student_layer = checks.check_term_layer("student_layer", student_layer)
 
     @property
     def relational(self) -> bool:
@@ -130,7 +124,10 @@ class Term:
     def __call__(self, teacher, student, labels=None):
         """The term's unweighted value: a float32 scalar. `labels` (the batch's `y`) only for a term that reads them."""
         if not self.uses_labels:
-            value = self.loss.call(teacher, student)
+            # A loss of rkd_keras (or a wrapped function) gives its value from `call`, checks included. Any
+            # other Keras loss gives per-example values there and reduces them in `__call__`, by its `reduction`.
+            is_wrapper = isinstance(self.loss, losses.LossWrapper)
+            value = self.loss.call(teacher, student) if is_wrapper else self.loss(teacher, student)
         elif labels is None:
             raise ValueError(
                 f"Term {self.name!r} ({self.loss.name}) reads the class labels, but the data holds inputs without "

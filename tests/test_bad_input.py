@@ -306,7 +306,7 @@ API_CASES = {
     "data_dir of fashion_mnist": (lambda: data.load_dataset("fashion_mnist", "train", data_dir="notes"), ValueError, ["data_dir is read only by cub200, cars196, sop, cifar10, cifar100; fashion_mnist does not read it"]),
     "path of a tfds dataset": (lambda: data.load_dataset("cub200", "train", path="notes"), ValueError, ["path is read only by fashion_mnist, folder; cub200 does not read it"]),
     "image size 0": (lambda: data.load_dataset("fashion_mnist", "train", image_size=0), ValueError, ["image_size must be an integer >= 1, received 0"]),
-    "no classes": (lambda: data.load_dataset("fashion_mnist", "train", classes=[]), ValueError, ["classes must hold at least one label"]),
+    "no classes": (lambda: data.load_dataset("fashion_mnist", "train", classes=[]), ValueError, ["classes must hold at least one class, received none."]),
     "resize below crop": (lambda: data.load_dataset("fashion_mnist", "test", image_size=28, resize_size=20), ValueError, ["resize_size must be an integer >= 28, received 20"]),
     "unknown dataset": (lambda: data.num_classes("imagenet", "train"), ValueError, ["dataset must be one of cub200, cars196, sop, fashion_mnist, cifar10, cifar100, folder, glyphs; received 'imagenet'"]),
     # Models.

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import listing, mock_cub
+from conftest import listing, mlp, mock_cub
 import rkd_keras
-from rkd_keras import presets, recall_at_k
+from rkd_keras import Term, presets, recall_at_k
 from rkd_keras.cli import main, runs, training
 from rkd_keras.cli.config import RunConfig, resolve_config
 from rkd_keras.cli.parser import EVALUATE_SETTINGS, build_parser
@@ -318,6 +318,37 @@ def test_help_and_mistakes_return_without_importing_tensorflow(argv, code, conso
     assert not list(tmp_path.glob("runs"))
 
 
+def _two_pkt_terms_of_one_name():
+    return rkd_keras.Distiller(mlp(4, 3, "teacher"), mlp(4, 2, "student"), terms=[Term("pkt"), Term("pkt", 2.0)])
+
+
+# A mistake in a config file's terms, where the command line says it is, and the same mistake made in the library.
+TERM_MISTAKES = {
+    "named loss": ("[{loss: pkt, name: loss}]", "terms[0]: ", lambda: Term("pkt", name="loss")),
+    "named val_x": ("[{loss: pkt, name: val_x}]", "terms[0]: ", lambda: Term("pkt", name="val_x")),
+    "named task_loss": ("[{loss: pkt}, {loss: pkt, name: task_loss}]", "terms[1]: ", lambda: Term("pkt", name="task_loss")),
+    "name not a string": ("[{loss: pkt, name: 3}]", "terms[0]: ", lambda: Term("pkt", name=3)),
+    "same name": ("[{loss: pkt}, {loss: pkt, weight: 2}]", "", _two_pkt_terms_of_one_name),
+    "unknown loss": ("[{loss: rkd}]", "terms[0]: ", lambda: Term("rkd")),
+    "negative weight": ("[{loss: pkt, weight: -1}]", "terms[0]: ", lambda: Term("pkt", weight=-1)),
+    "infinite weight": ("[{loss: pkt, weight: .inf}]", "terms[0]: ", lambda: Term("pkt", weight=float("inf"))),
+    "layer not a name": ("[{loss: pkt, teacher_layer: 3}]", "terms[0]: ", lambda: Term("pkt", teacher_layer=3)),
+}
+
+
+@pytest.mark.parametrize("mistake", TERM_MISTAKES)
+def test_a_mistake_in_the_terms_is_refused_before_tensorflow_loads_with_the_librarys_message(mistake, tmp_path):
+    terms, where, in_the_library = TERM_MISTAKES[mistake]
+    with pytest.raises(ValueError) as error:
+        in_the_library()
+    (tmp_path / "c.yaml").write_text(f"terms: {terms}\n")
+    argv = ["distill", "--teacher", "t.keras", "--config", "c.yaml", "--runs-dir", str(tmp_path)]
+    returncode, modules, messages = _imported_modules(argv, tmp_path, console_script=False)
+    assert returncode == 2 and "rkd_keras.cli" in modules
+    assert not {name for name in modules if name.split(".")[0] in ("tensorflow", "keras")}
+    assert messages == [f"rkd-keras distill: error: config file c.yaml: {where}{error.value}"]
+
+
 def test_a_command_that_loads_tensorflow_prints_none_of_its_start_up_logs(tmp_path):
     """The model is refused after TensorFlow is loaded: stderr holds that one line and nothing of TensorFlow."""
     inputs = keras.Input((16, 16, 3))
@@ -383,7 +414,7 @@ def test_the_command_lines_choices_are_the_librarys():
 
     assert choices.TRIPLET_SAMPLINGS == losses.TRIPLET_SAMPLINGS
     assert data.DATASETS is choices.DATASETS and models.BACKBONES is choices.BACKBONES
-    assert set(choices.DISTILLATION_LOSSES) == set(losses.LOSSES) - {"triplet_loss", "prototypical_loss"}
+    assert choices.LOSS_NAMES == tuple(losses.LOSSES)
     assert set(choices.BACKBONE_STAGES) == set(choices.BACKBONES)
 
 

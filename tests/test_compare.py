@@ -247,10 +247,10 @@ def test_a_config_file_may_not_set_what_each_method_sets(tmp_path, capsys):
     [
         (["train-teacher"], "task: classification\ntriplet_weight: 0\n", "train-teacher is for metric learning (task: metric)"),
         (["tune", "--teacher", "t.keras"], "terms: [{loss: pkt}]\n", "tune searches distance_weight and angle_weight"),
-        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt, weight: -1}]\n", "terms[0] weight must be a finite number >= 0"),
-        (["distill", "--teacher", "t.keras"], "terms: [{loss: rkd}]\n", "terms[0] loss must be one of rkd_distance, rkd_angle"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt, weight: -1}]\n", "terms[0]: The weight of term 'pkt' must be a finite number >= 0"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: rkd}]\n", "terms[0]: Unknown loss 'rkd'; choose a distillation loss (rkd_distance, rkd_angle"),
         (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt, layer: pool}]\n", "terms[0] has unknown keys layer"),
-        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}, {loss: pkt}]\n", "two terms are named pkt"),
+        (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}, {loss: pkt}]\n", "Two terms are named 'pkt'"),
         (["distill", "--teacher", "t.keras"], "terms: [{loss: dkd, warmup_epochs: -1}]\n",
          "terms[0] warmup_epochs must be an integer >= 0, received -1"),
         (["distill", "--teacher", "t.keras"], "terms: [{loss: pkt}]\nangle_weight: 2\n", "give terms or distance_weight/angle_weight, not both"),

@@ -277,6 +277,20 @@ def test_classes_outside_the_dataset_are_refused(name, task, classes, message):
         data.num_classes(name, "train", classes=classes, task=task)
 
 
+@pytest.mark.parametrize("name, task", [("fashion_mnist", "metric"), ("cifar10", "classification")])
+def test_a_class_given_twice_is_refused_as_the_command_line_refuses_it(name, task):
+    from rkd_keras.cli.config import ConfigError, resolve_config
+
+    with tfds.testing.mock_data(as_dataset_fn=_indexed_split(10)):
+        with pytest.raises(ValueError) as error:
+            load_dataset(name, "train", task=task, classes=[0, 1, 1])
+    assert str(error.value) == "classes lists [1] more than once; give each class once."
+    with pytest.raises(ValueError, match=r"^classes lists \[1\] more than once; give each class once\.$"):
+        data.num_classes(name, "train", classes=[0, 1, 1], task=task)
+    with pytest.raises(ConfigError, match=r"train_classes lists \[1\] more than once; give each class once\.$"):
+        resolve_config("teacher", overrides={"train_classes": [0, 1, 1]})
+
+
 def _labelled_split(num_classes, per_class):
     """An `as_dataset_fn` whose train and test splits hold `per_class[split]` images of each class, marked by split."""
 

@@ -147,6 +147,14 @@ def test_cli_trains_distills_and_evaluates_on_a_folder(folder, tmp_path, capsys)
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["items"] == 5 * PER_CLASS
 
 
+def test_a_class_given_by_its_name_and_its_label_is_one_class_given_twice(folder):
+    root, _ = folder
+    with pytest.raises(ValueError, match=r"^classes lists \[5\] more than once; give each class once\.$"):
+        data.load_dataset("folder", "test", path=str(root), image_size=28, channels=1, classes=["sandal", 5])
+    with pytest.raises(ConfigError, match=r"train_classes lists \[5\] more than once; give each class once\.$"):
+        resolve_config("teacher", overrides={"dataset": "folder", "dataset_path": str(root), "train_classes": ["sandal", 5, 1]})
+
+
 def test_train_classes_by_name_are_saved_as_labels_and_the_others_test(folder):
     root, _ = folder
     given = ["sandal", "shirt", 7, "trouser"]  # 7: sneaker

@@ -98,6 +98,10 @@ BAD_PARAMETERS = [
     ("dark_rank", {"beta": "3"}, "beta must be a finite number > 0, received '3'"),
     ("relaxed_contrastive", {"sigma": 0.0}, "sigma must be a finite number > 0, received 0.0"),
     ("relaxed_contrastive", {"delta": -1.0}, "delta must be a finite number > 0"),
+    ("rkd_distance", {"delta": 0.0}, "delta must be a finite number > 0, received 0.0"),
+    ("rkd_distance", {"eps": -1e-12}, "eps must be a finite number > 0, received -1e-12"),
+    ("rkd_angle", {"delta": float("inf")}, "delta must be a finite number > 0, received inf"),
+    ("rkd_angle", {"eps": 0.0}, "eps must be a finite number > 0, received 0.0"),
 ]
 
 
@@ -111,7 +115,10 @@ def test_bad_parameters_are_refused_by_the_function_and_the_wrapper():
 
 
 def test_get_refuses_unknown_names_listing_the_known_ones():
-    with pytest.raises(ValueError, match=r"Unknown loss 'hinton'; choose one of rkd_distance, .*hinton_kd"):
+    with pytest.raises(ValueError, match=(
+        r"Unknown loss 'hinton'; choose a distillation loss \(rkd_distance, .*hinton_kd.*\) or a loss of labels "
+        r"and embeddings \(triplet_loss, prototypical_loss\)\."
+    )):
         losses.get("hinton")
 
 

@@ -1,5 +1,7 @@
 """Distillation terms: KD, RKD, attention, FitNet and the rest on named layers of small CNN classifiers."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -88,6 +90,15 @@ def test_a_term_is_its_loss_on_the_two_tensors(rng):
     np.testing.assert_allclose(float(mse), np.mean((teacher - student) ** 2), rtol=1e-6)
 
 
+def test_a_term_of_a_keras_loss_keeps_its_reduction():
+    teacher = np.array([[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]], "float32")
+    student = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], "float32")  # per-example squared errors 1, 0, 4
+    mse = keras.losses.MeanSquaredError
+    assert float(Term(mse())(teacher, student)) == float(mse()(teacher, student)) == np.float32(5.0 / 3.0)
+    assert float(Term(mse(reduction="sum"))(teacher, student)) == float(mse(reduction="sum")(teacher, student)) == 5.0
+    assert float(Term(mse(reduction=None))(teacher, student)) == np.float32(5.0 / 3.0)  # per-example: the term's mean
+
+
 def test_terms_say_whether_they_compare_relations_across_the_batch():
     kinds = {name: Term(name).relational for name in losses.LOSSES if name not in NOT_DISTILLATION}
     assert {name for name, relational in kinds.items() if relational} == RELATIONAL
@@ -108,7 +119,7 @@ def test_a_term_round_trips_through_its_config():
 
 @pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
 def test_a_weight_that_is_negative_or_not_finite_is_refused(weight):
-    with pytest.raises(ValueError, match="`weight of term 'rkd_angle'` must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="The weight of term 'rkd_angle' must be a finite number >= 0"):
         Term("rkd_angle", weight=weight)
 
 
@@ -418,15 +429,21 @@ def test_a_sequential_model_without_an_input_shape_says_how_to_give_it_one(teach
     assert set(logs) == {"loss", "rkd_angle"} and np.isfinite(logs["loss"])
 
 
-@pytest.mark.parametrize("names, message", [
-    (["kd", "kd"], "Two terms are named 'kd'"),
-    (["loss", "kd"], "A term cannot be named 'loss'"),
-    (["kd", "val_kd"], "A term cannot be named 'val_kd': fit logs the validation value of a term named 'kd' under "
-                       "that key. Pass a name without the 'val_' prefix, e.g. Term\\(..., name='kd_term'\\)"),
+@pytest.mark.parametrize("name, message", [
+    ("loss", "A term cannot be named 'loss': the logs use that key. Give it another name."),
+    ("task_loss", "A term cannot be named 'task_loss': the logs use that key."),
+    ("val_kd", "A term cannot be named 'val_kd': fit logs the validation value of a term named 'kd' under that key. "
+               "Give it a name without the 'val_' prefix, e.g. 'kd_term'."),
+    ("", "A term's name must be a non-empty string, received ''."),
 ])
-def test_term_names_must_be_distinct_log_keys(teacher, names, message):
-    terms = [Term("hinton_kd", name=names[0]), Term("dist_kd", name=names[1])]
-    with pytest.raises(ValueError, match=message):
+def test_a_term_may_not_take_a_key_the_logs_hold_already(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Term("hinton_kd", name=name)
+
+
+def test_the_terms_of_a_distiller_need_distinct_names(teacher):
+    terms = [Term("hinton_kd", name="kd"), Term("dist_kd", name="kd")]
+    with pytest.raises(ValueError, match="Two terms are named 'kd', and each term is logged under its name"):
         Distiller(teacher, classifier(4, "student"), terms=terms)
 
 
@@ -485,6 +502,33 @@ def test_a_library_loss_function_is_the_same_term_as_its_name(teacher, name, lay
     assert by_function.uses_regressor == (name == "fitnet")
     distiller = Distiller(teacher, classifier(4, "student"), terms=[by_function])
     assert len(distiller.regressors) == (1 if name == "fitnet" else 0)
+
+
+@pytest.mark.parametrize("name", list(losses.LOSSES))
+def test_a_term_of_a_library_loss_function_round_trips_through_a_keras_file_as_its_name_does(teacher, name, tmp_path):
+    """Keras saves its own loss functions by name; a Term of `rkd_keras.losses.<fn>` saves as `Term("<fn>")`."""
+    # The triplet and prototypical losses compare labels with embeddings: the teacher's tensor plays the labels.
+    labelled = name in NOT_DISTILLATION
+    teacher_layer, student_layer = (None, "pool") if labelled else READS.get(name, ("pool", "pool"))
+    model = classifier(8, "teacher", classes=1) if labelled else teacher
+    term = Term(getattr(losses, name), 0.5, teacher_layer, student_layer, name=f"{name}_term")
+    distiller = Distiller(model, classifier(4, "student"), terms=[term])
+    distiller.save(tmp_path / "distiller.keras")
+    (restored,) = keras.models.load_model(tmp_path / "distiller.keras").terms
+    assert type(restored.loss) is type(Term(name).loss) is losses.LOSSES[name]
+    by_name = Term(name, 0.5, teacher_layer, student_layer, f"{name}_term")
+    assert restored.get_config() == term.get_config() == by_name.get_config()
+    assert (restored.weight, restored.name, restored.relational) == (0.5, f"{name}_term", term.relational)
+    rng = np.random.default_rng(1)
+    if labelled:
+        # Classes 0, 0, 0, 1: every anchor has one negative, so the triplet loss draws the same triplets each call.
+        tensors = np.array([[0.0], [0.0], [0.0], [1.0]], "float32"), rng.normal(size=(4, 8)).astype("float32")
+    else:
+        compared = model.output if teacher_layer is None else model.get_layer(teacher_layer).output
+        tensors = rng.normal(size=(2, 4, *compared.shape[1:])).astype("float32")
+    labels = np.array([0, 1, 2, 0]) if term.uses_labels else None
+    value = float(term(*tensors, labels))
+    assert np.isfinite(value) and float(restored(*tensors, labels)) == value
 
 
 def nested_teacher():

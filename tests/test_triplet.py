@@ -1,5 +1,7 @@
 """Triplet loss against NumPy references, and distance-weighted sampling weights."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -111,6 +113,16 @@ def test_loss_class_trains_with_fit_and_round_trips(rng):
     assert isinstance(restored, TripletLoss) and restored.get_config()["sampling"] == "batch_hard"
 
 
-def test_unknown_sampling_is_refused():
-    with pytest.raises(ValueError, match="Unknown sampling 'hard'"):
-        TripletLoss(sampling="hard")
+@pytest.mark.parametrize("arguments, message", [
+    ({"sampling": "hard"}, "Unknown sampling 'hard'; choose one of distance_weighted, batch_hard, all."),
+    ({"margin": -0.1}, "margin must be a finite number >= 0, received -0.1."),
+    ({"margin": float("nan")}, "margin must be a finite number >= 0, received nan."),
+    ({"cutoff": 0.0}, "cutoff must be a finite number > 0, received 0.0."),
+    ({"nonzero_loss_cutoff": -1.4}, "nonzero_loss_cutoff must be a finite number > 0, received -1.4."),
+])
+def test_arguments_out_of_range_are_refused_by_the_function_and_the_wrapper(batch, arguments, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        triplet_loss(*batch, **arguments)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        TripletLoss(**arguments)
+    assert float(triplet_loss(*batch, margin=0.0, sampling="all")) >= 0.0  # a margin of 0 is allowed

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from rkd_keras import image_folders, presets
-from rkd_keras.checks import check_choice, check_dataset_arguments, check_int, check_number, check_task, repeated
+from rkd_keras.checks import check_choice, check_classes, check_dataset_arguments, check_int, check_number, check_task
 from rkd_keras.choices import (
     BACKBONE_MIN_IMAGE_SIZE,
     BACKBONES,
@@ -159,8 +159,6 @@ class RunConfig:
         if self.dataset == "folder":
             # Names become labels: config.json keeps the labels, and a resumed run compares them.
             self.train_classes = self.image_folder().labels_of(self.train_classes, "train_classes")
-            if repeated(self.train_classes):
-                raise ValueError(f"train_classes names the labels {repeated(self.train_classes)} more than once; give each class once.")
         elif names:
             raise ValueError(f"train_classes {names} are class names, which only an image folder has; give {self.dataset}'s labels.")
         if self.dataset not in CLASS_SPLIT_DATASETS:
@@ -260,12 +258,8 @@ def _checked_decay_epochs(name, value):
 
 
 def _checked_classes(name, value):
-    if not isinstance(value, list):
-        raise ValueError(f"{name} must be a list of class labels, received {value!r}.")
-    labels = [label if isinstance(label, str) else check_int(f"each of {name}", label, low=0) for label in value]
-    if repeated(labels):
-        raise ValueError(f"{name} lists {repeated(labels)} more than once; give each class once.")
-    return labels
+    # Names are an image folder's (checked with its classes); a dataset's labels are checked with its size.
+    return check_classes(name, value, names=True)
 
 
 def _checked_weights(value):

@@ -52,6 +52,7 @@ unknown size), and the triplet loss draws its negatives per backend.
 
 import keras
 
+from rkd_keras import checks
 from rkd_keras.losses.features import HintRegressor, attention_transfer, fitnet
 from rkd_keras.losses.logits import dist_kd, dkd, hinton_kd
 from rkd_keras.losses.prototypical import prototypical_loss
@@ -115,9 +116,7 @@ def get(identifier) -> keras.losses.Loss:
     if isinstance(identifier, keras.losses.Loss):
         return identifier
     if isinstance(identifier, str):
-        if identifier not in LOSSES:
-            raise ValueError(f"Unknown loss {identifier!r}; choose one of {', '.join(LOSSES)}, or pass a function.")
-        return LOSSES[identifier]()
+        return LOSSES[checks.check_loss_name(identifier)]()
     if callable(identifier):
         return LossWrapper(identifier, name=getattr(identifier, "__name__", "loss"))
     raise TypeError(

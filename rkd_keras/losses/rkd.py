@@ -24,6 +24,7 @@ from rkd_keras.losses import angle_sum
 from rkd_keras.losses.base import (
     as_float32,
     centered_gram,
+    check_number,
     flatten,
     guard,
     in_float64,
@@ -32,6 +33,16 @@ from rkd_keras.losses.base import (
     scaled_eps,
     squared_distances,
 )
+
+
+def check_rkd_arguments(delta, eps) -> None:
+    """Refuses a `delta` or `eps` of `rkd_distance` and `rkd_angle` (and their wrappers) that is not finite and > 0.
+
+    A Huber threshold of 0 or less is no smooth L1, and a clamp of 0 lets
+    the square root of a zero distance give NaN gradients.
+    """
+    check_number(delta, "delta")
+    check_number(eps, "eps")
 
 
 def _embeddings(teacher, student):
@@ -114,6 +125,7 @@ def rkd_distance(teacher, student, *, delta: float = 1.0, eps: float = 1e-12):
     >>> round(float(rkd_distance([[0.0], [1.0], [2.0]], [[0.0], [1.0], [3.0]])), 6)
     0.013889
     """
+    check_rkd_arguments(delta, eps)
     teacher, student = _embeddings(teacher, student)
 
     def loss(teacher, student):
@@ -161,6 +173,7 @@ def rkd_angle(
     >>> float(rkd_angle(teacher, 3.0 * teacher + 1.0)) < 1e-10  # a similar copy: the same angles
     True
     """
+    check_rkd_arguments(delta, eps)
     teacher, student = _embeddings(teacher, student)
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive number of vertices or None, received {chunk_size}.")

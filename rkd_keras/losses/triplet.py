@@ -9,6 +9,7 @@ from rkd_keras.choices import TRIPLET_SAMPLINGS
 from rkd_keras.losses.base import (
     as_float32,
     centered_gram,
+    check_number,
     flatten,
     guard,
     in_float64,
@@ -89,6 +90,20 @@ def _draw_negatives(log_weights, embeddings, seed):
     return jax.random.categorical(key, log_weights, axis=1, shape=(n, n)).T.astype("int32")
 
 
+def check_triplet_arguments(margin, sampling, cutoff, nonzero_loss_cutoff) -> None:
+    """Refuses an argument of `triplet_loss` (and `TripletLoss`, when built) outside its range.
+
+    `margin` finite and ≥ 0 (0: only triplets in the wrong order count);
+    `sampling` one of `TRIPLET_SAMPLINGS`; the cut-offs of distance-weighted
+    sampling finite and > 0 (a cut-off of 0 takes the log of a zero distance).
+    """
+    check_number(margin, "margin", strict=False)
+    if sampling not in TRIPLET_SAMPLINGS:
+        raise ValueError(f"Unknown sampling {sampling!r}; choose one of {', '.join(TRIPLET_SAMPLINGS)}.")
+    check_number(cutoff, "cutoff")
+    check_number(nonzero_loss_cutoff, "nonzero_loss_cutoff")
+
+
 def triplet_loss(
     labels,
     embeddings,
@@ -132,8 +147,7 @@ def triplet_loss(
     >>> round(float(triplet_loss(labels, embeddings, sampling="all")), 4)
     0.2875
     """
-    if sampling not in TRIPLET_SAMPLINGS:
-        raise ValueError(f"Unknown sampling {sampling!r}; choose one of {', '.join(TRIPLET_SAMPLINGS)}.")
+    check_triplet_arguments(margin, sampling, cutoff, nonzero_loss_cutoff)
     ops = keras.ops
     embeddings = flatten(as_float32(embeddings, "Triplet embeddings"))
     labels = ops.reshape(ops.convert_to_tensor(labels), (-1,))

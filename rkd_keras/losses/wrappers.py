@@ -28,8 +28,8 @@ from rkd_keras.losses.prototypical import prototypical_loss
 from rkd_keras.losses.relational import (
     correlation_congruence, dark_rank, pkt, relaxed_contrastive, similarity_preserving,
 )
-from rkd_keras.losses.rkd import rkd_angle, rkd_distance
-from rkd_keras.losses.triplet import TRIPLET_SAMPLINGS, triplet_loss
+from rkd_keras.losses.rkd import check_rkd_arguments, rkd_angle, rkd_distance
+from rkd_keras.losses.triplet import check_triplet_arguments, triplet_loss
 from rkd_keras.saving import register
 
 
@@ -104,6 +104,7 @@ class RKDDistance(LossWrapper):
     def __init__(
         self, delta=1.0, eps=1e-12, l2_normalize=False, reduction="sum_over_batch_size", name="rkd_distance", dtype=None
     ):
+        check_rkd_arguments(delta, eps)
         super().__init__(
             rkd_distance, reduction=reduction, name=name, dtype=dtype, l2_normalize=l2_normalize, delta=delta, eps=eps
         )
@@ -132,6 +133,7 @@ class RKDAngle(LossWrapper):
         name="rkd_angle",
         dtype=None,
     ):
+        check_rkd_arguments(delta, eps)
         super().__init__(
             rkd_angle, reduction=reduction, name=name, dtype=dtype, l2_normalize=l2_normalize,
             delta=delta, eps=eps, chunk_size=chunk_size,
@@ -358,8 +360,7 @@ class TripletLoss(LossWrapper):
         name="triplet_loss",
         dtype=None,
     ):
-        if sampling not in TRIPLET_SAMPLINGS:
-            raise ValueError(f"Unknown sampling {sampling!r}; choose one of {', '.join(TRIPLET_SAMPLINGS)}.")
+        check_triplet_arguments(margin, sampling, cutoff, nonzero_loss_cutoff)
         super().__init__(
             triplet_loss, reduction=reduction, name=name, dtype=dtype, margin=margin, sampling=sampling,
             cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff, seed=seed,
