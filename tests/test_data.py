@@ -106,7 +106,9 @@ def test_fashion_mnist_reads_the_debian_files_class_disjoint():
     assert Counter(train_labels.tolist()) == {c: 7000 for c in range(5)}
     assert Counter(test_labels.tolist()) == {c: 7000 for c in range(5, 10)}
     assert (data.num_classes("fashion_mnist", "train"), data.num_classes("fashion_mnist", "test")) == (5, 5)
-    assert data.num_classes("fashion_mnist", "test", classes=[9, 9, 3]) == 2
+    assert data.num_classes("fashion_mnist", "test", classes=[9, 3]) == 2
+    with pytest.raises(ValueError, match=r"lists \[9\] more than once; give each class once"):
+        data.num_classes("fashion_mnist", "test", classes=[9, 9, 3])  # one rule for class lists (issue 25)
     image, _ = next(iter(test))
     assert image.shape == (28, 28, 1) and 0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 255
 

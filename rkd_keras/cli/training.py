@@ -315,7 +315,7 @@ def evaluate(model, config, split="test", gallery_model=None):
 CONTROLS = {
     "raw_pixels": "control: the flattened preprocessed test images, Euclidean, no model",
     "untrained": "control: the student's architecture, seeded, no training",
-    "untrained_wide": "control: a student of the teacher's embedding width, seeded, no training",
+    "untrained_wide": "control: the first method's network of the teacher's embedding width, seeded, no training",
 }
 
 
