@@ -8,16 +8,20 @@ import sys
 
 import keras
 
-from rkd_keras import checks
+from rkd_keras import checks, steps
 from rkd_keras.losses import HintRegressor
 from rkd_keras.saving import register
+from rkd_keras.steps.finite import (
+    CACHED_ORIGIN,
+    GIVEN_ORIGIN,
+    INPUTS_NOT_FINITE,
+    LOSS_NOT_FINITE,
+    TEACHER_ORIGIN,
+    is_float,
+    statistic_not_finite,
+    teacher_not_finite,
+)
 from rkd_keras.terms import INPUTS, Extractor, Term, cached_inputs, check_cached_rows, check_weight, split_cached
-
-if keras.backend.backend() == "tensorflow":
-    # Its train_step, tf.distribute and the graph-side NaN check. On JAX and
-    # PyTorch the Distiller imports nothing of TensorFlow (a GPU machine may
-    # have none); only tf.data inputs need it there.
-    import tensorflow as tf
 
 # `Distiller(teacher, student)`: the paper's metric-learning setting, λ_D = 1 and λ_A = 2.
 DEFAULT_WEIGHTS = {"distance_weight": 1.0, "angle_weight": 2.0}
@@ -169,30 +173,6 @@ def _check_shapes(term, teacher, student):
     term.check_shapes(teacher, student, teacher_source, student_source)
 
 
-def _global_batch(tensor):
-    """The tensor of every replica's batch, with gradient only to this replica's rows.
-
-    Outside a `tf.distribute` replica context (or with one replica) this is
-    `tensor` itself. Other replicas' rows are constants here; their own
-    replicas differentiate them, so the gradients summed over replicas equal
-    the gradient of the global-batch loss.
-    """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return tensor
-    shape = tf.shape(tensor)
-    rows = tf.reshape(tensor, [shape[0], -1])
-    # One collective: each row carries its replica's index, which locates
-    # this replica's rows even when the replicas' batch sizes differ.
-    replica = tf.cast(context.replica_id_in_sync_group, rows.dtype)
-    tagged = tf.concat([tf.stop_gradient(rows), tf.fill([shape[0], 1], replica)], axis=1)
-    gathered = context.all_gather(tagged, axis=0)
-    start = tf.reduce_sum(tf.cast(gathered[:, -1] < replica, tf.int32))
-    end = start + shape[0]
-    gathered = gathered[:, :-1]
-    rows = tf.concat([gathered[:start], rows, gathered[end:]], axis=0)
-    return tf.reshape(rows, tf.concat([[-1], shape[1:]], axis=0))
-
 
 def _check_cached_shape(tensor, spec, source):
     """Cached teacher tensors must have the shape the teacher gives now (checked when the step is traced)."""
@@ -212,63 +192,6 @@ def _check_cached_shape(tensor, spec, source):
     )
 
 
-INPUTS_NOT_FINITE = (
-    "The inputs of this batch hold NaN/Inf values; check the input pipeline (NaN pixels, a normalization "
-    "dividing by zero)."
-)
-LOSS_NOT_FINITE = (
-    "The loss is NaN/Inf for this batch, whose inputs, teacher tensors and student BatchNorm statistics are "
-    "finite, so the step was not applied: the student's tensors overflow float32 (scale or normalize the "
-    "inputs) or its weights diverged (lower the learning rate)."
-)
-# The status a JAX step logs under this key: -1, or the index of the first failed check (`_guards`).
-_STATUS = "_rkd_keras_status"
-
-
-def _teacher_not_finite(origin, source):
-    return (
-        f"The teacher produced NaN/Inf embeddings for this batch, whose inputs are finite; check {origin}. "
-        f"Tensor: {source}."
-    )
-
-
-def _statistic_not_finite(variable):
-    layer = variable.path.rsplit("/", 1)[0]
-    return (
-        f"The student's BatchNorm statistic {variable.name!r} of layer {layer!r} became NaN/Inf in this step, "
-        "whose inputs are finite, so the weights were not updated: the activations reaching that layer overflow "
-        "float32 (scale or normalize the inputs, e.g. to [0, 1]) or the weights before it diverged (lower the "
-        "learning rate)."
-    )
-
-
-def _checked_finite(tensor, message):
-    """`tensor`, or an error with `message` if it holds NaN or ±inf.
-
-    TensorFlow checks in the graph (XLA drops the check); PyTorch at every
-    step. On JAX this returns `tensor`: the step returns the checks' result
-    as its status (`Distiller._jax_status`), eager or compiled, and the
-    host raises once it reads it (`Distiller._raising`), with the model's
-    weights as they were before the failed step.
-    """
-    if keras.backend.backend() == "tensorflow":
-        return tf.debugging.assert_all_finite(tensor, message)
-    if keras.backend.backend() == "jax":
-        return tensor
-    if not bool(keras.ops.all(keras.ops.isfinite(tensor))):
-        raise ValueError(message)
-    return tensor
-
-
-_TEACHER_ORIGIN = "its weights (was it trained to NaN?)"
-_CACHED_ORIGIN = "the cached tensors (recompute them with cache_teacher_embeddings)"
-_GIVEN_ORIGIN = "the teacher embeddings given with the batch (recompute them; read_embeddings refuses a non-finite row)"
-
-
-def _is_float(tensor):
-    return "float" in keras.backend.standardize_dtype(tensor.dtype)
-
-
 class _FunctionLoss(keras.losses.Loss):
     """A loss function as a `keras.losses.Loss`, so it takes sample weights."""
 
@@ -281,7 +204,7 @@ class _FunctionLoss(keras.losses.Loss):
 
 
 @register
-class Distiller(keras.Model):
+class Distiller(steps.for_backend(), keras.Model):
     """Knowledge distillation of a frozen teacher into a student, on a list of terms.
 
     The student is trained on
@@ -413,7 +336,6 @@ class Distiller(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.term_trackers = [keras.metrics.Mean(name=term.name) for term in active]
-        self._unread_status = None  # JAX: the status of the latest step, read after the next (`_raising`)
 
     def build(self, input_shape):
         if isinstance(input_shape, dict) and INPUTS in input_shape:
@@ -473,13 +395,11 @@ class Distiller(keras.Model):
     def fit(self, x=None, *args, **kwargs):
         """`Model.fit`, after checking that a cached batch holds as many teacher rows as inputs."""
         check_cached_rows(x)
-        self._unread_status = None  # of a JAX step of an interrupted call
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
         """`Model.evaluate`, after checking that a cached batch holds as many teacher rows as inputs."""
         check_cached_rows(x)
-        self._unread_status = None
         return super().evaluate(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
@@ -637,15 +557,15 @@ class Distiller(keras.Model):
         One reduction per tensor.
         """
         inputs = keras.tree.map_structure(
-            lambda tensor: _checked_finite(tensor, INPUTS_NOT_FINITE) if _is_float(tensor) else tensor, inputs
+            lambda tensor: self.checked_finite(tensor, INPUTS_NOT_FINITE) if is_float(tensor) else tensor, inputs
         )
         teacher = self._teacher_extractor
-        origin = _GIVEN_ORIGIN if teacher.precomputed else _CACHED_ORIGIN
+        origin = GIVEN_ORIGIN if teacher.precomputed else CACHED_ORIGIN
         if cached is None:
             cached = teacher(inputs, training=False)
-            origin = _TEACHER_ORIGIN
+            origin = TEACHER_ORIGIN
         return inputs, {
-            key: keras.ops.stop_gradient(_checked_finite(tensor, _teacher_not_finite(origin, teacher.sources[key])))
+            key: keras.ops.stop_gradient(self.checked_finite(tensor, teacher_not_finite(origin, teacher.sources[key])))
             for key, tensor in cached.items()
         }
 
@@ -667,10 +587,10 @@ class Distiller(keras.Model):
         sources = [self._teacher_extractor.sources[key] for key in self._teacher_extractor.computed]
         return [
             INPUTS_NOT_FINITE,
-            *(_teacher_not_finite(_TEACHER_ORIGIN, source) for source in sources),
-            *(_teacher_not_finite(_GIVEN_ORIGIN if self._teacher_extractor.precomputed else _CACHED_ORIGIN, source)
+            *(teacher_not_finite(TEACHER_ORIGIN, source) for source in sources),
+            *(teacher_not_finite(GIVEN_ORIGIN if self._teacher_extractor.precomputed else CACHED_ORIGIN, source)
               for source in sources),
-            *map(_statistic_not_finite, self._statistics()),
+            *map(statistic_not_finite, self._statistics()),
             LOSS_NOT_FINITE,
             "An earlier step of this execution (steps_per_execution > 1) held NaN/Inf values and was not "
             "applied, nor were the steps after it; run with steps_per_execution=1 to see which check failed.",
@@ -699,243 +619,9 @@ class Distiller(keras.Model):
             return self.get_metrics_result()
         return self.compute_metrics(split_cached(x)[0], y, output, sample_weight=sample_weight)
 
-    # One train_step and test_step per backend, each as Keras documents custom
-    # training for it ("Customizing what happens in fit()"); all three run each
-    # model once and add the terms up in `compute_terms`.
-
-    if keras.backend.backend() == "jax":
-
-        def _stateless(self, mapping, fn, *args, variables=(), **kwargs):
-            """`(fn(*args, **kwargs), new values of variables)`, each variable read from `mapping` (its pairs).
-
-            `variables` must be in `mapping`: one that `fn` did not assign
-            keeps its value from there.
-            """
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-                result = fn(*args, **kwargs)
-            return result, [scope.get_current_value(v) for v in variables]
-
-        def _jax_step(self, trainable, non_trainable, data, training, optimizer_variables=None):
-            """The terms, and with `optimizer_variables` their gradient: `(output, total, values, non-trainable, grads, status)`."""
-            import jax
-
-            x, y, sample_weight = self._unpack(data)
-            inputs, cached = self._split(x)
-            frozen = list(zip(self.non_trainable_variables, non_trainable))
-            # The teacher needs no gradient: run it outside the differentiated function.
-            (inputs, teacher), _ = self._stateless(frozen, self._checked_batch, inputs, cached)
-
-            def objective(trainable):
-                mapping = list(zip(self.trainable_variables, trainable)) + frozen
-                # Non-trainable variables (the student's BatchNorm statistics) flow through the state.
-                (output, total, share, values), updated = self._stateless(
-                    mapping, self._student_terms, teacher, inputs, y, sample_weight, training,
-                    variables=self.non_trainable_variables,
-                )
-                if optimizer_variables is not None:  # mixed precision: the loss scale is an optimizer variable
-                    share, _ = self._stateless(
-                        list(zip(self.optimizer.variables, optimizer_variables)), self.optimizer.scale_loss, share
-                    )
-                return share, (output, total, values, updated)
-
-            if optimizer_variables is None:
-                aux, gradients = objective(trainable)[1], None
-            else:
-                (_, aux), gradients = jax.value_and_grad(objective, has_aux=True)(trainable)
-            output, total, values, updated = aux
-            status = self._jax_status(inputs, teacher, cached is not None, total if training else None,
-                                      updated if training else None)
-            return output, total, values, updated, gradients, status
-
-        def _jax_status(self, inputs, teacher, cached, total, updated):
-            """-1 if every check of `_guards` passes, else the index of the first that fails (an int32 scalar)."""
-            import jax.numpy as jnp
-
-            def finite(tensor):
-                return jnp.all(jnp.isfinite(tensor))
-
-            passed = jnp.asarray(True)
-            floats = [tensor for tensor in keras.tree.flatten(inputs) if _is_float(tensor)]
-            teachers = [finite(teacher[key]) for key in self._teacher_extractor.computed]
-            position = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
-            checks = [
-                jnp.all(jnp.stack([finite(tensor) for tensor in floats])) if floats else passed,
-                *(passed if cached else check for check in teachers),
-                *(check if cached else passed for check in teachers),
-                *(passed if updated is None else finite(updated[position[id(v)]]) for v in self._statistics()),
-                passed if total is None else finite(total),
-            ]
-            checks = jnp.stack(checks).astype("int32")
-            return jnp.where(jnp.all(checks == 1), -1, jnp.argmin(checks)).astype("int32")
-
-        def _jax_metrics(self, metrics_variables, data, output, total, values):
-            x, y, sample_weight = self._unpack(data)
-            return self._stateless(
-                list(zip(self.metrics_variables, metrics_variables)), self._update_metrics,
-                x, y, sample_weight, output, total, values, variables=self.metrics_variables,
-            )
-
-        def train_step(self, state, data):
-            import jax
-            import jax.numpy as jnp
-
-            trainable, non_trainable, optimizer_variables, metrics_variables = state
-            output, total, values, updated, gradients, status = self._jax_step(
-                trainable, non_trainable, data, True, optimizer_variables
-            )
-            # Steps chained by steps_per_execution: one after a failed step (which logged a NaN loss) is not applied either.
-            total_index = next(i for i, v in enumerate(self.metrics_variables) if v is self.loss_tracker.total)
-            earlier = ~jnp.isfinite(metrics_variables[total_index])
-            status = jnp.where((status < 0) & earlier, len(self._guards()) - 1, status)
-            applied = status < 0
-            trainable, optimizer_variables = jax.lax.cond(
-                applied,
-                lambda: tuple(map(list, self.optimizer.stateless_apply(optimizer_variables, gradients, trainable))),
-                lambda: (list(trainable), list(optimizer_variables)),
-            )
-            non_trainable = [new if new is old else jnp.where(applied, new, old) for new, old in zip(updated, non_trainable)]
-            total = jnp.where(applied, total, jnp.nan)
-            logs, metrics_variables = self._jax_metrics(metrics_variables, data, output, total, values)
-            return {**logs, _STATUS: status}, (trainable, non_trainable, optimizer_variables, metrics_variables)
-
-        def test_step(self, state, data):
-            trainable, non_trainable, metrics_variables = state
-            output, total, values, non_trainable, _, status = self._jax_step(trainable, non_trainable, data, False)
-            logs, metrics_variables = self._jax_metrics(metrics_variables, data, output, total, values)
-            return {**logs, _STATUS: status}, (trainable, non_trainable, metrics_variables)
-
-        def _raising(self, function, state_keys):
-            """`function` (Keras's step function), raising once a step's status names a failed check.
-
-            A step's status is read when the next step has been dispatched, or
-            when the state is synced (the end of an epoch, of `fit`, of
-            `train_on_batch`): reading it at once would make the host wait for
-            every step, where JAX queues the next one. A step after a failed
-            one applies nothing either (`train_step`), so the state the latest
-            step returned is the state before the failed step; it is put back
-            into the model (Keras took the values out of the variables for the
-            step) before the error.
-            """
-            if getattr(function, "raises_on_status", False):
-                return function
-
-            def step(state, iterator):
-                logs, state = function(state, iterator)
-                logs = dict(logs)
-                previous, self._unread_status = self._unread_status, logs.pop(_STATUS)
-                if previous is not None and int(previous) >= 0:
-                    self._jax_state = dict(zip(state_keys, state))
-                    self._jax_state_synced = False
-                    self._unread_status = None
-                    self.jax_state_sync()
-                    raise ValueError(self._guards()[int(previous)])
-                return logs, state
-
-            step.raises_on_status = True
-            return step
-
-        def jax_state_sync(self):
-            """Keras's sync of the step's state into the model, then the error of a failed step not yet raised."""
-            status, self._unread_status = self._unread_status, None
-            super().jax_state_sync()
-            if status is not None and int(status) >= 0:
-                raise ValueError(self._guards()[int(status)])
-
-        def make_train_function(self, force=False):
-            super().make_train_function(force)
-            self.train_function = self._raising(self.train_function, (
-                "trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables"
-            ))
-            return self.train_function
-
-        def make_test_function(self, force=False):
-            super().make_test_function(force)
-            self.test_function = self._raising(
-                self.test_function, ("trainable_variables", "non_trainable_variables", "metrics_variables")
-            )
-            return self.test_function
-
-    elif keras.backend.backend() == "torch":
-
-        def _torch_step(self, data, training):
-            import torch
-
-            x, y, sample_weight = self._unpack(data)
-            inputs, cached = self._split(x)
-            with torch.no_grad():
-                inputs, teacher = self._checked_batch(inputs, cached)
-            return (x, y, sample_weight), self._student_terms(teacher, inputs, y, sample_weight, training)
-
-        def train_step(self, data):
-            import torch
-
-            self.zero_grad()
-            (x, y, sample_weight), (output, total, share, values) = self._torch_step(data, training=True)
-            self._check_step(total)
-            # Mixed precision: LossScaleOptimizer scales here, unscales in apply.
-            self.optimizer.scale_loss(share).backward()
-            variables = self.trainable_variables  # the student's and the FitNet regressors'
-            with torch.no_grad():
-                self.optimizer.apply([v.value.grad for v in variables], variables)
-            return self._update_metrics(x, y, sample_weight, output, total, values)
-
-        def _check_step(self, total):
-            """Raises before the update if a BatchNorm statistic of the student or the loss is NaN/Inf (one sync).
-
-            A statistic first: an overflow in a BatchNorm layer makes the loss NaN too, and the message names the layer.
-            """
-            import torch
-
-            statistics = self._statistics()
-            with torch.no_grad():
-                finite = torch.stack([torch.isfinite(t).all() for t in (*(v.value for v in statistics), total)])
-                if bool(finite.all()):
-                    return
-                failed = int(torch.argmin(finite.int()))
-            raise ValueError(_statistic_not_finite(statistics[failed]) if failed < len(statistics) else LOSS_NOT_FINITE)
-
-        def test_step(self, data):
-            import torch
-
-            with torch.no_grad():
-                (x, y, sample_weight), (output, total, _, values) = self._torch_step(data, training=False)
-                return self._update_metrics(x, y, sample_weight, output, total, values)
-
-    else:
-
-        def _tf_step(self, data, training):
-            """The terms on a TensorFlow batch, under `tf.distribute` when there is one."""
-            x, y, sample_weight = self._unpack(data)
-            inputs, teacher = self._checked_batch(*self._split(x))
-            terms = self._student_terms(
-                teacher, inputs, y, sample_weight, training,
-                replicas=tf.distribute.get_strategy().num_replicas_in_sync,
-                gather=_global_batch if self.global_batch_relations else None,
-            )
-            return (x, y, sample_weight), terms
-
-        def train_step(self, data):
-            with tf.GradientTape() as tape:
-                (x, y, sample_weight), (output, total, share, values) = self._tf_step(data, training=True)
-                # Mixed precision: LossScaleOptimizer scales here, unscales in apply.
-                scaled = self.optimizer.scale_loss(share)
-            variables = self.trainable_variables  # the student's and the FitNet regressors'
-            gradients = tape.gradient(scaled, variables)
-            # The update waits for the checks of the BatchNorm statistics (read after the forward pass updated
-            # them), then of the loss: an overflow in a BatchNorm layer makes the loss NaN too, and the first
-            # message names the layer. The checks stay out of the gradient, which a loss scale may overflow.
-            with tf.control_dependencies(
-                [tf.debugging.assert_all_finite(v.value, _statistic_not_finite(v)) for v in self._statistics()]
-            ):
-                checked = tf.debugging.assert_all_finite(total, LOSS_NOT_FINITE)
-            with tf.control_dependencies([checked]):
-                gradients = [None if g is None else tf.identity(g) for g in gradients]
-            self.optimizer.apply_gradients(zip(gradients, variables))
-            return self._update_metrics(x, y, sample_weight, output, total, values)
-
-        def test_step(self, data):
-            (x, y, sample_weight), (output, total, _, values) = self._tf_step(data, training=False)
-            return self._update_metrics(x, y, sample_weight, output, total, values)
+    # train_step and test_step are the running backend's (rkd_keras.steps), each as Keras documents custom training
+    # for it ("Customizing what happens in fit()"): all three check the batch (`_checked_batch`), run the student
+    # once and add the terms up (`_student_terms`), and update the metrics (`_update_metrics`).
 
     def get_config(self):
         config = {
