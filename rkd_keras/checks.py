@@ -419,9 +419,8 @@ def check_export_destination(path, format="tf_saved_model", *, overwrite: bool =
         if file == path:
             mine = not path.is_symlink() and _is_artifact(path, format)
             what = EXPORT_FORMATS[format][3]
-        else:  # the weights beside an OpenVINO model: its own only if the model there is one
-            mine = file.is_file() and not file.is_symlink() and path.is_file() and not path.is_symlink() \
-                and _is_artifact(path, format)
+        else:  # the weights beside an OpenVINO model: its own only if `path` (checked first) is that model
+            mine = taken and file.is_file() and not file.is_symlink()
             what = f"the weights of an OpenVINO model at {path.name}"
         if not mine:
             raise FileExistsError(
