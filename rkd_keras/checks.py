@@ -12,6 +12,7 @@ import importlib.util
 import math
 import numbers
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -335,13 +336,20 @@ def check_export_format(format, quantize=None):
     if quantize is not None:
         if quantize not in EXPORT_QUANTIZATIONS:
             raise ValueError(f"quantize must be one of {', '.join(EXPORT_QUANTIZATIONS)} or None, received {quantize!r}.")
+        if format == "openvino":
+            raise ValueError(
+                f"quantize={quantize!r} is not offered for format='openvino': Keras's OpenVINO exporter writes a "
+                "float32 model and quantizes nothing; OpenVINO quantizes with NNCF (nncf.quantize or "
+                "nncf.compress_weights on the exported model), which rkd_keras does not run."
+            )
         if format != "litert":
             raise ValueError(f"quantize={quantize!r} applies to format='litert' only, not {format!r}.")
-    missing = [package for package in EXPORT_FORMATS[format][1] if importlib.util.find_spec(package) is None]
+    _, packages, extra, _ = EXPORT_FORMATS[format]
+    missing = [package for package in packages if importlib.util.find_spec(package) is None]
     if missing:
         raise ImportError(
             f"exporting to {format} needs {', '.join(missing)}, which is not installed: "
-            "pip install 'rkd-keras[export]'."
+            f"pip install 'rkd-keras[{extra}]'."
         )
 
 
@@ -352,10 +360,20 @@ def artifact_format(path) -> str:
         if (path / "saved_model.pb").is_file():
             return "tf_saved_model"
         raise ValueError(f"{path} is a folder without saved_model.pb, so no SavedModel.")
-    for format, (suffix, _, _) in EXPORT_FORMATS.items():
+    for format, (suffix, _, _, _) in EXPORT_FORMATS.items():
         if suffix is not None and path.suffix.lower() == suffix:
             return format
-    raise ValueError(f"{path} is no exported student: a SavedModel folder, a .onnx or a .tflite file.")
+    raise ValueError(f"{path} is no exported student: a SavedModel folder, a .onnx, .tflite or .xml file.")
+
+
+def artifact_files(path, format) -> list[Path]:
+    """The paths an artifact of `format` at `path` consists of, `path` first.
+
+    OpenVINO IR is two files: the `.xml` graph and, beside it, the `.bin`
+    weights that OpenVINO reads by the same name. Every other format is `path`.
+    """
+    path = Path(path)
+    return [path, path.with_suffix(".bin")] if format == "openvino" else [path]
 
 
 def _is_artifact(path, format) -> bool:
@@ -364,6 +382,11 @@ def _is_artifact(path, format) -> bool:
         return False
     if format == "litert":
         return path.read_bytes()[4:8] == b"TFL3"  # the FlatBuffer file identifier of TFLite models
+    if format == "openvino":
+        # An IR's root element is <net> (OpenVINO's IR format); its head says so without parsing the file.
+        with path.open("rb") as file:
+            head = file.read(512)
+        return re.match(rb"\s*(<\?xml[^>]*\?>\s*)?<net[\s>]", head) is not None
     import onnx
 
     try:
@@ -377,8 +400,10 @@ def check_export_destination(path, format="tf_saved_model", *, overwrite: bool =
     """Checks that an artifact of `format` can be written at `path`, before any work is spent.
 
     A SavedModel as `check_savedmodel_destination`. A file format needs its
-    suffix (`.onnx`, `.tflite`); an existing file is replaced only with
-    `overwrite=True` and only if it is an artifact of the same format.
+    suffix (`.onnx`, `.tflite`, `.xml`); an existing file is replaced only with
+    `overwrite=True` and only if it is an artifact of the same format. For
+    OpenVINO that holds for both files: the `.bin` beside the `.xml` is
+    replaced only as the weights of an OpenVINO model at the `.xml`.
     """
     check_export_format(format)
     suffix = EXPORT_FORMATS[format][0]
@@ -387,14 +412,24 @@ def check_export_destination(path, format="tf_saved_model", *, overwrite: bool =
     path = Path(path)
     if path.suffix.lower() != suffix:
         raise ValueError(f"{format} is written to a {suffix} file, but {path} ends in {path.suffix or 'no suffix'}.")
-    if path.exists() or path.is_symlink():
-        if path.is_symlink() or not _is_artifact(path, format):
+    taken = False
+    for file in artifact_files(path, format):
+        if not (file.exists() or file.is_symlink()):
+            continue
+        if file == path:
+            mine = not path.is_symlink() and _is_artifact(path, format)
+            what = EXPORT_FORMATS[format][3]
+        else:  # the weights beside an OpenVINO model: its own only if `path` (checked first) is that model
+            mine = taken and file.is_file() and not file.is_symlink()
+            what = f"the weights of an OpenVINO model at {path.name}"
+        if not mine:
             raise FileExistsError(
-                f"{path} exists and is not {EXPORT_FORMATS[format][2]}, so it is not replaced even with overwrite; "
+                f"{file} exists and is not {what}, so it is not replaced even with overwrite; "
                 "choose another path, or remove it yourself."
             )
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+        taken = True
+    if taken and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot export to {path}: the folder {path.parent} does not exist; create it first.")
     check_writable_folder(path.parent)

@@ -102,10 +102,12 @@ TASK_LOSSES = ("triplet_loss", "prototypical_loss")
 LOSS_NAMES = DISTILLATION_LOSSES + TASK_LOSSES
 
 # Keras's `model.export` formats that `export_student` writes and `check_export` runs: format → (file
-# suffix, or None for a folder; the packages that write and run it; what the artifact is).
+# suffix, or None for a folder; the packages that write and run it; the extra of rkd-keras that installs
+# them; what the artifact is).
 EXPORT_FORMATS = {
-    "tf_saved_model": (None, ("tensorflow",), "a TF SavedModel folder"),
-    "onnx": (".onnx", ("tf2onnx", "onnx", "onnxruntime"), "an ONNX file"),
-    "litert": (".tflite", ("ai_edge_litert",), "a LiteRT (TFLite) file"),
+    "tf_saved_model": (None, ("tensorflow",), None, "a TF SavedModel folder"),
+    "onnx": (".onnx", ("tf2onnx", "onnx", "onnxruntime"), "export", "an ONNX file"),
+    "litert": (".tflite", ("ai_edge_litert",), "export", "a LiteRT (TFLite) file"),
+    "openvino": (".xml", ("openvino",), "openvino", "an OpenVINO IR model (.xml)"),
 }
 EXPORT_QUANTIZATIONS = ("float16", "int8")

@@ -1,4 +1,4 @@
-"""Serve a distilled student: export it alone (SavedModel, ONNX, LiteRT) and check the artifact in its runtime."""
+"""Serve a distilled student: export it alone (SavedModel, ONNX, LiteRT, OpenVINO), check it in its runtime."""
 
 import os
 import shutil
@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rkd_keras.checks import artifact_format, check_export_destination, check_export_format
+from rkd_keras.checks import artifact_files, artifact_format, check_export_destination, check_export_format
 
 
 # The largest difference a float32 artifact may have from the Keras student, relative to the largest
@@ -49,26 +49,31 @@ def export_student(
     model_or_distiller, path, *, format: str = "tf_saved_model", input_signature=None, overwrite: bool = False,
     quantize: str | None = None, representative_data=None,
 ) -> Path:
-    """Exports the student alone, through Keras's `model.export`, as a SavedModel, ONNX or LiteRT artifact.
+    """Exports the student alone, through Keras's `model.export`: a SavedModel, ONNX, LiteRT or OpenVINO artifact.
 
     A `Distiller` is exported without its teacher. The batch dimension of the
     signature is `None`, so any batch size can be served. The destination is
     checked first (`check_export_destination`); the artifact is written to a
     temporary name beside `path` and renamed when complete, so a failure
     leaves nothing at `path`, and an old artifact there is replaced only once
-    the new one is complete. Check it with `check_export`.
+    the new one is complete (OpenVINO's two files one by one, the `.bin`
+    weights before the `.xml` that names the model). Check it with
+    `check_export`.
 
     Args:
         model_or_distiller: The student model, or a `Distiller` holding it.
-        path: Folder (SavedModel) or file (`.onnx`, `.tflite`) to create; its
-            parent folder must exist.
+        path: Folder (SavedModel) or file (`.onnx`, `.tflite`, `.xml`) to
+            create; its parent folder must exist. OpenVINO also writes the
+            weights beside it (`student.xml` and `student.bin`).
         format: `"tf_saved_model"` (a `serve` endpoint), `"onnx"` (tf2onnx;
-            run with onnxruntime) or `"litert"` (run with ai-edge-litert).
-            ONNX and LiteRT need `pip install 'rkd-keras[export]'`.
+            run with onnxruntime), `"litert"` (run with ai-edge-litert) or
+            `"openvino"` (float32 IR; run with the OpenVINO runtime). ONNX and
+            LiteRT need `pip install 'rkd-keras[export]'`, OpenVINO
+            `pip install 'rkd-keras[openvino]'`.
         input_signature: List of `tf.TensorSpec`; inferred from a functional
             model's inputs, required for a subclassed one.
         overwrite: Replace an existing artifact of the same format at `path`
-            (never anything else).
+            (never anything else; for OpenVINO, its `.bin` too).
         quantize: LiteRT only: `"float16"` (weights in float16) or `"int8"`
             (weights and activations in int8, float where an op has no int8
             kernel), or `None`.
@@ -106,12 +111,16 @@ def export_student(
                 "input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32)]."
             )
         input_signature = [tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in inputs]
-    # The suffix stays last: Keras's LiteRT exporter requires ".tflite".
-    staging = path.parent / f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}"
+    # The suffix stays last, in lower case: Keras's LiteRT and OpenVINO exporters require ".tflite", ".xml".
+    suffix = path.suffix.lower() if format != "tf_saved_model" else path.suffix
+    staging = path.parent / f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{suffix}"
     try:
         model.export(str(staging), format=format, input_signature=input_signature, verbose=False, **options)
         if format != "tf_saved_model":
-            os.replace(staging, path)  # atomic: an old file stays whole until the new one replaces it
+            # Each rename is atomic: an old file stays whole until the new one replaces it. The file named
+            # `path` comes last, so an artifact is only found there once its other files are in place.
+            for written, final in reversed(list(zip(artifact_files(staging, format), artifact_files(path, format)))):
+                os.replace(written, final)
         elif path.exists():
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             path.rename(old)
@@ -122,8 +131,9 @@ def export_student(
     finally:
         if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
-        elif staging.exists():
-            staging.unlink()
+        else:
+            for written in artifact_files(staging, format):
+                written.unlink(missing_ok=True)
     return path
 
 
@@ -141,6 +151,11 @@ def run_artifact(path, inputs) -> np.ndarray:
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return np.asarray(session.run(None, {session.get_inputs()[0].name: inputs})[0])
+    if format == "openvino":
+        import openvino
+
+        compiled = openvino.Core().compile_model(str(path), "CPU")  # reads the .bin beside the .xml
+        return np.asarray(compiled(inputs)[compiled.output(0)], np.float32)
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))

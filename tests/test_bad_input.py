@@ -61,6 +61,8 @@ def files(tmp_path_factory):
         "twice.json": '{"epochs": 2, "epochs": 3}\n',
         "fashion_data_dir.yaml": "data_dir: notes\n",
         "notes.onnx": "not a model\n",
+        "notes.xml": "<notes>not a model</notes>\n",
+        "stray.bin": "not the weights of a model\n",
         "imagenet_small_cnn.yaml": "weights: imagenet\n",
         "imagenet_resnet50.yaml": "weights: imagenet\nbackbone: resnet50\nchannels: 3\nimage_size: 32\n",
         # A data folder that does not exist: tensorflow-datasets finds nothing prepared, and downloads nothing.
@@ -182,6 +184,9 @@ CLI_CASES = {
     "quantize of an onnx export": (["export", "--model", "rgb.keras", "--output", "s.onnx", "--format", "onnx", "--quantize", "int8"], ["quantize='int8' applies to format='litert' only, not 'onnx'"]),
     "onnx export to a .tflite": (["export", "--model", "rgb.keras", "--output", "s.tflite", "--format", "onnx"], ["onnx is written to a .onnx file, but s.tflite ends in .tflite"]),
     "onnx export over a file that is no ONNX": (["export", "--model", "rgb.keras", "--output", "notes.onnx", "--format", "onnx", "--overwrite"], ["notes.onnx exists and is not an ONNX file, so it is not replaced"]),
+    "quantize of an openvino export": (["export", "--model", "rgb.keras", "--output", "s.xml", "--format", "openvino", "--quantize", "int8"], ["quantize='int8' is not offered for format='openvino'", "NNCF"]),
+    "openvino export over an xml that is no model": (["export", "--model", "rgb.keras", "--output", "notes.xml", "--format", "openvino", "--overwrite"], ["notes.xml exists and is not an OpenVINO IR model (.xml), so it is not replaced"]),
+    "openvino export over a stray bin": (["export", "--model", "rgb.keras", "--output", "stray.xml", "--format", "openvino", "--overwrite"], ["stray.bin exists and is not the weights of an OpenVINO model at stray.xml, so it is not replaced"]),
     "int8 of a model the data does not fit": (["export", "--model", "rgb.keras", "--output", "s.tflite", "--format", "litert", "--quantize", "int8"], ["the model takes images of shape (16, 16, 3) but the data gives (28, 28, 1)", "--quantize measures Recall@1 on the run's test images"]),
     # Settings the dataset does not read (a folder as --data-dir trained on Fashion-MNIST in silence).
     "data-dir of fashion_mnist": (["distill", "--teacher", "rgb.keras", "--data-dir", "notes"], ["--data-dir is read only by cub200, cars196, sop, cifar10, cifar100; fashion_mnist does not read it"]),

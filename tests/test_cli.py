@@ -449,28 +449,29 @@ def _small_student(tmp_path):
 
 def test_export_writes_each_format_and_checks_it_on_test_images(tmp_path, capsys):
     _small_student(tmp_path)
-    for format, name in (("onnx", "s.onnx"), ("litert", "s.tflite")):
-        argv = ["export", "--model", str(tmp_path / "student.keras"), "--output", str(tmp_path / name),
+    for format, names in (("onnx", ["s.onnx"]), ("litert", ["s.tflite"]), ("openvino", ["s.xml", "s.bin"])):
+        argv = ["export", "--model", str(tmp_path / "student.keras"), "--output", str(tmp_path / names[0]),
                 "--format", format, "--config", str(tmp_path / "run.json"), "--check-items", "32"]
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert f"[export] writing {format} to" in out and "checked in its own runtime on 32 test images" in out, out
         difference = float(out.split("of the largest output")[0].rsplit(", ", 1)[1])
-        assert 0 <= difference <= 1e-4 and (tmp_path / name).is_file()
+        assert 0 <= difference <= 1e-4 and all((tmp_path / name).is_file() for name in names)
 
 
-def test_export_removes_an_artifact_that_fails_its_check_and_exits_1(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("format, name", [("onnx", "s.onnx"), ("openvino", "s.xml")])
+def test_export_removes_an_artifact_that_fails_its_check_and_exits_1(tmp_path, capsys, monkeypatch, format, name):
     import rkd_keras.export
 
     _small_student(tmp_path)
     run = rkd_keras.export.run_artifact
     monkeypatch.setattr(rkd_keras.export, "run_artifact", lambda path, inputs: run(path, inputs) * 1.01)
-    argv = ["export", "--model", str(tmp_path / "student.keras"), "--output", str(tmp_path / "s.onnx"),
-            "--format", "onnx", "--config", str(tmp_path / "run.json")]
+    argv = ["export", "--model", str(tmp_path / "student.keras"), "--output", str(tmp_path / name),
+            "--format", format, "--config", str(tmp_path / "run.json")]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not give the student's outputs" in err and "was removed" in err, err
-    assert not (tmp_path / "s.onnx").exists() and not any(p.name.startswith(".s") for p in tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "student.keras"]  # an OpenVINO .bin too
 
 
 @pytest.mark.slow  # an int8 LiteRT conversion and two Recall@K passes: ~40 s

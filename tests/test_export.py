@@ -1,4 +1,4 @@
-"""SavedModel export of the student alone, read back without rkd_keras."""
+"""Export of the student alone (SavedModel, ONNX, LiteRT, OpenVINO), each read back in its own runtime."""
 
 import subprocess
 import sys
@@ -107,15 +107,19 @@ def test_a_path_that_is_no_savedmodel_is_refused_as_such_with_or_without_overwri
     assert (tmp_path / "c.yaml").read_text() == "epochs: 1\n"
 
 
-# ONNX and LiteRT (the export extra): each artifact runs in its own runtime (onnxruntime, the LiteRT
-# interpreter) and gives the student's embeddings; check_export says how close, and refuses what is not.
-@pytest.mark.parametrize("format, name", [("tf_saved_model", "student"), ("onnx", "s.onnx"), ("litert", "s.tflite")])
-def test_every_format_gives_the_students_embeddings_in_its_runtime(distiller, tmp_path, rng, format, name):
+# ONNX and LiteRT (the export extra), OpenVINO (the openvino extra): each artifact runs in its own runtime
+# (onnxruntime, the LiteRT interpreter, OpenVINO) and gives the student's embeddings; check_export says how
+# close, and refuses what is not.
+@pytest.mark.parametrize("format, name, files", [
+    ("tf_saved_model", "student", ["student"]), ("onnx", "s.onnx", ["s.onnx"]), ("litert", "s.tflite", ["s.tflite"]),
+    ("openvino", "s.xml", ["s.bin", "s.xml"]),
+])
+def test_every_format_gives_the_students_embeddings_in_its_runtime(distiller, tmp_path, rng, format, name, files):
     from rkd_keras.export import EXPORT_TOLERANCE, run_artifact
 
     images = rng.uniform(0, 255, size=(9, 16, 16, 1)).astype("float32")
     path = export_student(distiller, tmp_path / name, format=format)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no staging file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # no staging file left
     served = run_artifact(path, images)
     expected = distiller.student.predict(images, verbose=0)
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
@@ -165,5 +169,76 @@ def test_file_formats_refuse_a_wrong_suffix_and_replace_only_their_own_files(dis
         check_export(distiller, path)
     export_student(distiller, path, format="onnx", overwrite=True)
     assert check_export(distiller, path)["relative_difference"] <= 1e-4  # replaced by the changed student
-    with pytest.raises(ValueError, match="format must be one of tf_saved_model, onnx, litert, received 'openvino'"):
+    with pytest.raises(ValueError, match="format must be one of tf_saved_model, onnx, litert, openvino, received 'coreml'"):
+        export_student(distiller, tmp_path / "s.mlmodel", format="coreml")
+
+
+# OpenVINO IR is two files, s.xml (the graph) and s.bin (the weights): both are the artifact.
+def test_openvino_weights_changed_in_the_bin_fail_the_check(distiller, tmp_path):
+    path = export_student(distiller, tmp_path / "s.xml", format="openvino")
+    assert check_export(distiller, path)["relative_difference"] <= 1e-4
+    kernel = keras.ops.convert_to_numpy(distiller.student.layers[-1].kernel).astype("<f4")
+    stored = np.ascontiguousarray(kernel.T)  # the embedding layer's kernel, as OpenVINO's MatMul holds it
+    weights = (tmp_path / "s.bin").read_bytes()
+    assert weights.count(stored.tobytes()) == 1
+    (tmp_path / "s.bin").write_bytes(weights.replace(stored.tobytes(), (stored * 1.5).tobytes()))
+    with pytest.raises(ExportMismatchError, match="does not give the student's outputs"):
+        check_export(distiller, path)
+
+
+def test_openvino_export_replaces_both_files_only_with_overwrite(distiller, tmp_path):
+    from rkd_keras.export import run_artifact
+
+    export_student(distiller.teacher, tmp_path / "s.xml", format="openvino")
+    for existing in ("s.xml", "s.bin"):
+        assert (tmp_path / existing).is_file()
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
         export_student(distiller, tmp_path / "s.xml", format="openvino")
+    assert run_artifact(tmp_path / "s.xml", np.zeros((2, 16, 16, 1), np.float32)).shape == (2, 64)  # kept whole
+    export_student(distiller, tmp_path / "s.xml", format="openvino", overwrite=True)
+    assert run_artifact(tmp_path / "s.xml", np.zeros((2, 16, 16, 1), np.float32)).shape == (2, 8)  # the student's
+    assert check_export(distiller, tmp_path / "s.xml")["relative_difference"] <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.bin", "s.xml"]
+
+
+def test_openvino_export_replaces_no_file_that_is_not_its_own(distiller, tmp_path):
+    (tmp_path / "notes.xml").write_text("<notes>mine</notes>\n")
+    (tmp_path / "stray.bin").write_bytes(b"mine")  # a .bin with no OpenVINO model beside it
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="notes.xml exists and is not an OpenVINO IR model"):
+            export_student(distiller, tmp_path / "notes.xml", format="openvino", overwrite=overwrite)
+        with pytest.raises(FileExistsError, match="stray.bin exists and is not the weights of an OpenVINO model"):
+            export_student(distiller, tmp_path / "stray.xml", format="openvino", overwrite=overwrite)
+    assert (tmp_path / "notes.xml").read_text() == "<notes>mine</notes>\n" and (tmp_path / "stray.bin").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.xml", "stray.bin"]
+
+
+def test_interrupted_openvino_export_leaves_the_old_files_and_no_staging(distiller, tmp_path, monkeypatch):
+    export_student(distiller, tmp_path / "s.xml", format="openvino")
+    before = {name: (tmp_path / name).read_bytes() for name in ("s.xml", "s.bin")}
+
+    def broken_export(self, filepath, **kwargs):
+        Path(filepath).write_text("<?xml version=\"1.0\"?>\n<net>")
+        Path(filepath).with_suffix(".bin").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "export", broken_export)
+    with pytest.raises(OSError, match="disk full"):
+        export_student(distiller, tmp_path / "s.xml", format="openvino", overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_openvino_refuses_quantization_with_the_reason(distiller, tmp_path):
+    with pytest.raises(ValueError, match="not offered for format='openvino'.*NNCF"):
+        export_student(distiller, tmp_path / "s.xml", format="openvino", quantize="int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_openvino_names_the_extra_to_install(distiller, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"needs openvino, which is not installed: pip install 'rkd-keras\[openvino\]'"):
+        export_student(distiller, tmp_path / "s.xml", format="openvino")
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ import numpy as np
 
 from rkd_keras import presets, retrieval
 from rkd_keras.cli import report, training
+from rkd_keras.checks import artifact_files, artifact_format
 from rkd_keras.cli.runs import RunFailed, RunFolder, read_history, write_json
 from rkd_keras.data import DatasetNotAvailableError, materialize
 from rkd_keras.distiller import Distiller
@@ -126,6 +127,7 @@ _SERVE = {
     "tf_saved_model": "loaded = tf.saved_model.load(path); loaded.serve(images)",
     "onnx": "onnxruntime.InferenceSession(path).run(None, {'input': images})",
     "litert": "ai_edge_litert.interpreter.Interpreter(model_path=path)",
+    "openvino": "openvino.Core().compile_model(path, 'CPU')(images)[0]",
 }
 
 
@@ -184,7 +186,8 @@ def _remove_artifact(path):
     if path.is_dir():
         shutil.rmtree(path)
     else:
-        path.unlink()
+        for file in artifact_files(path, artifact_format(path)):
+            file.unlink(missing_ok=True)
 
 
 def student_bytes(model) -> int:

@@ -251,14 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(tune, "student", folder_name="tune")
 
     export = commands.add_parser(
-        "export", help="export a student (TF SavedModel, ONNX or LiteRT) and check it in its own runtime",
+        "export", help="export a student (TF SavedModel, ONNX, LiteRT or OpenVINO) and check it in its own runtime",
         description="Writes the student alone through Keras's model.export, then runs the artifact in its own "
-        "runtime (TensorFlow, onnxruntime, the LiteRT interpreter) on test images and compares it with the .keras "
-        "student: above the tolerance the artifact is removed and the command exits 1.",
+        "runtime (TensorFlow, onnxruntime, the LiteRT interpreter, OpenVINO) on test images and compares it with "
+        "the .keras student: above the tolerance the artifact is removed and the command exits 1.",
     )
     export.add_argument("--model", required=True, help=".keras file of a student or a Distiller")
     export.add_argument(
-        "--output", required=True, help="folder (tf_saved_model) or file (.onnx, .tflite) to create; its parent must exist"
+        "--output", required=True,
+        help="folder (tf_saved_model) or file (.onnx, .tflite, .xml beside its .bin) to create; its parent must exist",
     )
     export.add_argument("--format", default="tf_saved_model", choices=list(EXPORT_FORMATS), help="(default: tf_saved_model)")
     export.add_argument(
