@@ -192,6 +192,15 @@ def _check_cached_shape(tensor, spec, source):
     )
 
 
+def _load_optimizer(optimizer, unbuilt, store):
+    """Loads `store` into `optimizer`, also when it was saved before its first step (the variables `unbuilt`)."""
+    if len(store.keys()) == len(unbuilt) != len(optimizer.variables):
+        for i, variable in enumerate(unbuilt):
+            variable.assign(store[str(i)])
+        return
+    type(optimizer).load_own_variables(optimizer, store)
+
+
 class _FunctionLoss(keras.losses.Loss):
     """A loss function as a `keras.losses.Loss`, so it takes sample weights."""
 
@@ -656,8 +665,12 @@ class Distiller(steps.for_backend(), keras.Model):
     def compile_from_config(self, config):
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.student.built:
-            # Create the slots now, so the saved optimizer state loads into them.
+            # Create the slots now, so the saved optimizer state loads into them. An optimizer saved before its
+            # first step holds only the variables it had then (its step count, its learning rate): those load
+            # into the same variables, where Keras would skip them with a warning that the state was not loaded.
+            unbuilt = list(self.optimizer.variables)
             self.optimizer.build(self.trainable_variables)
+            self.optimizer.load_own_variables = functools.partial(_load_optimizer, self.optimizer, unbuilt)
 
 
 class TermWarmup(keras.callbacks.Callback):

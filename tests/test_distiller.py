@@ -1,5 +1,7 @@
 """Distiller: training with fit, freezing, logs, compile options, saving."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -100,6 +102,25 @@ def test_save_load_predicts_identically_and_keeps_training(teacher, clusters, tm
     assert not restored.teacher.trainable
     # The optimizer state came back too: both continue identically.
     assert int(restored.optimizer.iterations) == int(distiller.optimizer.iterations) == 10
+    for model in (distiller, restored):
+        model.fit(x[:64], batch_size=64, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), distiller.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_distiller_saved_before_training_loads_its_optimizer_state_without_keras_skipping_it(teacher, clusters, tmp_path):
+    x = clusters[0]
+    distiller = Distiller(teacher, mlp(16, 8, "student"))
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    distiller.optimizer.learning_rate.assign(3e-3)  # a state the config does not hold: only the saved variables do
+    distiller.save(tmp_path / "untrained.keras")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restored = keras.models.load_model(tmp_path / "untrained.keras")
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)], [str(w.message) for w in caught]
+    assert np.isclose(float(restored.optimizer.learning_rate), 3e-3) and int(restored.optimizer.iterations) == 0
+    # Its slots exist, and it trains on as the original does.
+    assert len(restored.optimizer.variables) > 2
+    distiller.optimizer.build(distiller.trainable_variables)
     for model in (distiller, restored):
         model.fit(x[:64], batch_size=64, epochs=1, shuffle=False, verbose=0)
     np.testing.assert_allclose(restored.predict(x, verbose=0), distiller.predict(x, verbose=0), atol=1e-6)
