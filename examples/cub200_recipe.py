@@ -46,7 +46,7 @@ options = dict(download=args.download, manual_dir=args.manual_dir)
 # flips them anew. Test images are centre-cropped. (Teacher and student share
 # the data settings of the recipe.)
 size = teacher_recipe["image_size"]
-resize = round(size * 256 / 224)
+resize = rkd_keras.recipes.resize_size(teacher_recipe)  # 256 for 224 crops, as the paper
 train = rkd_keras.load_dataset("cub200", "train", image_size=resize, resize_size=resize, augment=False, **options)
 
 
@@ -63,33 +63,18 @@ test = rkd_keras.load_dataset("cub200", "test", image_size=size, **options).batc
 recall = rkd_keras.RetrievalRecall(test)  # the paper reports test Recall@K each epoch
 
 
-def adam(recipe):
-    """Adam with weight decay and a step decay of the learning rate, as the paper."""
-    steps = recipe["steps_per_epoch"]
-    boundaries = [epoch * steps for epoch in recipe["lr_decay_epochs"]]
-    values = [recipe["learning_rate"] * recipe["lr_decay_factor"] ** i for i in range(len(boundaries) + 1)]
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    return keras.optimizers.Adam(schedule, weight_decay=recipe["weight_decay"])
-
-
-def embedder(recipe):
-    return rkd_keras.embedding_model(
-        recipe["backbone"], recipe["embedding_dim"], l2_normalize=recipe["l2_normalize"],
-        input_shape=(size, size, 3), weights=recipe["weights"], download=args.download,
-    )
-
-
 # Teacher: ResNet50 → 512-d, L2-normalized; lr 1e-5 halved at epochs 25, 30, 35.
-teacher = embedder(teacher_recipe)
-teacher.compile(adam(teacher_recipe), loss=rkd_keras.TripletLoss(margin=teacher_recipe["margin"]))
+# rkd_keras.recipes builds what the recipe names (network, Adam with its step decay), as the command line does.
+teacher = rkd_keras.recipes.network(teacher_recipe, download=args.download)
+teacher.compile(rkd_keras.recipes.optimizer(teacher_recipe), loss=rkd_keras.TripletLoss(margin=teacher_recipe["margin"]))
 teacher.fit(batches, epochs=teacher_recipe["epochs"], callbacks=[recall])
 
 # Student: ResNet18 → 128-d, no L2; RKD-DA only; lr 1e-4 divided by 10 at 40, 60.
-student = embedder(student_recipe)
+student = rkd_keras.recipes.network(student_recipe, download=args.download)
 distiller = rkd_keras.Distiller(
     teacher, student, distance_weight=student_recipe["distance_weight"], angle_weight=student_recipe["angle_weight"]
 )
-distiller.compile(adam(student_recipe))
+distiller.compile(rkd_keras.recipes.optimizer(student_recipe))
 distiller.fit(batches, epochs=student_recipe["epochs"], callbacks=[recall])
 
 for name, model in (("teacher", teacher), ("student", student)):

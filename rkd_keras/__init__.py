@@ -71,7 +71,7 @@ _PUBLIC = {
     "RKDHyperModel": "rkd_keras.tuning",
     "search_loss_weights": "rkd_keras.tuning",
 }
-_SUBMODULES = ("data", "embedding_files", "models", "losses", "terms", "distiller", "retrieval", "export", "tuning", "presets", "choices")
+_SUBMODULES = ("data", "embedding_files", "models", "losses", "terms", "distiller", "retrieval", "export", "tuning", "presets", "recipes", "choices")
 # Importing these registers rkd_keras's layers, losses and models with Keras,
 # which `keras.models.load_model` needs to read `rkd_keras>Distiller` & co.
 _REGISTERING = ("models", "losses", "distiller")

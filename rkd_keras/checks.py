@@ -434,3 +434,63 @@ def check_export_destination(path, format="tf_saved_model", *, overwrite: bool =
         raise FileNotFoundError(f"cannot export to {path}: the folder {path.parent} does not exist; create it first.")
     check_writable_folder(path.parent)
     return path
+
+
+TERM_KEYS = ("loss", "weight", "teacher_layer", "student_layer", "name", "options", "warmup_epochs")
+
+
+def check_term_specs(name: str, specs) -> list:
+    """Term specs (as `presets.term` writes them, or a config file's `terms`) checked and completed.
+
+    The rules are those `rkd_keras.Term` and the `Distiller` check terms by.
+
+    Plain Python: the command line checks a config file's `terms` with it
+    before TensorFlow loads, and refuses a mistake with the library's own
+    message (each rule is a function of this module), after the spec's place
+    (`terms[0]: ...`). A spec may leave out everything but `loss`, which
+    must be a distillation loss (`choices.DISTILLATION_LOSSES`).
+
+    Args:
+        name: How messages name the list (e.g. `"terms"`).
+        specs: A list of mappings with the keys of `TERM_KEYS`.
+
+    Returns:
+        The specs with every key, `name` defaulting to the loss's name.
+
+    Raises:
+        ValueError: naming the spec and what is wrong with it.
+    """
+    if not isinstance(specs, list):
+        raise ValueError(f"{name} must be a list of term specs, received {specs!r}.")
+    checked = [check_term_spec(f"{name}[{index}]", spec) for index, spec in enumerate(specs)]
+    check_term_names(spec["name"] for spec in checked)
+    return checked
+
+
+def check_term_spec(where: str, spec) -> dict:
+    """One term spec checked and completed (`check_term_specs`); messages start with `where`."""
+    if not isinstance(spec, dict) or "loss" not in spec:
+        raise ValueError(f"{where} must be a mapping with a loss (keys {', '.join(TERM_KEYS)}), received {spec!r}.")
+    unknown = sorted(set(spec) - set(TERM_KEYS))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {', '.join(unknown)}; known keys: {', '.join(TERM_KEYS)}.")
+    try:
+        loss = check_loss_name(spec["loss"])
+        if loss not in DISTILLATION_LOSSES:
+            raise ValueError(
+                f"{loss} is a loss of labels and embeddings, not of the teacher and the student, so it is no "
+                f"distillation term; choose one of {', '.join(DISTILLATION_LOSSES)}."
+            )
+        term_name = check_term_name(loss if spec.get("name") is None else spec["name"])
+        weight = check_term_weight(term_name, spec.get("weight", 1.0))
+        layers = {key: check_term_layer(key, spec.get(key)) for key in ("teacher_layer", "student_layer")}
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    options = spec.get("options") or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{where} options must be a mapping of the loss's arguments, received {options!r}.")
+    warmup = check_int(f"{where} warmup_epochs", spec.get("warmup_epochs", 0), low=0)
+    return {
+        "loss": loss, "weight": weight, **layers, "name": term_name, "options": dict(options),
+        **({"warmup_epochs": warmup} if warmup else {}),
+    }

@@ -8,13 +8,13 @@ Their keys are the command line's run settings (`rkd-keras train-teacher
 | key | API |
 |---|---|
 | `dataset`, `image_size`, `resize_size`, `augment`, `channels` | `load_dataset(...)` |
-| `backbone`, `embedding_dim`, `l2_normalize`, `weights`, `width` | `embedding_model(...)` |
+| `backbone`, `embedding_dim`, `l2_normalize`, `weights`, `width` | `embedding_model(...)`: `rkd_keras.recipes.network` |
 | `classes_per_batch`, `samples_per_class`, `steps_per_epoch` | `pk_batches(P, K, num_batches=...)` |
-| `learning_rate`, `weight_decay`, `lr_decay_epochs`, `lr_decay_factor` | Adam and a step decay of its rate |
+| `learning_rate`, `weight_decay`, `lr_decay_epochs`, `lr_decay_factor` | Adam and a step decay of its rate: `rkd_keras.recipes.optimizer` |
 | `margin`, `sampling`, `triplet_weight` | `TripletLoss(...)` and its weight |
 | `distance_weight`, `angle_weight` | `Distiller(distance_weight=..., angle_weight=...)` |
 | `task`, `train_classes` | `load_dataset(task=..., classes=...)`; classification builds `classifier_model(...)` |
-| `terms` | `Distiller(terms=build_terms(...))`: a list of term specs (see `term`) |
+| `terms` | `Distiller(terms=rkd_keras.terms.build_terms(...))`: a list of term specs (see `term`) |
 
 Beside the metric-learning recipes (`PRESETS`) and the demo (`DEMO`):
 `CLASSIFICATION_RECIPE`, the paper's classification recipe as terms, and
@@ -22,7 +22,9 @@ Beside the metric-learning recipes (`PRESETS`) and the demo (`DEMO`):
 description, its terms with their weights and layers, and whether its
 student has the teacher's architecture.
 
-No TensorFlow is imported here (`build_terms` imports the library when called).
+Data only: no TensorFlow is imported here, and nothing is built. The rules a
+term spec obeys are `rkd_keras.checks.check_term_specs`; the objects a recipe
+names are built by `rkd_keras.recipes` and `rkd_keras.terms.build_terms`.
 
 Example:
 >>> from rkd_keras import presets
@@ -34,7 +36,6 @@ Example:
 import copy
 
 from rkd_keras import checks
-from rkd_keras.choices import DISTILLATION_LOSSES
 
 # Park et al. (CVPR 2019) §4.1 and the official code's defaults: a ResNet50
 # teacher, 512-d and L2-normalized, trained with the triplet loss and
@@ -162,8 +163,6 @@ DEMO = {
 
 ROLES = ("teacher", "student")
 
-TERM_KEYS = ("loss", "weight", "teacher_layer", "student_layer", "name", "options", "warmup_epochs")
-
 
 def term(
     loss: str, weight: float = 1.0, layer: str | None = None, *, name: str | None = None, warmup_epochs: int = 0,
@@ -191,84 +190,16 @@ def term(
     return {**spec, "warmup_epochs": warmup_epochs} if warmup_epochs else spec
 
 
-def check_terms(name: str, specs) -> list:
-    """Term specs checked and completed by the rules `rkd_keras.Term` and the `Distiller` check terms by.
-
-    Plain Python: the command line checks a config file's `terms` with it
-    before TensorFlow loads, and refuses a mistake with the library's own
-    message (each rule lives in `rkd_keras.checks`), after the spec's place
-    (`terms[0]: ...`). A spec may leave out everything but `loss`, which
-    must be a distillation loss (`choices.DISTILLATION_LOSSES`).
-
-    Args:
-        name: How messages name the list (e.g. `"terms"`).
-        specs: A list of mappings with the keys of `TERM_KEYS`.
-
-    Returns:
-        The specs with every key, `name` defaulting to the loss's name.
-
-    Raises:
-        ValueError: naming the spec and what is wrong with it.
-    """
-    if not isinstance(specs, list):
-        raise ValueError(f"{name} must be a list of term specs, received {specs!r}.")
-    checked = [_checked_term(f"{name}[{index}]", spec) for index, spec in enumerate(specs)]
-    checks.check_term_names(spec["name"] for spec in checked)
-    return checked
-
-
-def _checked_term(where: str, spec) -> dict:
-    if not isinstance(spec, dict) or "loss" not in spec:
-        raise ValueError(f"{where} must be a mapping with a loss (keys {', '.join(TERM_KEYS)}), received {spec!r}.")
-    unknown = sorted(set(spec) - set(TERM_KEYS))
-    if unknown:
-        raise ValueError(f"{where} has unknown keys {', '.join(unknown)}; known keys: {', '.join(TERM_KEYS)}.")
-    try:
-        loss = checks.check_loss_name(spec["loss"])
-        if loss not in DISTILLATION_LOSSES:
-            raise ValueError(
-                f"{loss} is a loss of labels and embeddings, not of the teacher and the student, so it is no "
-                f"distillation term; choose one of {', '.join(DISTILLATION_LOSSES)}."
-            )
-        term_name = checks.check_term_name(loss if spec.get("name") is None else spec["name"])
-        weight = checks.check_term_weight(term_name, spec.get("weight", 1.0))
-        layers = {key: checks.check_term_layer(key, spec.get(key)) for key in ("teacher_layer", "student_layer")}
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    options = spec.get("options") or {}
-    if not isinstance(options, dict):
-        raise ValueError(f"{where} options must be a mapping of the loss's arguments, received {options!r}.")
-    warmup = checks.check_int(f"{where} warmup_epochs", spec.get("warmup_epochs", 0), low=0)
-    return {
-        "loss": loss, "weight": weight, **layers, "name": term_name, "options": dict(options),
-        **({"warmup_epochs": warmup} if warmup else {}),
-    }
+# Kept from 0.2.0, where the spec code lived here: presets hold data; the rules are `rkd_keras.checks`', the
+# objects `rkd_keras.terms`'.
+check_terms = checks.check_term_specs
 
 
 def build_terms(specs) -> list:
-    """`rkd_keras.Term`s from term specs (as `term` writes them, or read from a config file).
+    """`rkd_keras.terms.build_terms(specs)` (kept from 0.2.0)."""
+    from rkd_keras.terms import build_terms
 
-    Raises:
-        ValueError: a spec is refused by `check_terms`, or its options do not
-            fit its loss's wrapper.
-
-    Example:
-    ```python
-    terms = build_terms(CLASSIFICATION_RECIPE["terms"])
-    distiller = rkd_keras.Distiller(teacher, student, terms=terms)
-    ```
-    """
-    from rkd_keras import losses
-    from rkd_keras.terms import Term
-
-    built = []
-    for spec in check_terms("terms", specs):
-        try:
-            loss = losses.LOSSES[spec["loss"]](**spec["options"])
-        except TypeError as error:
-            raise ValueError(f"term {spec['name']!r}: options {spec['options']} do not fit {spec['loss']}: {error}") from None
-        built.append(Term(loss, spec["weight"], spec["teacher_layer"], spec["student_layer"], spec["name"]))
-    return built
+    return build_terms(specs)
 
 
 # The paper's classification recipe (Park et al. §4.2: RKD on the last pooling

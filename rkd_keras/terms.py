@@ -99,7 +99,7 @@ class Term:
 
     def __init__(self, loss, weight: float = 1.0, teacher_layer: str | None = None,
                  student_layer: str | None = None, name: str | None = None):
-        # The command line checks its term specs by the same rules (`presets.check_terms`), before TensorFlow loads.
+        # The command line checks its term specs by the same rules (`checks.check_term_specs`), before TensorFlow loads.
         self.loss = losses.get(_library_name(loss))
         self.name = checks.check_term_name(self.loss.name if name is None else name)
         self.weight = checks.check_term_weight(self.name, weight)
@@ -188,6 +188,30 @@ class Term:
     def from_config(cls, config: dict) -> "Term":
         return cls(**{**config, "loss": keras.losses.deserialize(config["loss"])})
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Term":
+        """The term a spec describes: a mapping with `loss` and any of `checks.TERM_KEYS`.
+
+        Specs are the terms as data (`rkd_keras.presets.term`, a config
+        file's `terms`): `options` are the loss wrapper's arguments.
+        `warmup_epochs` is a training schedule, not part of the term: give it
+        to `TermWarmup`.
+
+        Raises:
+            ValueError: the spec breaks a rule of `checks.check_term_spec`, or
+                its options do not fit its loss's wrapper.
+
+        >>> Term.from_spec({"loss": "rkd_angle", "weight": 50.0, "teacher_layer": "pool", "student_layer": "pool",
+        ...                 "options": {"l2_normalize": True}})
+        <Term 'rkd_angle': 50 · rkd_angle(teacher 'pool', student 'pool'), relational>
+        """
+        spec = checks.check_term_spec("term spec", spec)
+        try:
+            loss = losses.LOSSES[spec["loss"]](**spec["options"])
+        except TypeError as error:
+            raise ValueError(f"term {spec['name']!r}: options {spec['options']} do not fit {spec['loss']}: {error}") from None
+        return cls(loss, spec["weight"], spec["teacher_layer"], spec["student_layer"], spec["name"])
+
     def __repr__(self):
         def source(role, layer):
             return f"{role} output" if layer is None else f"{role} {layer!r}"
@@ -197,6 +221,22 @@ class Term:
             f"<Term {self.name!r}: {self.weight:g} · {self.loss.name}({source('teacher', self.teacher_layer)}, "
             f"{source('student', self.student_layer)}), {kind}>"
         )
+
+
+def build_terms(specs) -> list:
+    """`Term`s from a list of term specs (as `rkd_keras.presets.term` writes them, or read from a config file).
+
+    Raises:
+        ValueError: a spec breaks a rule of `checks.check_term_specs` (names
+            it, e.g. `terms[1]: ...`), or its options do not fit its loss.
+
+    Example:
+    ```python
+    terms = build_terms(CLASSIFICATION_RECIPE["terms"])
+    distiller = rkd_keras.Distiller(teacher, student, terms=terms)
+    ```
+    """
+    return [Term.from_spec(spec) for spec in checks.check_term_specs("terms", specs)]
 
 
 def _output_layer_name(model):

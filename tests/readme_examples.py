@@ -160,10 +160,10 @@ EXAMPLES = [
     },
     {
         "anchor": "terms = build_terms(CLASSIFICATION_RECIPE[\"terms\"])",
-        "page": "rkd_keras/presets.py",
+        "page": "rkd_keras/terms.py",
         "backends": ALL,
         "story": "docstrings",
-        "setup": "from rkd_keras.presets import CLASSIFICATION_RECIPE, build_terms\n",
+        "setup": "from rkd_keras.presets import CLASSIFICATION_RECIPE\nfrom rkd_keras.terms import build_terms\n",
         "shrink": [],
     },
     {

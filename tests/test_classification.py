@@ -8,6 +8,7 @@ import reference
 from rkd_keras import Distiller, RKDAngle, RKDDistance, classifier_model, embedding_model, load_dataset, presets
 from rkd_keras.choices import BACKBONE_STAGES
 from rkd_keras.data import materialize
+from rkd_keras.terms import build_terms
 
 
 def _unit_rows(x):
@@ -71,7 +72,7 @@ def test_the_papers_classification_recipe_distils_a_student_on_real_fashion_mnis
     # 300 steps each: BatchNormalization's moving statistics (momentum 0.9) must have settled for inference.
     teacher.fit(images, labels, batch_size=60, epochs=3, verbose=0)
     student = classifier_model("small_cnn", 10, input_shape=(28, 28, 1), width=4, name="student")
-    distiller = Distiller(teacher, student, terms=presets.build_terms(presets.CLASSIFICATION_RECIPE["terms"]))
+    distiller = Distiller(teacher, student, terms=build_terms(presets.CLASSIFICATION_RECIPE["terms"]))
     distiller.compile(keras.optimizers.Adam(3e-3), loss=cross_entropy, metrics=["accuracy"])
     untrained = distiller.evaluate(*validation, batch_size=500, verbose=0, return_dict=True)
     history = distiller.fit(images, labels, batch_size=60, epochs=3, validation_data=validation, verbose=0).history

@@ -11,6 +11,7 @@ from rkd_keras.cli import main
 from rkd_keras.cli.config import ConfigError
 from rkd_keras.cli.inputs import check_inputs
 from rkd_keras.cli.parser import build_parser
+from rkd_keras.terms import build_terms
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # --quick, then smaller still: tiny images and networks, 2 steps, few evaluation images.
@@ -190,9 +191,9 @@ def test_the_methods_since_rkd_are_their_authors_settings():
     assert (kd_ls["loss"], kd_ls["weight"], kd_ls["options"]) == ("hinton_kd", 9.0, {"temperature": 2.0, "standardize": True})
     (relaxed,) = _inputs("--methods", "relaxed_contrastive")["configs"][0]["relaxed_contrastive"].terms
     assert (relaxed["loss"], relaxed["weight"], relaxed["teacher_layer"], relaxed["options"]) == ("relaxed_contrastive", 1.0, None, {})
-    (term,) = presets.build_terms([kd_ls])
+    (term,) = build_terms([kd_ls])
     assert term.loss.get_config()["standardize"] is True and not term.uses_labels
-    (term,) = presets.build_terms(configs["dkd"].terms)
+    (term,) = build_terms(configs["dkd"].terms)
     assert term.uses_labels and term.weight == 1.0
 
 
@@ -275,7 +276,7 @@ def test_terms_in_a_config_file_replace_the_default_rkd_terms(tmp_path):
     assert (student.distance_weight, student.angle_weight) == (0.0, 0.0)  # the demo student's 1 and 2 are replaced
     assert student.terms == [{"loss": "rkd_angle", "weight": 50.0, "teacher_layer": "pool", "student_layer": "pool",
                               "name": "rkd_angle", "options": {"l2_normalize": True}}]  # fmt: skip
-    (term,) = presets.build_terms(student.terms)
+    (term,) = build_terms(student.terms)
     assert (term.weight, term.teacher_layer, term.loss.l2_normalize, term.relational) == (50.0, "pool", True, True)
 
 
@@ -290,7 +291,7 @@ def test_the_asymmetric_rows_are_students_of_the_teachers_embedding_with_the_abs
     assert (configs["rkd_da"].embedding_dim, configs["rkd_da"].l2_normalize) == (32, False)
     assert [spec["name"] for spec in configs["mse_rkd_da"].terms] == ["mse", "rkd_distance", "rkd_angle"]
     assert configs["rkd_da_wide"].terms == configs["rkd_da"].terms
-    (mse,) = presets.build_terms(configs["mse"].terms)
+    (mse,) = build_terms(configs["mse"].terms)
     assert (mse.name, mse.weight, mse.uses_regressor, mse.relational) == ("mse", 128.0, False, False)
 
 

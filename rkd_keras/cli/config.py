@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from rkd_keras import image_folders, presets
-from rkd_keras.checks import check_choice, check_classes, check_dataset_arguments, check_int, check_number, check_task
+from rkd_keras.checks import check_choice, check_classes, check_term_specs, check_dataset_arguments, check_int, check_number, check_task
 from rkd_keras.choices import (
     BACKBONE_MIN_IMAGE_SIZE,
     BACKBONES,
@@ -236,7 +236,7 @@ def _checked(field, value):
                 raise ValueError(f"{name} must be a number, received {value!r}.") from None
         return check_number(name, value, **rule)
     if kind is list:
-        return {"lr_decay_epochs": _checked_decay_epochs, "train_classes": _checked_classes, "terms": presets.check_terms}[name](
+        return {"lr_decay_epochs": _checked_decay_epochs, "train_classes": _checked_classes, "terms": check_term_specs}[name](
             name, value
         )
     if name == "weights":

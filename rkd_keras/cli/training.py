@@ -14,21 +14,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rkd_keras import recipes
 from rkd_keras.cli import report
 from rkd_keras.cli.inputs import check_keras_file
 from rkd_keras.cli.runs import (
     BestCheckpoint, RunBackup, RunFolder, read_history, read_json, trim_history, usable_backup, write_json,
 )
-from rkd_keras.data import (
-    default_resize_size, image_paths, load_dataset, materialize, num_classes, pk_batches, preprocess_image,
-)
+from rkd_keras.data import image_paths, load_dataset, materialize, num_classes, pk_batches, preprocess_image
 from rkd_keras.distiller import Distiller, TermWarmup
 from rkd_keras.embedding_files import read_embeddings
 from rkd_keras.losses import TripletLoss
-from rkd_keras.models import classifier_model, embedding_model
-from rkd_keras.presets import build_terms
 from rkd_keras.retrieval import RetrievalRecall, embed, embed_with_gallery, map_at_r, r_precision, recall_at_k
-from rkd_keras.terms import INPUTS, TEACHER_TENSORS
+from rkd_keras.terms import INPUTS, TEACHER_TENSORS, build_terms
 
 # The log key whose best epoch a run keeps, by task: the curves its report draws.
 MONITOR = report.VALIDATION
@@ -128,15 +125,6 @@ def check_images(config) -> None:
             data(config, split)
 
 
-def _optimizer(config):
-    steps = [epoch * config.steps_per_epoch for epoch in config.lr_decay_epochs]
-    learning_rate = config.learning_rate
-    if steps:
-        values = [config.learning_rate * config.lr_decay_factor**i for i in range(len(steps) + 1)]
-        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(steps, values)
-    return keras.optimizers.Adam(learning_rate, weight_decay=config.weight_decay or None)
-
-
 def _data_options(config, split):
     return dict(
         task=config.task, channels=config.channels, data_dir=config.data_dir, manual_dir=config.manual_dir, path=config.dataset_path,
@@ -148,7 +136,7 @@ def _data_options(config, split):
 def data(config, split):
     """The split's images: unbatched stored training images, or batched evaluation images."""
     options = _data_options(config, split)
-    resize_size = config.resize_size or default_resize_size(config.image_size, config.task)
+    resize_size = recipes.resize_size(vars(config))
     if split == "train":
         # Augmented: stored resized, random crops and flips happen per epoch.
         stored_size = resize_size if config.augment else config.image_size
@@ -169,7 +157,7 @@ def embedding_sources(config) -> list:
     dataset its training and its test images (without a validation hold-out:
     the validation images are among the training ones).
     """
-    resize_size = config.resize_size or default_resize_size(config.image_size, config.task)
+    resize_size = recipes.resize_size(vars(config))
     sizes = dict(image_size=config.image_size, resize_size=resize_size, augment=False)
     if config.dataset == "folder":
         # Every class, in the folder's order: the metric split of all labels is every image.
@@ -256,11 +244,10 @@ def _length(dataset) -> int:
 
 def _network(config):
     """The model a run trains: an embedding model (metric learning) or a classifier."""
-    options = dict(input_shape=input_shape(config), weights=config.weights, width=config.width, download=config.download)
+    classes = None
     if config.task == "classification":
         classes = num_classes(config.dataset, "train", task="classification", path=config.dataset_path)
-        return classifier_model(config.backbone, classes, name="classifier", **options)
-    return embedding_model(config.backbone, config.embedding_dim, l2_normalize=config.l2_normalize, name="embedding", **options)
+    return recipes.network(vars(config), num_classes=classes, download=config.download)
 
 
 def _model(config, teacher, from_embeddings=False):
@@ -272,14 +259,14 @@ def _model(config, teacher, from_embeddings=False):
         task_loss, metrics, weight = TripletLoss(margin=config.margin, sampling=config.sampling), None, config.triplet_weight
     distils = config.terms or config.distance_weight or config.angle_weight
     if (teacher is None and not from_embeddings) or not distils:
-        network.compile(_optimizer(config), loss=task_loss, loss_weights=weight, metrics=metrics, jit_compile=config.jit_compile)
+        network.compile(recipes.optimizer(vars(config)), loss=task_loss, loss_weights=weight, metrics=metrics, jit_compile=config.jit_compile)
         return network, network
     terms = dict(terms=build_terms(config.terms)) if config.terms else dict(
         distance_weight=config.distance_weight, angle_weight=config.angle_weight
     )
     distiller = Distiller(teacher, network, task_loss_weight=weight, **terms)
     distiller.compile(
-        _optimizer(config), loss=task_loss if weight else None, metrics=metrics, jit_compile=config.jit_compile
+        recipes.optimizer(vars(config)), loss=task_loss if weight else None, metrics=metrics, jit_compile=config.jit_compile
     )
     return distiller, network
 
