@@ -247,9 +247,8 @@ def _check_episodes(config, protocol):
             f"compare --task few_shot draws its episodes from every test image ({per_class} of each class for "
             f"{per_class - protocol['queries']}-shot episodes); leave max_eval_items out (received {config.max_eval_items})."
         )
-    test = config.test_classes() or [
-        label for label in range(config.total_classes()) if label not in config.default_train_classes()
-    ]
+    train = set(config.train_classes if config.train_classes is not None else config.default_train_classes())
+    test = [label for label in range(config.total_classes()) if label not in train]
     if config.dataset == "folder":
         counts = config.image_folder().counts()
         test = [label for label in test if counts[label] >= per_class]
