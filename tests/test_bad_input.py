@@ -145,6 +145,10 @@ CLI_CASES = {
     "teacher with RKD": (["train-teacher", "--distance-weight", "1"], ["a teacher trains with the triplet loss alone", "distillation is for distill"]),
     "teacher without its loss": (["train-teacher", "--triplet-weight", "0"], ["triplet_weight must be > 0"]),
     "student with nothing to learn": (["distill", "--teacher", "rgb.keras", "--distance-weight", "0", "--angle-weight", "0"], ["nothing to train"]),
+    "prototypical loss without queries": (["train-teacher", "--triplet-weight", "0", "--prototypical-weight", "1", "--shots", "12"], ["the prototypical loss needs samples_per_class > shots", "received samples_per_class 12"]),
+    "tune of the prototypical loss": (["tune", "--teacher", "rgb.keras", "--triplet-weight", "0", "--prototypical-weight", "1"], ["it does not train with the prototypical loss"]),
+    "two losses of the labels": (["train-teacher", "--prototypical-weight", "1"], ["give triplet_weight or prototypical_weight, not both (received 1.0 and 1.0)"]),
+    "few-shot compare on too few classes": (["compare", "--task", "few_shot", "--dataset", "fashion_mnist"], ["compare --task few_shot draws 20-way episodes from the classes unseen in training, and fashion_mnist has 5 of them", "--dataset glyphs"]),
     # Config files.
     "unknown config key": (["train-teacher", "--config", "unknown_key.json"], ["config file unknown_key.json: unknown config keys learning_rat; known keys: task, dataset"]),
     "word in a config file": (["train-teacher", "--config", "word.yaml"], ["config file word.yaml: epochs must be an integer >= 1, received 'two'"]),

@@ -226,8 +226,12 @@ def test_each_method_is_its_preset_on_the_tasks_student():
         (["--train-classes", *map(str, range(9))], "must leave at least 2 classes on each side"),
         (["--task", "classification", "--train-classes", "0", "1"], "classification trains and tests on every class"),
         (["--seeds", "0", "0"], "--seeds lists [0] more than once"),
+        (["--task", "few_shot", "--dataset", "fashion_mnist"],
+         "compare --task few_shot draws 20-way episodes from the classes unseen in training, and fashion_mnist has 5 of them"),
+        (["--task", "few_shot", "--methods", "rkd_da"], "unknown few_shot methods rkd_da; choose among proto, proto_rkd_d"),
     ],
-    ids=["unknown method", "unknown class", "repeated class", "too few for P", "no test classes", "classification", "seeds"],
+    ids=["unknown method", "unknown class", "repeated class", "too few for P", "no test classes", "classification", "seeds",
+         "few-shot classes", "few-shot method"],
 )
 def test_settings_that_cannot_compare_are_refused_before_anything_runs(argv, message):
     with pytest.raises(ConfigError) as error:
@@ -358,3 +362,95 @@ def test_quick_compare_ranks_a_wide_students_queries_against_its_teachers_galler
     assert "asym_recall_at_1" not in metrics["models"]["teacher"]["per_seed"]["1"]
     assert metrics["asymmetric_metrics"] == ["asym_recall_at_1", "asym_map_at_r"]
     assert "| mse |" in (root / "table.md").read_text().split("## Teacher-indexed gallery")[1]
+
+
+# The few-shot comparison (issue 21): glyphs' classes 0–199 train, episodes on 200–399. Tiny networks and few
+# steps; every test image is kept (episodes need 20 of each class), --quick draws 50 episodes.
+FEW_SHOT_TINY = {"image_size": 12, "width": 2, "embedding_dim": 16, "steps_per_epoch": 2, "max_train_items": 300}
+
+
+def test_quick_few_shot_compare_gives_every_method_and_control_an_accuracy_in_0_1(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(FEW_SHOT_TINY))
+    argv = ["compare", "--task", "few_shot", "--quick", "--seeds", "1", "--config", str(config), "--quiet"]
+    assert main([*argv, "--runs-dir", str(tmp_path)]) == 0
+    root = tmp_path / "compare-few_shot"
+    metrics = json.loads((root / "metrics.json").read_text())
+    methods = ["proto", "proto_rkd_d", "proto_rkd_da"]
+    assert list(metrics["models"]) == ["teacher", *methods, "raw_pixels", "untrained"]
+    assert (metrics["task"], metrics["dataset"], metrics["test_items"]) == ("few_shot", "glyphs", 4_000)
+    assert metrics["train_classes"] == list(range(200)) and metrics["test_classes"] == list(range(200, 400))
+    assert metrics["few_shot"] == {"settings": [[5, 1], [5, 5], [20, 1], [20, 5]], "queries": 15, "episodes": 50}
+    keys = ["few_shot_5way_1shot", "few_shot_5way_5shot", "few_shot_20way_1shot", "few_shot_20way_5shot"]
+    assert metrics["metrics"] == keys
+    for name, model in metrics["models"].items():
+        run = model["per_seed"]["1"]
+        for key in keys:
+            assert math.isfinite(run[key]) and 0 <= run[key] <= 1, (name, key)
+            assert math.isfinite(run[key + "_half_width"]) and 0 <= run[key + "_half_width"] < 0.5, (name, key)
+            assert model["summary"][key] == {"mean": run[key], "sd": None, "n": 1, "half_width": run[key + "_half_width"]}
+    assert metrics["models"]["raw_pixels"]["params"] == 0
+    assert metrics["models"]["untrained"]["params"] == metrics["models"]["proto_rkd_da"]["params"] == metrics["models"]["teacher"]["params"]
+    table = (root / "table.md").read_text()
+    lines = table.splitlines()
+    assert lines[2].startswith("glyphs, classes 0–199 train, 200–399 test: few-shot accuracy (5-way 1-shot, "), lines[2]
+    assert "## Mean ± 95 % half-width over episodes, 1 seed" in table
+    assert "| model | params | 5-way 1-shot (%) | 5-way 5-shot (%) | 20-way 1-shot (%) | 20-way 5-shot (%) | trained with |" in table
+    for name in metrics["models"]:
+        row = next(line for line in lines if line.startswith(f"| {name} | "))  # the mean table's, before the per-seed one
+        cells = row.split(" | ")[2:6]  # after the name and the parameters
+        assert all(0 <= float(cell.split(" ± ")[0]) <= 100 for cell in cells), row
+        assert sum(line.startswith(f"| {name} |") for line in lines) == 2, name  # mean table and per seed
+    assert (root / "report.png").read_bytes()[:8] == PNG_SIGNATURE
+    run = json.loads((root / "seed1" / "proto_rkd_da" / "config.json").read_text())
+    assert (run["prototypical_weight"], run["shots"], run["triplet_weight"], run["l2_normalize"]) == (1.0, 5, 0.0, False)
+    assert [(term["name"], term["weight"]) for term in run["terms"]] == [("rkd_distance", 0.5), ("rkd_angle", 1.0)]
+
+
+def test_few_shot_accuracy_of_separated_clusters_reaches_the_table_as_100():
+    import numpy as np
+
+    from rkd_keras.cli.report import comparison_table, summarize
+    from rkd_keras.cli.training import few_shot_metrics
+
+    # 20 classes of 20 points each, 0.01 around centres 10 apart: every query's nearest prototype is its own.
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20), 20)
+    embeddings = 10.0 * np.eye(20)[labels] + 0.01 * rng.standard_normal((400, 20))
+    protocol = presets.COMPARE["few_shot"]["evaluation"] | {"episodes": 10}
+    separated = few_shot_metrics(embeddings, labels, protocol, seed=0)
+    assert separated == {key: value for key in presets.COMPARE["few_shot"]["metrics"]
+                         for key, value in ((key, 1.0), (key + "_half_width", 0.0))}  # fmt: skip
+    noise = few_shot_metrics(rng.standard_normal((400, 20)), labels, protocol, seed=0)
+    assert abs(noise["few_shot_20way_5shot"] - 1 / 20) < 0.05  # chance, 1/ways
+    keys = list(presets.COMPARE["few_shot"]["metrics"])
+    per_seed = {"teacher": {0: separated}, "noise": {0: noise}}
+    table = comparison_table("t", [], per_seed, summarize(per_seed, keys), keys, {"teacher": "T", "noise": "N"}, {"teacher": 1, "noise": 0})
+    assert "| teacher | 1 | 100.0 ± 0.0 | 100.0 ± 0.0 | 100.0 ± 0.0 | 100.0 ± 0.0 | T |" in table
+    assert "| teacher | 100.0 ± 0.0 / 100.0 ± 0.0 / 100.0 ± 0.0 / 100.0 ± 0.0 |" in table
+
+
+def test_the_few_shot_students_are_prototypical_networks_of_the_teachers_architecture():
+    configs = _inputs("--task", "few_shot")["configs"][0]
+    teacher = configs["teacher"]
+    assert (teacher.dataset, teacher.prototypical_weight, teacher.triplet_weight, teacher.terms) == ("glyphs", 1.0, 0.0, [])
+    assert (teacher.classes_per_batch, teacher.samples_per_class, teacher.shots, teacher.l2_normalize) == (20, 10, 5, False)
+    for name in ("proto", "proto_rkd_d", "proto_rkd_da"):
+        student = configs[name]
+        assert (student.backbone, student.width, student.embedding_dim, student.l2_normalize) == (
+            teacher.backbone, teacher.width, teacher.embedding_dim, False
+        ), name
+        assert (student.prototypical_weight, student.shots) == (1.0, 5), name
+    # RKD-D alone at λ_D = 1; combined, RKD-D + RKD-A divided by 2, as the paper's few-shot section.
+    assert [(spec["loss"], spec["weight"]) for spec in configs["proto_rkd_d"].terms] == [("rkd_distance", 1.0)]
+    assert [(spec["loss"], spec["weight"]) for spec in configs["proto_rkd_da"].terms] == [("rkd_distance", 0.5), ("rkd_angle", 1.0)]
+    assert configs["proto"].terms == []
+
+
+def test_a_few_shot_compare_keeps_every_test_image_for_its_episodes(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"max_eval_items": 400}))
+    with pytest.raises(ConfigError) as error:
+        _inputs("--task", "few_shot", "--config", str(config))
+    assert "compare --task few_shot draws its episodes from every test image (20 of each class" in str(error.value)
+    assert "leave max_eval_items out (received 400)" in str(error.value)

@@ -322,7 +322,7 @@ def _prepare_comparison(args, inputs, top):
 
 
 def _run_comparison(args, inputs, top, configs, stages):
-    methods, task = inputs["methods"], args.task
+    methods, task, few_shot = inputs["methods"], args.task, inputs.get("few_shot")
     recipe = presets.COMPARE[task]
     root = top.path
     monitor = training.MONITOR[task]
@@ -333,7 +333,7 @@ def _run_comparison(args, inputs, top, configs, stages):
         name for name, config in first.items()
         if task == "metric" and name != "teacher" and config.embedding_dim == first["teacher"].embedding_dim
     }
-    controls = [name for name in training.CONTROLS if name != "untrained_wide" or wide] if task == "metric" else []
+    controls = [name for name in training.CONTROLS if name != "untrained_wide" or wide] if task != "classification" else []
     results = {name: {} for name in ["teacher", *methods, *controls]}
     start = time.monotonic()
     with top.running():
@@ -353,7 +353,7 @@ def _run_comparison(args, inputs, top, configs, stages):
                 stage_start = time.monotonic()
                 metrics = training.train(
                     config, stage, teacher if name != "teacher" else None, _verbose(args), plot=False,
-                    gallery_model=teacher if name in wide else None,
+                    gallery_model=teacher if name in wide else None, few_shot=few_shot,
                 )
                 results[name][seed] = metrics
                 if not finished:
@@ -367,31 +367,38 @@ def _run_comparison(args, inputs, top, configs, stages):
                 # Computed per seed: the untrained student is that seed's initialisation.
                 student_config = next(config for name, config in runs.items() if name != "teacher")
                 wide_config = next((runs[name] for name in runs if name in wide), None)
-                for name, metrics in training.controls(student_config, wide_config, teacher).items():
+                for name, metrics in training.controls(student_config, wide_config, teacher, few_shot).items():
                     results[name][seed] = metrics
         teacher_config = next(iter(configs.values()))["teacher"]
-        _write_comparison(root, args, task, results, stages, teacher_config, time.monotonic() - start)
+        _write_comparison(root, args, task, results, stages, teacher_config, time.monotonic() - start, few_shot)
     top.set_status("complete")
     print(f"\ntable: {root / 'table.md'}, report: {root / 'report.png'}; {_minutes(time.monotonic() - start)} in all")
 
 
-def _write_comparison(root, args, task, results, stages, config, seconds):
+# What each task's teacher trains with, for its row of the table.
+_TEACHER_LOSS = {
+    "metric": "triplet loss", "classification": "cross-entropy", "few_shot": "a prototypical network (prototypical loss)",
+}
+
+
+def _write_comparison(root, args, task, results, stages, config, seconds, few_shot=None):
     """table.md, metrics.json and report.png of a comparison's results (`{model: {seed: metrics}}`).
 
     The data they were measured on is read from `config` (a teacher's settings: the config file and flags
-    apply to every run alike), the number of test images from the teacher's evaluation of the first seed.
+    apply to every run alike), the number of test images from the teacher's evaluation of the first seed;
+    `few_shot`: the few-shot protocol the runs were tested with.
     """
     recipe = presets.COMPARE[task]
     keys = list(recipe["metrics"])
     summary = report.summarize(results, keys)
     asymmetric = report.asymmetric_summary(results)
-    descriptions = {"teacher": "the teacher, " + ("triplet loss" if task == "metric" else "cross-entropy")}
+    descriptions = {"teacher": "the teacher, " + _TEACHER_LOSS[task]}
     descriptions.update({name: recipe["methods"][name]["description"] for name in results if name in recipe["methods"]})
     descriptions.update({name: training.CONTROLS[name] for name in results if name in training.CONTROLS})
     params = {name: next(iter(by_seed.values()))["params"] for name, by_seed in results.items()}
     seeds = list(next(iter(results.values())))
     monitor = training.MONITOR[task]
-    split, measured = report.measured_split(config, results["teacher"][seeds[0]]["items"])
+    split, measured = report.measured_split(config, results["teacher"][seeds[0]]["items"], few_shot)
     lines = [
         measured if not args.config else f"{measured} Settings from {args.config}.",
         f"Seeds {', '.join(map(str, seeds))}; each model's best epoch by {monitor} on held-out training images, "
@@ -403,6 +410,7 @@ def _write_comparison(root, args, task, results, stages, config, seconds):
     (root / "table.md").write_text(report.comparison_table(title, lines, results, summary, keys, descriptions, params))
     write_json(root / "metrics.json", {
         "task": task, "dataset": config.dataset, **split, "metrics": keys, "seeds": seeds,
+        **({"few_shot": {**few_shot, "settings": [list(pair) for pair in few_shot["settings"]]}} if few_shot else {}),
         **({"asymmetric_metrics": list(report.ASYMMETRIC)} if asymmetric else {}),
         "models": {
             name: {"description": descriptions[name], "params": params[name],

@@ -85,6 +85,11 @@ class RunConfig:
     triplet_weight: float = _setting(_DEMO["triplet_weight"], "weight of the triplet loss (0: none)", low=0)
     margin: float = _setting(_DEMO["margin"], "triplet margin", low=0)
     sampling: str = _setting(_DEMO["sampling"], "triplet negative sampling", choices=TRIPLET_SAMPLINGS)
+    # The few-shot task's loss (Snell et al. 2017): a P×K batch is an episode of P ways.
+    prototypical_weight: float = _setting(
+        0.0, "weight of the prototypical-network loss, instead of the triplet loss (0: none)", low=0
+    )
+    shots: int = _setting(1, "prototypical loss: support images of each class in a P×K batch, the others its queries", low=1)
     distance_weight: float = _setting(_DEMO["distance_weight"], "λ_D, weight of RKD-D (0: off)", low=0)
     angle_weight: float = _setting(_DEMO["angle_weight"], "λ_A, weight of RKD-A (0: off)", low=0)
     terms: list = _setting(
@@ -282,10 +287,16 @@ def check_training(config: RunConfig, role: str) -> None:
         ConfigError: the settings cannot train what was asked.
     """
     distils = config.distance_weight or config.angle_weight or any(spec["weight"] for spec in config.terms)
+    if config.triplet_weight and config.prototypical_weight:
+        raise ConfigError(
+            "a run trains with one loss of the labels: give triplet_weight or prototypical_weight, not both "
+            f"(received {config.triplet_weight} and {config.prototypical_weight})."
+        )
     if config.task == "classification":
-        if config.triplet_weight:
+        if config.triplet_weight or config.prototypical_weight:
+            loss = "triplet_weight" if config.triplet_weight else "prototypical_weight"
             raise ConfigError(
-                f"classification trains with cross-entropy: triplet_weight must be 0, received {config.triplet_weight}."
+                f"classification trains with cross-entropy: {loss} must be 0, received {getattr(config, loss)}."
             )
         if role == "teacher" and distils:
             raise ConfigError("a classification teacher trains with cross-entropy alone: give it no terms.")
@@ -296,10 +307,27 @@ def check_training(config: RunConfig, role: str) -> None:
                 f"terms empty, received {config.distance_weight}, {config.angle_weight} and {len(config.terms)} terms "
                 "(distillation is for distill)."
             )
-        if not config.triplet_weight:
-            raise ConfigError("a teacher trains with the triplet loss: triplet_weight must be > 0, received 0.")
-    elif not (config.triplet_weight or distils):
-        raise ConfigError("nothing to train: triplet_weight, distance_weight, angle_weight and every term's weight are 0.")
+        if not (config.triplet_weight or config.prototypical_weight):
+            raise ConfigError(
+                "a teacher trains with the triplet loss (or the prototypical loss): triplet_weight must be > 0, "
+                "received 0."
+            )
+    elif not (config.triplet_weight or config.prototypical_weight or distils):
+        raise ConfigError(
+            "nothing to train: triplet_weight, prototypical_weight, distance_weight, angle_weight and every term's "
+            "weight are 0."
+        )
+    if config.prototypical_weight:
+        # A class of no query gives no loss; one class gives every query probability 1.
+        if config.samples_per_class <= config.shots:
+            raise ConfigError(
+                f"the prototypical loss needs samples_per_class > shots (each class's first {config.shots} images "
+                f"are its support, the others its queries), received samples_per_class {config.samples_per_class}."
+            )
+        if config.classes_per_batch < 2:
+            raise ConfigError(
+                f"the prototypical loss needs classes_per_batch >= 2 (ways), received {config.classes_per_batch}."
+            )
     if config.triplet_weight:
         # A class alone in its batch has no positive; one class has no negatives:
         # the triplet loss would be exactly 0 at every step.

@@ -123,6 +123,11 @@ def _tune(args):
     inputs = _training(args, "student")
     if inputs["config"].terms:
         raise ConfigError("tune searches distance_weight and angle_weight (RKD-D and RKD-A); leave terms out of its settings.")
+    if inputs["config"].prototypical_weight:
+        raise ConfigError(
+            "tune searches distance_weight and angle_weight beside the triplet loss; it does not train with the "
+            "prototypical loss: leave prototypical_weight at 0."
+        )
     return {**inputs, "teacher": check_keras_file(args.teacher, "teacher")}
 
 
@@ -164,7 +169,7 @@ def _demo(args):
 
 
 # Settings each compare method sets itself: a --config file may not give them.
-_METHOD_SETTINGS = ("task", "terms", "triplet_weight", "distance_weight", "angle_weight", "seed")
+_METHOD_SETTINGS = ("task", "terms", "triplet_weight", "prototypical_weight", "distance_weight", "angle_weight", "seed")
 # Model settings a student takes from the teacher: of the teacher's architecture, or only of its embedding.
 _ARCHITECTURE = {
     "student": (),
@@ -178,7 +183,9 @@ def _compare(args):
 
     Settings: the task's preset (`presets.COMPARE`) ← `--quick` ← `--config`
     ← `--epochs`, `--train-classes`, `--dataset`, `--dataset-path` ← each
-    method's terms and the seed.
+    method's terms and the seed. The few-shot task also returns its test
+    protocol, `"few_shot"` (`presets.COMPARE["few_shot"]["evaluation"]`,
+    fewer episodes with `--quick`); the others `None`.
     """
     recipe = presets.COMPARE[args.task]
     methods = args.methods or list(recipe["methods"])
@@ -209,17 +216,50 @@ def _compare(args):
     configs = {}
     for seed in args.seeds:
         teacher = resolve_config("teacher", None, args.config, {**settings, "seed": seed}, base={**recipe["teacher"], **quick})
+        if args.task == "few_shot":
+            _check_episodes(teacher, recipe["evaluation"])
         check_training(teacher, "teacher")
         configs[seed] = {"teacher": teacher}
         for name in methods:
             method = recipe["methods"][name]
-            overrides = {**settings, "seed": seed, "terms": method["terms"], "triplet_weight": method["triplet_weight"]}
+            overrides = {
+                **settings, "seed": seed, "terms": method["terms"], "triplet_weight": method["triplet_weight"],
+                "prototypical_weight": method["prototypical_weight"],
+            }
             overrides.update({key: getattr(teacher, key) for key in _ARCHITECTURE[method["architecture"]]})
             config = resolve_config("student", None, args.config, overrides, base={**recipe["student"], **quick})
             check_training(config, "student")
             configs[seed][name] = config
     _check_runs_dir(args)
-    return {"configs": configs, "methods": methods}
+    few_shot = None
+    if args.task == "few_shot":
+        few_shot = {**recipe["evaluation"], **({"episodes": recipe["quick_episodes"]} if args.quick else {})}
+    return {"configs": configs, "methods": methods, "few_shot": few_shot}
+
+
+def _check_episodes(config, protocol):
+    """Refuses data whose unseen classes cannot fill the few-shot episodes: too few classes (or, in an image
+    folder, too few images of them), or test images capped by max_eval_items."""
+    ways = max(ways for ways, _ in protocol["settings"])
+    per_class = max(shots for _, shots in protocol["settings"]) + protocol["queries"]
+    if config.max_eval_items is not None:
+        raise ConfigError(
+            f"compare --task few_shot draws its episodes from every test image ({per_class} of each class for "
+            f"{per_class - protocol['queries']}-shot episodes); leave max_eval_items out (received {config.max_eval_items})."
+        )
+    train = set(config.train_classes if config.train_classes is not None else config.default_train_classes())
+    test = [label for label in range(config.total_classes()) if label not in train]
+    if config.dataset == "folder":
+        counts = config.image_folder().counts()
+        test = [label for label in test if counts[label] >= per_class]
+    if len(test) < ways:
+        dataset = f"the image folder {config.dataset_path}" if config.dataset == "folder" else config.dataset
+        have = f"{len(test)} with {per_class} images or more" if config.dataset == "folder" else str(len(test))
+        raise ConfigError(
+            f"compare --task few_shot draws {ways}-way episodes from the classes unseen in training, and {dataset} has "
+            f"{have} of them; use --dataset glyphs (200 unseen classes of 20 images), or data with at least {ways} "
+            "unseen classes."
+        )
 
 
 _CHECKS = {

@@ -6,7 +6,7 @@ import json
 
 from rkd_keras import presets
 from rkd_keras.checks import check_int
-from rkd_keras.choices import DATASETS, EXPORT_FORMATS, EXPORT_QUANTIZATIONS, TASKS
+from rkd_keras.choices import DATASETS, EXPORT_FORMATS, EXPORT_QUANTIZATIONS
 from rkd_keras.cli.config import RunConfig, class_label, field_kind
 
 PROG = "rkd-keras"
@@ -168,15 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="train a teacher per seed and every distillation method's student from it; table and report",
         description="The paper's comparison on the offline default (Fashion-MNIST, the demo's small CNNs): metric "
-        "learning (Recall@K, MAP@R on unseen classes) or classification (accuracy). Each seed trains one teacher "
+        "learning (Recall@K, MAP@R on unseen classes), classification (accuracy) or few-shot (prototypical networks on glyphs, "
+        "accuracy over episodes of unseen classes). Each seed trains one teacher "
         "and, from it, one student per method, each in its own resumable run folder under runs/NAME/seedS/.",
     )
-    compare.add_argument("--task", choices=TASKS, default="metric", help="(default: metric)")
+    compare.add_argument(
+        "--task", choices=tuple(presets.COMPARE), default="metric",
+        help="(default: metric; few_shot: prototypical networks on glyphs, 5- and 20-way 1- and 5-shot accuracy)",
+    )
     compare.add_argument(
         "--methods", nargs="+", metavar="METHOD",
         help="methods to compare (default: all of the task's; metric: "
         + ", ".join(presets.COMPARE["metric"]["methods"]) + "; classification: "
-        + ", ".join(presets.COMPARE["classification"]["methods"]) + ")",
+        + ", ".join(presets.COMPARE["classification"]["methods"]) + "; few_shot: "
+        + ", ".join(presets.COMPARE["few_shot"]["methods"]) + ")",
     )
     compare.add_argument(
         "--seeds", nargs="+", type=_ranged_int(0, 2**32 - 1), default=[0, 1, 2], metavar="SEED", help="(default: 0 1 2)"

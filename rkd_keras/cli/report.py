@@ -4,8 +4,11 @@ import math
 
 import numpy as np
 
+from rkd_keras import presets
 
 KS = (1, 2, 4, 8)
+# A few-shot accuracy's key (`presets.few_shot_key`) ends so for its 95 % confidence half-width over episodes.
+HALF_WIDTH = "_half_width"
 # Result key → (column header, factor shown, unit). Recall, MAP@R and accuracy
 # are shown in percent; the cross-entropy in nats.
 COLUMNS = {
@@ -16,9 +19,14 @@ COLUMNS = {
     "asym_map_at_r": ("MAP@R vs teacher's gallery", 100, "%"),
     "accuracy": ("top-1", 100, "%"),
     "cross_entropy": ("CE", 1, "nats"),
+    **{
+        presets.few_shot_key(ways, shots): (f"{ways}-way {shots}-shot", 100, "%")
+        for ways, shots in presets.COMPARE["few_shot"]["evaluation"]["settings"]
+    },
 }
-# The validation score each task's runs are selected on, as in their history.csv.
-VALIDATION = {"metric": "val_recall_at_1", "classification": "val_accuracy"}
+# The validation score each task's runs are selected on, as in their history.csv. Few-shot runs are metric
+# learning on the training classes: their held-out images are too few per class for episodes.
+VALIDATION = {"metric": "val_recall_at_1", "classification": "val_accuracy", "few_shot": "val_recall_at_1"}
 
 
 def _shown(metrics):
@@ -134,6 +142,9 @@ def plot_report(path, results, histories, title=None):
 def summarize(per_seed: dict, keys) -> dict:
     """`{model: {key: {"mean", "sd", "n"}}}` over seeds; sd is the sample standard deviation (None for one seed).
 
+    A key measured with a 95 % half-width (`key + HALF_WIDTH`, few-shot
+    accuracy over episodes) also gets `"half_width"`, its mean over seeds.
+
     Args:
         per_seed: `{model: {seed: metrics}}`.
         keys: The result keys to summarize.
@@ -145,6 +156,8 @@ def summarize(per_seed: dict, keys) -> dict:
             values = np.array([metrics[key] for metrics in by_seed.values()], np.float64)
             sd = float(values.std(ddof=1)) if len(values) > 1 else None
             summary[name][key] = {"mean": float(values.mean()), "sd": sd, "n": int(len(values))}
+            if all(key + HALF_WIDTH in metrics for metrics in by_seed.values()):
+                summary[name][key]["half_width"] = float(np.mean([metrics[key + HALF_WIDTH] for metrics in by_seed.values()]))
     return summary
 
 
@@ -171,10 +184,21 @@ def asymmetric_summary(per_seed: dict) -> dict:
 
 
 def _cell(key, stats):
+    """`mean ± sd` over seeds; for one seed of a key with a half-width (few-shot), `mean ± half-width`."""
     factor = COLUMNS[key][1]
     digits = 1 if factor == 100 else 3
     mean = f"{factor * stats['mean']:.{digits}f}"
-    return mean if stats["sd"] is None else f"{mean} ± {factor * stats['sd']:.{digits}f}"
+    spread = stats["sd"] if stats["sd"] is not None else stats.get("half_width")
+    return mean if spread is None else f"{mean} ± {factor * spread:.{digits}f}"
+
+
+def _spread(summary, keys, count=True) -> str:
+    """What the ± of a summary means: the sd over seeds (`count`: how many), or (one seed, few-shot) the 95 %
+    half-width over episodes."""
+    stats = next(iter(summary.values()))[keys[0]]
+    if stats["n"] == 1 and "half_width" in stats:
+        return "95 % half-width over episodes" + (", 1 seed" if count else "")
+    return f"sd over {stats['n']} seed{'s' * (stats['n'] > 1)}" if count else "sd over seeds"
 
 
 def _labels(labels):
@@ -185,12 +209,13 @@ def _labels(labels):
     return ", ".join(map(str, labels))
 
 
-def measured_split(config, items: int) -> tuple:
+def measured_split(config, items: int, few_shot=None) -> tuple:
     """What a comparison's runs were tested on, from their settings (a `RunConfig`): the data, not the preset.
 
     Args:
         config: The settings of a run (every run of a comparison has the same data settings).
         items: The number of test images its evaluation used (`max_eval_items` may cap it).
+        few_shot: The few-shot protocol the runs were tested with (`{"settings", "queries", "episodes"}`), if any.
 
     Returns:
         `({"train_classes", "test_classes", "test_items"}, sentence)`: for metrics.json, and for table.md.
@@ -207,9 +232,17 @@ def measured_split(config, items: int) -> tuple:
         "test_classes": [label for label in range(config.total_classes()) if label not in train],
         "test_items": items,
     }
+    if few_shot is None:
+        measure = "Recall@K and MAP@R"
+    else:
+        settings = ", ".join(f"{ways}-way {shots}-shot" for ways, shots in few_shot["settings"])
+        measure = (
+            f"few-shot accuracy ({settings}; {few_shot['queries']} queries per class, {few_shot['episodes']:,} "
+            "episodes, prototypes the mean of the support embeddings)"
+        )
     return split, (
         f"{config.dataset}, classes {_labels(split['train_classes'])} train, {_labels(split['test_classes'])} test: "
-        f"Recall@K and MAP@R on {items:,} test images of the classes unseen in training."
+        f"{measure} on {items:,} test images of the classes unseen in training."
     )
 
 
@@ -227,7 +260,7 @@ def comparison_table(title, lines, per_seed, summary, keys, descriptions, params
     """
     headers = [f"{COLUMNS[key][0]} ({COLUMNS[key][2]})" for key in keys]
     seeds = sorted({seed for by_seed in per_seed.values() for seed in by_seed})
-    out = [f"# {title}", "", *lines, "", f"## Mean ± sd over {len(seeds)} seed{'s' * (len(seeds) > 1)}", ""]
+    out = [f"# {title}", "", *lines, "", f"## Mean ± {_spread(summary, keys)}", ""]
     out += ["| model | params | " + " | ".join(headers) + " | trained with |", "|---|---:|" + "---:|" * len(keys) + "---|"]
     for name in per_seed:
         cells = " | ".join(_cell(key, summary[name][key]) for key in keys)
@@ -248,13 +281,20 @@ def comparison_table(title, lines, per_seed, summary, keys, descriptions, params
     out += ["", "## Per seed", "", "| model | " + " | ".join(f"seed {seed}" for seed in seeds) + " |"]
     out.append("|---|" + "---|" * len(seeds))
     for name, by_seed in per_seed.items():
-        cells = [
-            " / ".join(f"{COLUMNS[key][1] * by_seed[seed][key]:.{1 if COLUMNS[key][1] == 100 else 3}f}" for key in keys)
-            if seed in by_seed else "" for seed in seeds
-        ]
+        cells = [" / ".join(_seed_cell(key, by_seed[seed]) for key in keys) if seed in by_seed else "" for seed in seeds]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out += ["", "Per seed: " + " / ".join(COLUMNS[key][0] for key in keys) + "."]
+    half_widths = any(key + HALF_WIDTH in metrics for key in keys for by_seed in per_seed.values() for metrics in by_seed.values())
+    out += ["", "Per seed: " + " / ".join(COLUMNS[key][0] for key in keys) + (
+        ", each ± its 95 % half-width over episodes." if half_widths else "."
+    )]
     return "\n".join(out) + "\n"
+
+
+def _seed_cell(key, metrics):
+    factor = COLUMNS[key][1]
+    digits = 1 if factor == 100 else 3
+    value = f"{factor * metrics[key]:.{digits}f}"
+    return value if key + HALF_WIDTH not in metrics else f"{value} ± {factor * metrics[key + HALF_WIDTH]:.{digits}f}"
 
 
 def plot_comparison(path, summary, keys, curves, task, title=None, asymmetric=None):
@@ -265,7 +305,7 @@ def plot_comparison(path, summary, keys, curves, task, title=None, asymmetric=No
         summary: `summarize(...)`, the teacher first.
         keys: The result keys, one panel each.
         curves: `{model: [validation score per epoch, one list per seed]}`.
-        task: `"metric"` or `"classification"`, for the titles.
+        task: `"metric"`, `"classification"` or `"few_shot"`, for the titles.
         title: The figure's title; default: the task's comparison.
         asymmetric: `asymmetric_summary(...)`: one more panel, the students'
             Recall@1 against the teacher's gallery (the teacher's own, dashed).
@@ -292,7 +332,11 @@ def plot_comparison(path, summary, keys, curves, task, title=None, asymmetric=No
         shown = [name for name in table if name != "teacher"]
         teacher = [factor * table["teacher"][key]["mean"]] if "teacher" in table else []
         means = np.array([factor * table[name][key]["mean"] for name in shown])
-        sds = np.array([factor * (table[name][key]["sd"] or 0.0) for name in shown])
+        # The sd over seeds; for one seed, a few-shot accuracy's 95 % half-width over episodes.
+        sds = np.array([
+            factor * (table[name][key]["sd"] if table[name][key]["sd"] is not None else table[name][key].get("half_width", 0.0))
+            for name in shown
+        ])
         drawn = ax.bar(np.arange(len(shown)), means, yerr=sds, capsize=3, color=[colours[name] for name in shown])
         ax.bar_label(drawn, fmt="%.1f" if factor == 100 else "%.3f", label_type="center", rotation=90, fontsize=7)
         if teacher:
@@ -302,7 +346,7 @@ def plot_comparison(path, summary, keys, curves, task, title=None, asymmetric=No
         top = 1.15 * max(np.concatenate([means + sds, teacher]).max(), 1e-12)
         ax.set_ylim(0, min(top, 100) if unit == "%" else top)
         lower = "lower is better" if key == "cross_entropy" else "higher is better"
-        ax.set_title(f"{header} ({unit}; mean ± sd over seeds, {lower})", fontsize=10)
+        ax.set_title(f"{header} ({unit}; mean ± {_spread(table, [key], count=False)}, {lower})", fontsize=10)
         ax.set(ylabel=f"test {header} ({unit})", xlabel="student")
         ax.grid(axis="y", alpha=0.3)
     curve_axes = axes[len(bars)]
@@ -312,7 +356,7 @@ def plot_comparison(path, summary, keys, curves, task, title=None, asymmetric=No
         if length:
             mean = 100 * np.mean([run[:length] for run in runs], axis=0)
             curve_axes.plot(np.arange(1, length + 1), mean, marker="o", markersize=3, color=colours[name], label=name)
-    what = "Recall@1" if task == "metric" else "accuracy"
+    what = "accuracy" if task == "classification" else "Recall@1"
     curve_axes.set(
         title=f"Students' validation {what} (%, mean over seeds)", xlabel="epoch", ylabel=f"validation {what} (%)",
         ylim=(0, 100),
@@ -321,8 +365,7 @@ def plot_comparison(path, summary, keys, curves, task, title=None, asymmetric=No
     curve_axes.grid(alpha=0.3)
     for ax in axes[panels:]:
         ax.axis("off")
-    seeds = next(iter(summary.values()))[keys[0]]["n"]
-    figure.suptitle(title or f"rkd-keras compare --task {task}: test scores, mean ± sd over {seeds} seed{'s' * (seeds > 1)}")
+    figure.suptitle(title or f"rkd-keras compare --task {task}: test scores, mean ± {_spread(summary, keys)}")
     _whole_epochs(figure)
     figure.tight_layout()
     figure.savefig(path, dpi=90)

@@ -23,8 +23,11 @@ from rkd_keras.cli.runs import (
 from rkd_keras.data import image_paths, load_dataset, materialize, num_classes, pk_batches, preprocess_image
 from rkd_keras.distiller import Distiller, TermWarmup
 from rkd_keras.embedding_files import read_embeddings
-from rkd_keras.losses import TripletLoss
-from rkd_keras.retrieval import RetrievalRecall, embed, embed_with_gallery, map_at_r, r_precision, recall_at_k
+from rkd_keras.losses import PrototypicalLoss, TripletLoss
+from rkd_keras.presets import few_shot_key
+from rkd_keras.retrieval import (
+    RetrievalRecall, embed, embed_with_gallery, few_shot_accuracy, map_at_r, r_precision, recall_at_k,
+)
 from rkd_keras.terms import INPUTS, TEACHER_TENSORS, build_terms
 
 # The log key whose best epoch a run keeps, by task: the curves its report draws.
@@ -255,6 +258,8 @@ def _model(config, teacher, from_embeddings=False):
     network = _network(config)
     if config.task == "classification":
         task_loss, metrics, weight = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"], 1.0
+    elif config.prototypical_weight:
+        task_loss, metrics, weight = PrototypicalLoss(shots=config.shots), None, config.prototypical_weight
     else:
         task_loss, metrics, weight = TripletLoss(margin=config.margin, sampling=config.sampling), None, config.triplet_weight
     distils = config.terms or config.distance_weight or config.angle_weight
@@ -277,12 +282,14 @@ def _warmups(config, model) -> list:
     return [TermWarmup(epochs)] if epochs and isinstance(model, Distiller) else []
 
 
-def evaluate(model, config, split="test", gallery_model=None):
+def evaluate(model, config, split="test", gallery_model=None, few_shot=None):
     """The task's metrics of a model on a split: Recall@1/2/4/8, MAP@R and R-precision, or accuracy and cross-entropy.
 
     With a `gallery_model` (the teacher that indexed the gallery), the same
     metrics of the asymmetric protocol follow as `asym_recall_at_K`,
-    `asym_map_at_r` and `asym_r_precision`.
+    `asym_map_at_r` and `asym_r_precision`. With `few_shot` (metric
+    learning; a protocol as `presets.COMPARE["few_shot"]["evaluation"]`), the
+    few-shot accuracies of the same embeddings too (`few_shot_metrics`).
     """
     if config.task == "classification":
         return _classification_metrics(model, config, split)
@@ -294,7 +301,26 @@ def evaluate(model, config, split="test", gallery_model=None):
     metrics = _retrieval_metrics(embeddings, labels)
     if gallery is not None:
         metrics.update({f"asym_{name}": value for name, value in _retrieval_metrics(embeddings, labels, gallery).items()})
+    if few_shot is not None:
+        metrics.update(few_shot_metrics(embeddings, labels, few_shot, config.seed))
     return {**metrics, "items": int(len(labels)), "params": int(model.count_params())}
+
+
+def few_shot_metrics(embeddings, labels, protocol, seed: int) -> dict:
+    """`{few_shot_key: accuracy, few_shot_key_half_width: its 95 % half-width}` for each (ways, shots) of `protocol`.
+
+    `protocol`: `{"settings": [(ways, shots), ...], "queries", "episodes"}`.
+    The episodes are drawn with `seed` (the run's), so every model of a seed
+    is tested on the same episodes.
+    """
+    results = {}
+    for ways, shots in protocol["settings"]:
+        accuracy, half_width = few_shot_accuracy(
+            embeddings, labels, ways=ways, shots=shots, queries=protocol["queries"], episodes=protocol["episodes"], seed=seed,
+        )
+        key = few_shot_key(ways, shots)
+        results[key], results[f"{key}{report.HALF_WIDTH}"] = accuracy, half_width
+    return results
 
 
 # The rows of every metric-learning table that train nothing (issue 21): what a trained model must beat
@@ -306,19 +332,22 @@ CONTROLS = {
 }
 
 
-def controls(student_config, wide_config=None, teacher=None) -> dict:
+def controls(student_config, wide_config=None, teacher=None, few_shot=None) -> dict:
     """`{control: test metrics}` of the raw pixels and of the untrained student of `student_config` (its seed).
 
     Both are evaluated as every run is (`evaluate`, the same test images); a
     raw-pixel "model" is a Flatten layer of no parameters. With `wide_config`
     (a student of the teacher's embedding width) and its `teacher`, the
     untrained student of that width too, also against the teacher's gallery:
-    the control of the asymmetric protocol.
+    the control of the asymmetric protocol. `few_shot`: as `evaluate`'s.
     """
     pixels = keras.Sequential([keras.Input(input_shape(student_config)), keras.layers.Flatten()], name="raw_pixels")
     keras.utils.set_random_seed(student_config.seed)
     untrained = _network(student_config)
-    results = {"raw_pixels": evaluate(pixels, student_config), "untrained": evaluate(untrained, student_config)}
+    results = {
+        "raw_pixels": evaluate(pixels, student_config, few_shot=few_shot),
+        "untrained": evaluate(untrained, student_config, few_shot=few_shot),
+    }
     if wide_config is not None:
         keras.utils.set_random_seed(wide_config.seed)
         results["untrained_wide"] = evaluate(_network(wide_config), wide_config, gallery_model=teacher)
@@ -348,7 +377,9 @@ def _classification_metrics(model, config, split):
     }
 
 
-def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher_embeddings=None, gallery_model=None):
+def train(
+    config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher_embeddings=None, gallery_model=None, few_shot=None,
+):
     """Trains one model in a prepared `folder`; returns its test metrics, those of its best epoch.
 
     The best epoch is the one of highest validation Recall@1 (metric
@@ -361,7 +392,8 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher
     (`rkd-keras embed`) holding a row for every training image.
     `gallery_model` (metric learning; a model of the student's embedding
     width, e.g. the teacher): the test metrics also hold those of the
-    asymmetric protocol, `asym_*` (see `evaluate`).
+    asymmetric protocol, `asym_*` (see `evaluate`). `few_shot` (a protocol,
+    see `few_shot_metrics`): the test metrics also hold the few-shot accuracies.
     """
     if folder.status() == "complete":
         return read_json(folder.path / "metrics.json")
@@ -399,7 +431,9 @@ def train(config, folder: RunFolder, teacher=None, verbose=1, plot=True, teacher
             validation_data=None if scores else validation, validation_steps=None if scores else _length(validation),
         )
         best = keras.models.load_model(folder.path / "best.keras")
-        metrics = {**evaluate(best, config, gallery_model=gallery_model), **read_json(folder.path / "best.json")}
+        metrics = {
+            **evaluate(best, config, gallery_model=gallery_model, few_shot=few_shot), **read_json(folder.path / "best.json"),
+        }
         write_json(folder.path / "metrics.json", metrics)
         if plot:
             report.plot_report(folder.path / "report.png", {folder.path.name: metrics}, {folder.path.name: read_history(folder.path)})
