@@ -9,7 +9,8 @@ subsets and the P×K batches differ: the two columns differ by data-order noise,
 
     PYTHONPATH=. python benchmarks/folder_vs_named.py [--seeds 0 1] [--quick] [--sources folder] [--work DIR]
 
-Prints one table: test Recall@K of each model on each source, per seed.
+Prints one table: test Recall@K of each model on each source, per seed, and of the demo's controls, which train
+nothing (`training.controls`: the raw pixels and the untrained student of that seed), on the same test images.
 """
 
 import argparse
@@ -44,6 +45,8 @@ def main() -> None:
 
     from rkd_keras import presets
     from rkd_keras.cli import main as rkd_keras
+    from rkd_keras.cli import training
+    from rkd_keras.cli.config import resolve_config
 
     work = Path(args.work or tempfile.mkdtemp(prefix="folder-vs-named-"))
     images = work / "images"
@@ -52,6 +55,7 @@ def main() -> None:
     quick = presets.DEMO["quick"] if args.quick else {}
     settings = [f"--{key.replace('_', '-')}={value}" for key, value in quick.items()]
     sources = {"fashion_mnist": [], "folder": ["--dataset", "folder", "--dataset-path", str(images)]}
+    source_settings = {"fashion_mnist": {}, "folder": {"dataset": "folder", "dataset_path": str(images)}}
     rows = []
     for seed in args.seeds:
         for source in args.sources:
@@ -66,6 +70,12 @@ def main() -> None:
                 assert rkd_keras(["distill", "--teacher", best, *common, "--name", student]) == 0
             for model, name in (("teacher", teacher), ("rkd_da", student)):
                 metrics = json.loads((work / "runs" / name / "metrics.json").read_text())
+                rows.append((seed, model, source, metrics))
+            controls = work / "runs" / f"{source}-seed{seed}-controls.json"
+            if not controls.exists():
+                config = resolve_config("student", overrides={**quick, **source_settings[source], "seed": seed})
+                controls.write_text(json.dumps(training.controls(config)))
+            for model, metrics in json.loads(controls.read_text()).items():
                 rows.append((seed, model, source, metrics))
     print(f"\nruns in {work / 'runs'}\n")
     print("| seed | model | data | R@1 | R@2 | R@4 | R@8 | MAP@R | test images |")

@@ -114,6 +114,7 @@ def load_dataset(
     download: bool = False,
     path: str | None = None,
     validation_fraction: float = 0.0,
+    decode: bool = True,
 ) -> tf.data.Dataset:
     """Loads a split of one of the paper's datasets, for metric learning or classification.
 
@@ -169,12 +170,18 @@ def load_dataset(
             `ceil(n · fraction)` (for `1 / k`, every k-th image from the
             first). Select checkpoints and hyperparameters on it, never on
             the test split.
+        decode: `"folder"` only. `False` gives the split's `(path, label)`
+            pairs instead, every image checked but none kept decoded: give
+            them to `pk_batches` with `map_fn=rkd_keras.data.folder_image_loader(...)` and
+            only the images a batch samples are decoded, so memory does not
+            grow with the folder.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`, image float32
-        `(image_size, image_size, channels)` in [0, 255], label int64. For a
-        folder, its `class_names` attribute holds the sorted class names
-        that the labels index.
+        `(image_size, image_size, channels)` in [0, 255], label int64 (with
+        `decode=False`, `(path, label)`, path a string). For a folder, its
+        `class_names` attribute holds the sorted class names that the
+        labels index.
 
     Raises:
         DatasetNotAvailableError: the data is not on this machine.
@@ -198,6 +205,8 @@ def load_dataset(
     if resize_size is not None:
         check_int("resize_size", resize_size, low=image_size)
     check_choice("channels", channels, (1, 3))
+    if not decode and name != "folder":
+        raise ValueError(f"decode=False gives the paths of a folder's images; the dataset {name} has no image files.")
     if classes is not None and name != "folder":
         classes = _check_classes(classes, name)
     source_split = "test" if split == "test" else "train"
@@ -238,20 +247,43 @@ def load_dataset(
             .filter(lambda index, item: tf.equal(held_out(index), validation))
             .map(lambda index, item: item)
         )
-    if folder is not None:
-        dataset = _decoded(dataset, folder, channels)
     resize_size = resize_size or default_resize_size(image_size, task)
     augment = split == "train" if augment is None else augment
-    dataset = dataset.map(
-        lambda image, label: (
-            preprocess_image(image, image_size=image_size, resize_size=resize_size, augment=augment, channels=channels),
-            label,
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    sizes = dict(image_size=image_size, resize_size=resize_size, augment=augment, channels=channels)
     if folder is not None:
+        paths = tuple(path.decode() for path in dataset.map(lambda path, label: path).as_numpy_iterator())
+        _check_images(folder.root, paths, channels)
+        if decode:
+            dataset = dataset.map(folder_image_loader(**sizes), num_parallel_calls=tf.data.AUTOTUNE)
         dataset.class_names = list(folder.class_names)
-    return dataset
+        return dataset
+    return dataset.map(
+        lambda image, label: (preprocess_image(image, **sizes), label), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def folder_image_loader(*, image_size: int, resize_size: int, augment: bool, channels: int = 3):
+    """`fn(path, label) -> (image, label)`: an image file decoded and resized as `load_dataset` gives a folder's.
+
+    The `map_fn` of `pk_batches` for the `(path, label)` pairs of
+    `load_dataset("folder", ..., decode=False)`: each sampled image is
+    decoded in the batches' pipeline, in parallel, the same pixels as
+    `decode=True` gives.
+
+    Args:
+        image_size, resize_size, augment, channels: As `preprocess_image`'s
+            (`resize_size` given: `default_resize_size` gives
+            `load_dataset`'s default).
+
+    Example:
+    ```python
+    paths = load_dataset("folder", "train", path="images/", decode=False)
+    loader = folder_image_loader(image_size=224, resize_size=256, augment=True)
+    batches = pk_batches(paths, 25, 5, map_fn=loader)
+    ```
+    """
+    sizes = dict(image_size=image_size, resize_size=resize_size, augment=augment, channels=channels)
+    return lambda path, label: (preprocess_image(_decode(path, channels), **sizes), label)
 
 
 def image_paths(
@@ -346,13 +378,6 @@ def _decode(file, channels):
     )
     image.set_shape((None, None, channels))
     return image
-
-
-def _decoded(dataset, folder, channels):
-    """`dataset` of `(path, label)` as `(image, label)`, once every one of its images is known to decode."""
-    paths = tuple(path.decode() for path in dataset.map(lambda path, label: path).as_numpy_iterator())
-    _check_images(folder.root, paths, channels)
-    return dataset.map(lambda path, label: (_decode(path, channels), label), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @functools.lru_cache(maxsize=16)

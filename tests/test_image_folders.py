@@ -113,6 +113,38 @@ def test_classes_by_name_and_classification_holds_out_a_fifth_of_each_class(fold
         data.load_dataset("folder", "test", path=str(root), classes=["boots"])
 
 
+def test_paths_sampled_by_pk_batches_and_decoded_after_give_the_batches_of_the_decoded_images(folder):
+    root, _ = folder
+    sizes = dict(image_size=24, resize_size=28, augment=False, channels=1)
+    options = dict(path=str(root), validation_fraction=0.25, **sizes)
+    paths = data.load_dataset("folder", "train", decode=False, **options)
+    assert paths.element_spec[0].dtype == tf.string and paths.class_names == SORTED
+    decoded = data.pk_batches(data.load_dataset("folder", "train", **options), 3, 4, seed=0, num_batches=4)
+    streamed = data.pk_batches(paths, 3, 4, seed=0, num_batches=4, map_fn=data.folder_image_loader(**sizes))
+    for (images, labels), (expected_images, expected_labels) in zip(streamed, decoded, strict=True):
+        assert images.shape == (12, 24, 24, 1)
+        np.testing.assert_array_equal(images, expected_images)
+        np.testing.assert_array_equal(labels, expected_labels)
+
+
+def test_decode_false_is_refused_for_a_named_dataset_which_has_no_image_files():
+    with pytest.raises(ValueError, match="decode=False gives the paths of a folder's images; the dataset glyphs has"):
+        data.load_dataset("glyphs", "train", decode=False)
+
+
+def test_a_teacher_on_a_folder_trains_on_the_batches_of_its_decoded_images(folder):
+    from rkd_keras.cli import training
+
+    root, _ = folder
+    overrides = {"dataset": "folder", "dataset_path": str(root), "classes_per_batch": 3, "samples_per_class": 2,
+                 "steps_per_epoch": 3, "max_train_items": None, "validation_fraction": 0.25}
+    config = resolve_config("teacher", overrides=overrides)
+    expected = data.pk_batches(training.data(config, "train"), 3, 2, seed=config.seed, num_batches=3)
+    for (images, labels), (expected_images, expected_labels) in zip(training._batches(config), expected, strict=True):
+        np.testing.assert_array_equal(images, expected_images)
+        np.testing.assert_array_equal(labels, expected_labels)
+
+
 def test_images_of_other_sizes_formats_and_colours_are_resized_to_one_shape(tmp_path):
     rng = np.random.default_rng(0)
     encoders = {

@@ -20,7 +20,9 @@ from rkd_keras.cli.inputs import check_keras_file
 from rkd_keras.cli.runs import (
     BestCheckpoint, RunBackup, RunFolder, read_history, read_json, trim_history, usable_backup, write_json,
 )
-from rkd_keras.data import image_paths, load_dataset, materialize, num_classes, pk_batches, preprocess_image
+from rkd_keras.data import (
+    folder_image_loader, image_paths, load_dataset, materialize, num_classes, pk_batches, preprocess_image,
+)
 from rkd_keras.distiller import Distiller, TermWarmup
 from rkd_keras.embedding_files import read_embeddings
 from rkd_keras.losses import PrototypicalLoss, TripletLoss
@@ -136,14 +138,23 @@ def _data_options(config, split):
     )
 
 
-def data(config, split):
-    """The split's images: unbatched stored training images, or batched evaluation images."""
+def _stored_sizes(config) -> dict:
+    """The size training images are stored at: resized, and, when augmented, cropped and flipped per epoch later."""
+    resize_size = recipes.resize_size(vars(config))
+    stored_size = resize_size if config.augment else config.image_size
+    return dict(image_size=stored_size, resize_size=resize_size, augment=False)
+
+
+def data(config, split, decode=True):
+    """The split's images: unbatched stored training images, or batched evaluation images.
+
+    `decode=False` (an image folder's training split): its `(path, label)`
+    pairs, decoded by `folder_image_loader(**_stored_sizes(config))`.
+    """
     options = _data_options(config, split)
     resize_size = recipes.resize_size(vars(config))
     if split == "train":
-        # Augmented: stored resized, random crops and flips happen per epoch.
-        stored_size = resize_size if config.augment else config.image_size
-        images = load_dataset(config.dataset, "train", image_size=stored_size, resize_size=resize_size, augment=False, **options)
+        images = load_dataset(config.dataset, "train", **_stored_sizes(config), decode=decode, **options)
         return images.take(config.max_train_items) if config.max_train_items else images
     images = load_dataset(config.dataset, split, image_size=config.image_size, resize_size=resize_size, augment=False, **options)
     if config.max_eval_items:
@@ -214,11 +225,19 @@ def _batches(config, model=None, first_epoch=0, teacher_embeddings=None):
         def augment(image, label):
             return preprocess_image(image, image_size=size, resize_size=image.shape[0], augment=True, channels=config.channels), label
 
-    train = data(config, "train")
+    cached = isinstance(model, Distiller) and config.cache_teacher and not config.augment
+    if config.dataset == "folder" and teacher_embeddings is None and not cached:
+        # Paths, not images: pk_batches keeps the split's paths and decodes only the images it samples, in
+        # parallel, so memory does not grow with the folder (issue 20); the same pixels as decoded ones.
+        train = data(config, "train", decode=False)
+        loader = folder_image_loader(**_stored_sizes(config), channels=config.channels)
+        map_fn = loader if augment is None else lambda path, label: augment(*loader(path, label))
+    else:
+        train, map_fn = data(config, "train"), augment
     if teacher_embeddings is not None:
         images, labels = materialize(train)
         train = tf.data.Dataset.from_tensor_slices(({INPUTS: images, TEACHER_TENSORS: teacher_embeddings}, labels))
-    elif isinstance(model, Distiller) and config.cache_teacher and not config.augment:
+    elif cached:
         # No random augmentation: the frozen teacher's tensors are the same every epoch. One pass over the
         # split gives both the count the cache is sized by and the images the teacher runs on.
         images, labels = materialize(train)
@@ -226,7 +245,7 @@ def _batches(config, model=None, first_epoch=0, teacher_embeddings=None):
             train = tf.data.Dataset.from_tensor_slices((model.cache_teacher_embeddings(images), labels))
     return pk_batches(
         train, config.classes_per_batch, config.samples_per_class,
-        seed=config.seed, num_batches=config.steps_per_epoch, map_fn=augment, first_epoch=first_epoch,
+        seed=config.seed, num_batches=config.steps_per_epoch, map_fn=map_fn, first_epoch=first_epoch,
     )
 
 
