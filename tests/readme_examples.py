@@ -283,6 +283,15 @@ EXAMPLES = [
         ),
         "shrink": [],
     },
+    {
+        "anchor": "paths = load_dataset(\"folder\", \"train\", path=\"images/\", decode=False)",
+        "page": "rkd_keras/data.py",
+        "backends": ALL,
+        "story": "embeddings",
+        "setup": "from rkd_keras.data import folder_image_loader, load_dataset, pk_batches\n",
+        # The folder's 5 training classes of 12 images, at the images' own size.
+        "shrink": [("image_size=224, resize_size=256", "image_size=28, resize_size=32"), ("25, 5,", "4, 3,")],
+    },
 ]
 
 

@@ -369,6 +369,7 @@ def test_quick_compare_ranks_a_wide_students_queries_against_its_teachers_galler
 FEW_SHOT_TINY = {"image_size": 12, "width": 2, "embedding_dim": 16, "steps_per_epoch": 2, "max_train_items": 300}
 
 
+@pytest.mark.slow  # ~40 s on an idle core: CI runs it with the slow end-to-end runs
 def test_quick_few_shot_compare_gives_every_method_and_control_an_accuracy_in_0_1(tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(FEW_SHOT_TINY))
